@@ -1,0 +1,719 @@
+"""SkullVAE Completion: complete a defective skull and design the cranial implant with an aggregated β-VAE.
+
+Scripted loadable module (module, widget, logic, test). The Logic is the public, scriptable, blocking API:
+
+    logic = SkullVAECompletionLogic()
+    segmentationNode = logic.process(skullSegmentationNode, segmentId="Segment_1")   # or a labelmap node
+    print(logic.lastResult.statusText())
+    logic.updateGamma(segmentationNode, 0.8)                                          # re-decodes in place
+
+This file imports under plain Python with ``slicer-core`` (no Qt): Qt-only imports are guarded and minimal
+stand-ins replace the ScriptedLoadableModule base classes only when the real ones are absent.
+Heavy lifting lives in ``SkullVAECompletionLib`` (engine) and ``SkullVAECompletionLib.mrml`` (nodes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import unittest
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import slicer
+import vtk
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode
+
+try:  # The Slicer application: Qt, CTK and the scripted-module framework.
+    import ctk
+    import qt
+    from slicer.i18n import tr as _
+    from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+    from slicer.ScriptedLoadableModule import (
+        ScriptedLoadableModule,
+        ScriptedLoadableModuleLogic,
+        ScriptedLoadableModuleTest,
+        ScriptedLoadableModuleWidget,
+    )
+    from slicer.util import VTKObservationMixin
+
+    HAVE_SLICER_APP = True
+except ImportError:  # slicer-core only (CI, batch scripts): stand-ins, see below
+    HAVE_SLICER_APP = False
+    qt = ctk = None
+
+    def _(text: str) -> str:
+        return text
+
+    def parameterNodeWrapper(cls: type) -> type:
+        return cls  # parameters are a GUI concern; outside the application the class is a plain namespace
+
+    class WithinRange:  # noqa: D101  (annotation marker only)
+        def __init__(self, *args: Any) -> None:
+            self.args = args
+
+    class Choice:  # noqa: D101  (annotation marker only)
+        def __init__(self, *args: Any) -> None:
+            self.args = args
+
+    class VTKObservationMixin:  # noqa: D101  (the widget is never instantiated without the application)
+        pass
+
+    class ScriptedLoadableModule:
+        """Stand-in for slicer.ScriptedLoadableModule.ScriptedLoadableModule (absent in slicer-core)."""
+
+        def __init__(self, parent: Any) -> None:
+            self.parent = parent
+            self.moduleName = self.__class__.__name__
+
+        def resourcePath(self, filename: str) -> str:
+            return moduleResourcePath(filename)
+
+    class ScriptedLoadableModuleWidget:
+        """Stand-in so the widget class can be defined; it needs the application to be used."""
+
+        def __init__(self, parent: Any = None) -> None:
+            raise RuntimeError("The SkullVAE Completion widget needs the 3D Slicer application.")
+
+    class ScriptedLoadableModuleLogic:
+        """Stand-in for the logic base class: module name only (no parameter node without the application)."""
+
+        def __init__(self, parent: Any = None) -> None:
+            self.moduleName = self.__class__.__name__.removesuffix("Logic")
+
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        """Stand-in for the test base class: ``delayDisplay`` logs instead of showing a message box."""
+
+        def delayDisplay(self, message: str, requestedDelay: int | None = None, msec: int | None = None) -> None:
+            logging.info(message)
+
+        def setUp(self) -> None:
+            return
+
+
+from SkullVAECompletionLib import mrml  # noqa: E402  (no torch import: the engine is imported at first use)
+from SkullVAECompletionLib.dependencies import DependencyError  # noqa: E402  (imports no slicer/torch)
+from SkullVAECompletionLib.errors import CancelledError, InputError, SkullVAEError  # noqa: E402
+
+MODULE_DIR = Path(__file__).resolve().parent
+SAMPLE_DATA_FILE = "SampleData/CraniumSkull.nrrd"  # relative to Resources/
+SAMPLE_DATA_SHA256 = "bbf16d94657c9b3eabb3c3e9b089eaec0c15e21acb6f5b781a357bdb46e73466"
+DEFECT_TYPES = ["auto", "cranial", "facial"]
+DEVICES = ["auto", "cpu"]  # "auto" = CUDA when available; "cuda" is accepted by the Logic for scripts
+
+
+def moduleResourcePath(filename: str) -> str:
+    """Path of a file in Resources/: next to the installed module, or at the top of a source checkout."""
+    for resources in (MODULE_DIR / "Resources", MODULE_DIR.parent / "Resources"):
+        if (resources / filename).exists():
+            return str(resources / filename)
+    return str(MODULE_DIR / "Resources" / filename)
+
+
+def errorMessage(error: BaseException) -> str:
+    """The text shown to the user for an exception (status line and error dialog)."""
+    if isinstance(error, SkullVAEError | DependencyError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+#
+# SkullVAECompletion
+#
+
+
+class SkullVAECompletion(ScriptedLoadableModule):
+    def __init__(self, parent: Any) -> None:
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("SkullVAE Completion")
+        self.parent.categories = [_("Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["SkullVAE Completion contributors"]
+        self.parent.helpText = _("""
+<p>Completes a defective skull and designs the cranial implant with an aggregated β-VAE: the skull is encoded,
+its latent code is shifted along the learned defective-to-complete direction (γ·DEV), and decoded; the implant is
+the completed skull minus the input.</p>
+<p><b>Use:</b> select the skull (a segment of a segmentation, or a labelmap volume), keep the bundled model or
+choose a model folder you trained, and click Apply. A new segmentation with the segments "Completed skull" and
+"Implant" is created next to the input. Move γ to preview other completions (0 reconstructs the input, 1 is the
+default); the status line shows the detected defect type (cranial or facial) and its confidence.
+Advanced: implant smoothing, an uncertainty map, STL export of the implant.</p>
+<p><b>Limits:</b> research software, not a medical device; the bundled model was trained on a limited set of adult
+skulls (cranial and facial defects); check every implant before use. Large volumes are resampled to the model grid,
+so fine detail is limited by the model resolution.</p>
+<p><b>Cite:</b> Li, Fragemann, Ahmadi, Kleesiek, Egger, "Training β-VAE by Aggregating a Learned Gaussian
+Posterior with a Decoupled Decoder", arXiv 2209.14783, 2022.</p>
+""")
+        self.parent.acknowledgementText = _("""
+Method by J. Li, J. Fragemann, S.-A. Ahmadi, J. Kleesiek and J. Egger (arXiv 2209.14783). Built on 3D Slicer,
+PyTorch and MONAI. Training data: the SkullFix / AutoImplant challenge data sets.
+""")
+        if HAVE_SLICER_APP:
+            slicer.app.connect("startupCompleted()", registerSampleData)
+
+    def resourcePath(self, filename: str) -> str:
+        return moduleResourcePath(filename)
+
+
+def registerSampleData() -> None:
+    """Add the sample defective skull to the Sample Data module (called after start-up, never at import)."""
+    import SampleData  # noqa: PLC0415  (application only)
+
+    samplePath = Path(moduleResourcePath(SAMPLE_DATA_FILE))
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="SkullVAE Completion",
+        sampleName="CraniumSkull",
+        thumbnailFileName=moduleResourcePath("Icons/SkullVAECompletion.png"),
+        uris=samplePath.as_uri(),  # shipped with the extension: works offline
+        fileNames=samplePath.name,
+        nodeNames="CraniumSkull",
+        checksums=f"SHA256:{SAMPLE_DATA_SHA256}",
+        loadFileTypes="VolumeFile",
+        loadFileProperties={"labelmap": True},
+    )
+
+
+#
+# SkullVAECompletionParameterNode
+#
+
+
+@parameterNodeWrapper
+class SkullVAECompletionParameterNode:
+    """GUI choices, saved with the scene. Paths and the segment are read from their widgets at Apply."""
+
+    inputNode: vtkMRMLSegmentationNode | vtkMRMLLabelMapVolumeNode
+    defectType: Annotated[str, Choice(DEFECT_TYPES)] = "auto"
+    device: Annotated[str, Choice(DEVICES)] = "auto"
+    useDefaultGamma: bool = True
+    gamma: Annotated[float, WithinRange(0.0, 2.0)] = 1.0
+    livePreview: bool = True
+    smoothing: bool = True
+    uncertainty: bool = False
+    uncertaintySamples: Annotated[int, WithinRange(2, 64)] = 8
+    exportStl: bool = False
+
+
+#
+# SkullVAECompletionWidget
+#
+
+
+class SkullVAECompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Thin GUI over the Logic; layout in Resources/UI/SkullVAECompletion.ui."""
+
+    def __init__(self, parent: Any = None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._outputNode = None
+        self._updatingGui = False
+
+    def resourcePath(self, filename: str) -> str:
+        return moduleResourcePath(filename)
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/SkullVAECompletion.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = SkullVAECompletionLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.modelSourceComboBox.addItems([_("Bundled model"), _("Model folder (trained by you)")])
+        self.ui.modelPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
+        self.ui.stlFolderLineEdit.filters = ctk.ctkPathLineEdit.Dirs
+        self.ui.stlFolderLineEdit.currentPath = str(Path.home())
+        self.ui.progressBar.setVisible(False)
+
+        self.ui.inputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateSegmentList)
+        self.ui.modelSourceComboBox.connect("currentIndexChanged(int)", self.updateGuiState)
+        self.ui.defaultGammaCheckBox.connect("toggled(bool)", self.updateGuiState)
+        self.ui.stlExportCheckBox.connect("toggled(bool)", self.updateGuiState)
+        self.ui.uncertaintyCheckBox.connect("toggled(bool)", self.updateGuiState)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        # Live preview: re-decode shortly after the slider stops moving (the encoding is cached).
+        self.previewTimer = qt.QTimer()
+        self.previewTimer.setSingleShot(True)
+        self.previewTimer.interval = 300
+        self.previewTimer.connect("timeout()", self.onPreviewTimeout)
+        self.ui.gammaSliderWidget.connect("valueChanged(double)", self.onGammaChanged)
+
+        self.initializeParameterNode()
+        self.updateSegmentList()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiState)
+
+    def onSceneStartClose(self, caller: Any, event: Any) -> None:
+        if self.logic.isRunning:
+            self.logic.requestCancel()
+        self.setParameterNode(None)
+        self.logic.clearCache()
+        self._outputNode = None
+
+    def onSceneEndClose(self, caller: Any, event: Any) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputNode:
+            node = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode") or \
+                slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLLabelMapVolumeNode")
+            if node:
+                self._parameterNode.inputNode = node
+
+    def setParameterNode(self, inputParameterNode: SkullVAECompletionParameterNode | None) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiState)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiState)
+        self.updateGuiState()
+
+    # --- GUI state ---------------------------------------------------------------------------------
+    def updateSegmentList(self, *args: Any) -> None:
+        node = self.ui.inputSelector.currentNode()
+        combo = self.ui.segmentComboBox
+        previous = combo.currentData
+        combo.clear()
+        isSegmentation = node is not None and node.IsA("vtkMRMLSegmentationNode")
+        if isSegmentation:
+            segmentation = node.GetSegmentation()
+            for segmentId in segmentation.GetSegmentIDs():
+                combo.addItem(segmentation.GetSegment(segmentId).GetName(), segmentId)
+            index = combo.findData(previous)
+            if index < 0:  # preselect a segment that looks like bone
+                names = [combo.itemText(i).lower() for i in range(combo.count)]
+                index = next((i for i, n in enumerate(names) if "skull" in n or "bone" in n), 0)
+            combo.currentIndex = index
+        self.ui.segmentLabel.setVisible(isSegmentation)
+        combo.setVisible(isSegmentation)
+        self.updateGuiState()
+
+    def updateGuiState(self, *args: Any) -> None:
+        if not hasattr(self, "ui"):
+            return
+        running = self.logic is not None and self.logic.isRunning
+        self.ui.modelPathLineEdit.enabled = self.ui.modelSourceComboBox.currentIndex == 1 and not running
+        self.ui.gammaSliderWidget.enabled = not self.ui.defaultGammaCheckBox.checked
+        self.ui.stlFolderLineEdit.enabled = self.ui.stlExportCheckBox.checked
+        self.ui.uncertaintySamplesSpinBox.enabled = self.ui.uncertaintyCheckBox.checked
+        for widget in (self.ui.inputsCollapsibleButton, self.ui.advancedCollapsibleButton):
+            widget.enabled = not running
+        hasInput = self.ui.inputSelector.currentNode() is not None
+        self.ui.applyButton.enabled = running or hasInput
+        self.ui.applyButton.text = _("Cancel") if running else _("Apply")
+        self.ui.applyButton.toolTip = _("Stop the running completion") if running else (
+            _("Complete the skull and create the implant") if hasInput else _("Select the input skull first"))
+
+    def _modelPath(self) -> str | None:
+        if self.ui.modelSourceComboBox.currentIndex == 1:
+            path = self.ui.modelPathLineEdit.currentPath
+            if not path:
+                raise InputError("Choose the folder of your trained model bundle (it holds manifest.json).")
+            return path
+        return None
+
+    def onProgress(self, fraction: float, message: str) -> None:
+        if self.ui.applyButton.text != _("Cancel"):
+            self.updateGuiState()  # first report of a run: Apply becomes Cancel
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.statusLabel.text = message
+
+    # --- actions -----------------------------------------------------------------------------------
+    def onApplyButton(self) -> None:
+        if self.logic.isRunning:  # the button reads "Cancel" while running
+            self.logic.requestCancel()
+            self.ui.statusLabel.text = _("Cancelling after the current step…")
+            return
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.setVisible(True)
+        self.updateGuiState()
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Skull completion failed."), waitCursor=False):
+                try:
+                    from SkullVAECompletionLib import dependencies  # noqa: PLC0415
+
+                    dependencies.ensureDependencies()
+                    node = self.ui.inputSelector.currentNode()
+                    segmentId = self.ui.segmentComboBox.currentData if node and node.IsA(
+                        "vtkMRMLSegmentationNode") else None
+                    stlFolder = self.ui.stlFolderLineEdit.currentPath if self.ui.stlExportCheckBox.checked else None
+                    self._outputNode = self.logic.process(
+                        node, segmentId=segmentId,
+                        gamma=None if self.ui.defaultGammaCheckBox.checked else self.ui.gammaSliderWidget.value,
+                        defectType=self._parameterNode.defectType, device=self._parameterNode.device,
+                        progress=self.onProgress, modelPath=self._modelPath(),
+                        smoothing=self.ui.smoothingCheckBox.checked,
+                        uncertaintySamples=self.ui.uncertaintySamplesSpinBox.value
+                        if self.ui.uncertaintyCheckBox.checked else 0,
+                        stlFolder=stlFolder, showSurfaces=True,
+                    )
+                    self._showResult()
+                except CancelledError as error:
+                    self.ui.statusLabel.text = errorMessage(error)  # not an error: no dialog
+                except Exception as error:
+                    self.ui.statusLabel.text = errorMessage(error)
+                    raise
+        finally:
+            self.ui.progressBar.setVisible(False)
+            self.updateGuiState()
+
+    def _showResult(self) -> None:
+        summary = self.logic.lastResult
+        self.ui.statusLabel.text = summary.statusText()
+        self._updatingGui = True
+        try:
+            self.ui.gammaSliderWidget.value = summary.gamma
+        finally:
+            self._updatingGui = False
+        if summary.uncertaintyNode is not None:
+            slicer.util.setSliceViewerLayers(foreground=summary.uncertaintyNode, foregroundOpacity=0.5)
+
+    def onGammaChanged(self, value: float) -> None:
+        if not self._updatingGui and self.ui.livePreviewCheckBox.checked and self._outputNode is not None:
+            self.previewTimer.start()
+
+    def onPreviewTimeout(self) -> None:
+        if self.logic.isRunning or self._outputNode is None or self._outputNode.GetScene() is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Preview failed."), waitCursor=True):
+            self.logic.updateGamma(self._outputNode, self.ui.gammaSliderWidget.value, updateUncertainty=False)
+            self.ui.statusLabel.text = self.logic.lastResult.statusText()
+
+
+#
+# SkullVAECompletionLogic
+#
+
+
+@dataclass
+class _Session:
+    """What a result node needs to be re-decoded with another γ."""
+
+    completer: Any
+    encoded: Any
+    inputMask: mrml.InputMask
+    defectType: str
+    smoothing: bool
+    uncertaintySamples: int
+    uncertaintyNodeId: str | None
+
+
+class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
+    """Scriptable, blocking API; usable without the GUI and without the Slicer application (slicer-core).
+
+    ``process`` never changes the input node and leaves the scene as it was on error or cancel.
+    """
+
+    def __init__(self, modelPath: str | os.PathLike | None = None) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.modelPath = modelPath  # None: the bundled model
+        self.lastResult: mrml.CompletionSummary | None = None
+        self.isRunning = False
+        # In the application the engine runs in a worker thread while the GUI keeps processing events.
+        self.useWorkerThread = HAVE_SLICER_APP
+        self.completerFactory = None  # optional callable(modelPath, device) -> completer (tests, custom engines)
+        self._completers: dict[tuple[str, str], Any] = {}
+        self._sessions: dict[str, _Session] = {}
+        self._cancelRequested = False
+
+    def getParameterNode(self) -> SkullVAECompletionParameterNode:
+        return SkullVAECompletionParameterNode(super().getParameterNode())
+
+    def requestCancel(self) -> None:
+        """Stop the running completion at the next step (thread-safe: only sets a flag)."""
+        self._cancelRequested = True
+
+    def clearCache(self) -> None:
+        """Forget cached encodings (scene closed) and loaded models (free memory)."""
+        self._sessions.clear()
+        self._completers.clear()
+
+    def releaseResult(self, segmentationNode: Any) -> None:
+        """Forget the cached encoding of a result (batch processing: free memory, keep the loaded model)."""
+        if segmentationNode is not None:
+            self._sessions.pop(segmentationNode.GetID(), None)
+
+    def getCompleter(self, modelPath: str | os.PathLike | None = None, device: str = "auto") -> Any:
+        """The engine for a model folder (None: bundled) and device; loaded once and cached."""
+        key = (str(modelPath or ""), device)
+        if key not in self._completers:
+            if self.completerFactory is not None:
+                self._completers[key] = self.completerFactory(modelPath, device)
+            else:
+                from SkullVAECompletionLib.completion import SkullCompleter  # noqa: PLC0415  (imports torch)
+
+                # One bundle per device: moving a model to a device changes it in place.
+                self._completers[key] = SkullCompleter(bundle=str(modelPath) if modelPath else None, device=device)
+        return self._completers[key]
+
+    def process(
+        self,
+        inputNode: Any,
+        segmentId: str | None = None,
+        gamma: float | None = None,
+        defectType: str = "auto",
+        device: str = "auto",
+        progress: mrml.ProgressCallback | None = None,
+        modelPath: str | os.PathLike | None = None,
+        smoothing: bool = True,
+        uncertaintySamples: int = 0,
+        stlFolder: str | os.PathLike | None = None,
+        outputName: str | None = None,
+        showSurfaces: bool = False,
+    ) -> Any:
+        """Complete the skull of ``inputNode``; return the new segmentation node ("Completed skull", "Implant").
+
+        :param inputNode: segmentation node (skull segment ``segmentId``, or its only segment) or labelmap volume.
+        :param gamma: latent shift factor; None uses the model's default for the defect type.
+        :param defectType: "auto" (nearest class centroid), "cranial" or "facial".
+        :param device: "auto" (CUDA when available), "cpu" or "cuda" (DeviceError when absent).
+        :param progress: ``progress(fraction, message)``; may raise CancelledError to cancel.
+        :param modelPath: model bundle folder; None uses ``self.modelPath`` or the bundled model.
+        :param uncertaintySamples: > 0 also creates an uncertainty volume node from that many decodes.
+        :param stlFolder: if given, the implant is written there as STL (LPS, mm).
+        :raises InputError, BundleError, DeviceError, CancelledError: with the message the GUI shows.
+        """
+        if self.isRunning:
+            raise RuntimeError("A completion is already running; wait for it or cancel it.")
+        start = time.perf_counter()
+        self.isRunning = True
+        self._cancelRequested = False
+        report = progress or (lambda fraction, message: None)
+        try:
+            inputMask = mrml.inputMaskFromNode(inputNode, segmentId)
+            scene = inputNode.GetScene()
+            if scene is None:
+                raise InputError(f"{mrml.describeNode(inputNode)} is not in a scene.")
+            if self.useWorkerThread:
+                inputMask.mask = np.array(inputMask.mask, copy=True)  # the worker must not read the node's memory
+            modelPath = modelPath if modelPath is not None else self.modelPath
+            if stlFolder:
+                mrml.prepareFolder(stlFolder)
+
+            def work(engineProgress: mrml.ProgressCallback) -> tuple[Any, Any, Any]:
+                engineProgress(0.0, "Loading the model")
+                completer = self.getCompleter(modelPath, device)
+                encoded = completer.encode(inputMask.mask, inputMask.worldIjkToRas, name=inputMask.name,
+                                           progress=mrml.StageProgress(engineProgress, 0.05, 0.5))
+                result = completer.complete(encoded, gamma=gamma, defect_type=defectType, smoothing=smoothing,
+                                            uncertainty_samples=uncertaintySamples,
+                                            progress=mrml.StageProgress(engineProgress, 0.5, 0.9))
+                return completer, encoded, result
+
+            completer, encoded, result = mrml.runBlocking(
+                work, report, lambda: self._cancelRequested, _processEvents(), self.useWorkerThread)
+            report(0.92, "Creating the segmentation")
+            baseName = inputNode.GetName() or "Skull"
+            segmentationNode = mrml.buildResultSegmentation(result, inputMask, outputName or f"{baseName} completed")
+            uncertaintyNode = None
+            if result.uncertainty is not None:
+                uncertaintyNode = mrml.buildUncertaintyVolume(result.uncertainty, inputMask,
+                                                              f"{segmentationNode.GetName()} uncertainty")
+            summary = self._summary(completer, result, segmentationNode, uncertaintyNode, start)
+            mrml.setResultAttributes(segmentationNode, summary, inputMask)
+            nodes = [segmentationNode] + ([uncertaintyNode] if uncertaintyNode is not None else [])
+            if self._cancelRequested:
+                raise CancelledError("Cancelled by the user; the scene was not changed.")
+            mrml.addResultToScene(scene, nodes, inputNode, inputMask.transformNodeId, showSurfaces)
+            try:
+                if stlFolder:
+                    report(0.96, "Writing the implant STL")
+                    summary.stlFiles = mrml.exportImplantStl(segmentationNode, stlFolder)
+            except BaseException:
+                mrml.removeNodes(scene, nodes)
+                raise
+            self._sessions[segmentationNode.GetID()] = _Session(
+                completer, encoded, inputMask, defectType, smoothing, uncertaintySamples,
+                uncertaintyNode.GetID() if uncertaintyNode is not None else None)
+            inputMask.mask = None  # the encoding keeps what it needs; don't pin the input's voxels
+            summary.seconds = mrml.elapsed(start)
+            self.lastResult = summary
+            logging.info("SkullVAE Completion: %s", summary.statusText())
+            report(1.0, summary.statusText())
+            return segmentationNode
+        finally:
+            self.isRunning = False
+
+    def updateGamma(self, segmentationNode: Any, gamma: float, defectType: str | None = None,
+                    progress: mrml.ProgressCallback | None = None,
+                    updateUncertainty: bool = True) -> mrml.CompletionSummary:
+        """Re-decode with another γ (cached encoding) and replace the segments of ``segmentationNode`` in place."""
+        nodeId = segmentationNode.GetID() if segmentationNode is not None else None
+        session = self._sessions.get(nodeId) if nodeId else None
+        if session is None or segmentationNode.GetScene() is None:
+            raise InputError(
+                f"{mrml.describeNode(segmentationNode)} has no cached encoding (it was not created by this module "
+                "in this session, or the scene was closed): run the completion (Apply) again.")
+        if self.isRunning:
+            raise RuntimeError("A completion is already running; wait for it or cancel it.")
+        start = time.perf_counter()
+        self.isRunning = True
+        self._cancelRequested = False
+        try:
+            samples = session.uncertaintySamples if updateUncertainty else 0
+            chosenType = defectType or session.defectType
+            result = mrml.runBlocking(
+                lambda engineProgress: session.completer.complete(
+                    session.encoded, gamma=gamma, defect_type=chosenType, smoothing=session.smoothing,
+                    uncertainty_samples=samples, progress=engineProgress),
+                progress, lambda: self._cancelRequested, _processEvents(), self.useWorkerThread)
+            mrml.updateResultSegments(segmentationNode, result, session.inputMask.ijkToRas)
+            session.defectType = chosenType
+            uncertaintyNode = None
+            if session.uncertaintyNodeId:
+                uncertaintyNode = segmentationNode.GetScene().GetNodeByID(session.uncertaintyNodeId)
+                if uncertaintyNode is not None and result.uncertainty is not None:
+                    mrml.updateUncertaintyVolume(uncertaintyNode, result.uncertainty, session.inputMask.ijkToRas)
+            summary = self._summary(session.completer, result, segmentationNode, uncertaintyNode, start)
+            mrml.setResultAttributes(segmentationNode, summary)
+            self.lastResult = summary
+            return summary
+        finally:
+            self.isRunning = False
+
+    @staticmethod
+    def _summary(completer: Any, result: Any, segmentationNode: Any, uncertaintyNode: Any,
+                 start: float) -> mrml.CompletionSummary:
+        bundle = getattr(completer, "bundle", None)
+        return mrml.CompletionSummary(
+            segmentationNode=segmentationNode, uncertaintyNode=uncertaintyNode, defectType=result.defect_type,
+            detectedType=result.detected_type, confidence=float(result.confidence), gamma=float(result.gamma),
+            modelId=getattr(bundle, "model_id", "unknown"), modelVersion=getattr(bundle, "version", "unknown"),
+            device=str(getattr(completer, "device", "cpu")), seconds=mrml.elapsed(start),
+            implantVolumeMl=float(getattr(result, "implant_volume_ml", 0.0)), timings=dict(result.timings),
+            result=result)
+
+
+def _processEvents() -> Any:
+    return slicer.app.processEvents if HAVE_SLICER_APP else None
+
+
+#
+# SkullVAECompletionTest
+#
+
+
+SYNTHETIC_HOLE_CENTRE_RAS = (30.0, 10.0, 55.0)  # a cranial defect on the upper right of the vault
+SYNTHETIC_HOLE_RADIUS_MM = 30.0
+
+
+def makeSyntheticSkull(shape: tuple[int, int, int] = (60, 70, 60), ijkToRas: np.ndarray | None = None,
+                       withHole: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A thick ellipsoidal shell (semi-axes 70/85/70 mm, ~8 mm thick) centred at RAS (0, 0, 0), with a round
+    cranial hole; indexed (i, j, k) on the grid ``ijkToRas`` (default: RAS-aligned, 3 mm, centred)."""
+    if ijkToRas is None:
+        ijkToRas = np.diag([3.0, 3.0, 3.0, 1.0])
+        ijkToRas[:3, 3] = -0.5 * (np.asarray(shape) - 1) * 3.0
+    ijk = np.stack(np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij"), axis=-1)
+    ras = ijk @ np.asarray(ijkToRas, np.float32)[:3, :3].T + np.asarray(ijkToRas, np.float32)[:3, 3]
+    radius = np.sqrt(((ras / np.array([70.0, 85.0, 70.0], np.float32)) ** 2).sum(axis=-1))
+    shell = (radius <= 1.0) & (radius >= 0.88)
+    if withHole:
+        offset = ras - np.array(SYNTHETIC_HOLE_CENTRE_RAS, np.float32)
+        hole = (offset**2).sum(axis=-1) <= SYNTHETIC_HOLE_RADIUS_MM**2
+        shell &= ~hole
+    return shell.astype(np.uint8), np.asarray(ijkToRas, dtype=np.float64)
+
+
+class SkullVAECompletionTest(ScriptedLoadableModuleTest):
+    """Builds a synthetic defective skull in the scene and runs the Logic on it (labelmap and segmentation).
+
+    In Slicer: ``Slicer --no-main-window --testing --python-code "slicer.selfTests['SkullVAECompletion']()"``.
+    ``modelPath`` (class attribute) selects the model bundle; None = the bundled model.
+    """
+
+    modelPath: str | None = None
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        self.setUp()
+        self.test_LabelmapInput()
+        self.setUp()
+        self.test_SegmentationInputAndGamma()
+
+    def _addLabelmap(self) -> Any:
+        mask, ijkToRas = makeSyntheticSkull()
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "DefectiveSkull")
+        slicer.util.updateVolumeFromArray(node, mask.transpose(2, 1, 0))
+        node.SetIJKToRASMatrix(mrml.arrayToMatrix(ijkToRas))
+        return node
+
+    def _checkResult(self, result: Any, inputArray: np.ndarray, inputIjkToRas: np.ndarray) -> None:
+        segmentation = result.GetSegmentation()
+        self.assertEqual(list(segmentation.GetSegmentIDs()), [mrml.SKULL_SEGMENT_ID, mrml.IMPLANT_SEGMENT_ID])
+        images = {}
+        for segmentId in segmentation.GetSegmentIDs():
+            image = slicer.vtkOrientedImageData()
+            slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+                result, segmentId, image, False)
+            reference = mrml.orientedImageToArray(
+                _resampleTo(image, inputArray.shape, inputIjkToRas))[0]
+            images[segmentId] = reference.astype(bool)
+        completed, implant = images[mrml.SKULL_SEGMENT_ID], images[mrml.IMPLANT_SEGMENT_ID]
+        self.assertTrue(np.all(completed[inputArray > 0]), "the completed skull must contain the input bone")
+        self.assertFalse(np.any(implant & (inputArray > 0)), "the implant must not overlap the input bone")
+        self.assertTrue(result.GetAttribute(mrml.ATTRIBUTE_PREFIX + "ModelId"))
+
+    def test_LabelmapInput(self) -> None:
+        self.delayDisplay("Completing a synthetic labelmap skull")
+        inputNode = self._addLabelmap()
+        before = slicer.util.arrayFromVolume(inputNode).copy()
+        logic = SkullVAECompletionLogic(modelPath=self.modelPath)
+        result = logic.process(inputNode)
+        self.assertTrue(np.array_equal(before, slicer.util.arrayFromVolume(inputNode)), "input was changed")
+        mask, ijkToRas = makeSyntheticSkull()
+        self._checkResult(result, mask, ijkToRas)
+        self.assertIn(logic.lastResult.detectedType, ("complete", "cranial", "facial"))
+        self.delayDisplay("Labelmap input passed")
+
+    def test_SegmentationInputAndGamma(self) -> None:
+        self.delayDisplay("Completing a synthetic segmentation skull, then changing γ")
+        labelmap = self._addLabelmap()
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "SkullSegmentation")
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
+        slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentationNode)
+        segmentId = segmentationNode.GetSegmentation().GetNthSegmentID(0)
+        logic = SkullVAECompletionLogic(modelPath=self.modelPath)
+        result = logic.process(segmentationNode, segmentId=segmentId)
+        mask, ijkToRas = makeSyntheticSkull()
+        self._checkResult(result, mask, ijkToRas)
+        nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+        summary = logic.updateGamma(result, 0.5)
+        self.assertAlmostEqual(summary.gamma, 0.5)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore, "γ update must work in place")
+        self._checkResult(result, mask, ijkToRas)
+        self.delayDisplay("Segmentation input passed")
+
+
+def _resampleTo(image: Any, shape: tuple[int, int, int], ijkToRas: np.ndarray) -> Any:
+    reference = slicer.vtkOrientedImageData()
+    reference.SetExtent(0, shape[0] - 1, 0, shape[1] - 1, 0, shape[2] - 1)
+    reference.SetImageToWorldMatrix(mrml.arrayToMatrix(ijkToRas))
+    output = slicer.vtkOrientedImageData()
+    slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(image, reference, output)
+    return output

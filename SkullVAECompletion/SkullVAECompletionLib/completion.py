@@ -1,0 +1,343 @@
+"""Completion: encode once → shift the latent by γ·DEV → decode → implant.
+
+>>> completer = SkullCompleter()                       # bundled model, CUDA when available
+>>> encoded = completer.encode(mask, ijk_to_ras)       # validates, maps to the model grid, encodes μ
+>>> result = completer.complete(encoded, gamma=1.0)    # a new γ only re-decodes
+>>> result.implant, result.completed                   # uint8 arrays on the input's voxel grid
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .bundle import DEFECT_TYPES, ModelBundle, load_bundle
+from .errors import CancelledError, DeviceError, InputError
+from .geometry import GridMapping, plan_mapping, to_input_grid, to_model_grid
+from .implant import implant_at_input_resolution, implant_region
+from .networks import bone_probability
+from .validation import validate_mask
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[float, str], None]
+DEFECT_CHOICES = ("auto", *DEFECT_TYPES)
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DECODE_CACHE_SIZE = 8
+UNCERTAINTY_SEED = 20220929  # fixed: the same input gives the same uncertainty map
+
+
+@dataclass
+class EncodedSkull:
+    """A skull mapped to the model grid and encoded; reused for every γ."""
+
+    mapping: GridMapping
+    defective: np.ndarray  # bool, input grid (i, j, k); the caller's data, never modified
+    model_input: np.ndarray  # float32 bone fraction on the model grid
+    mu: torch.Tensor  # (1, latent) on the CPU
+    logvar: torch.Tensor
+    class_probabilities: dict[str, float]
+    decode_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
+
+    @property
+    def detected_type(self) -> str:
+        return max(self.class_probabilities, key=self.class_probabilities.get)
+
+
+@dataclass
+class CompletionResult:
+    completed: np.ndarray  # uint8 0/1 on the input grid
+    implant: np.ndarray  # uint8 0/1 on the input grid
+    defect_type: str
+    detected_type: str
+    confidence: float
+    gamma: float
+    method: str
+    uncertainty: np.ndarray | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    implant_volume_ml: float = 0.0
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' → CUDA when available, else CPU; 'cuda' without CUDA raises :class:`DeviceError`."""
+    if device not in DEVICE_CHOICES:
+        raise DeviceError(f"unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+    cuda = torch.cuda.is_available()
+    if device == "cuda" and not cuda:
+        build = "a CPU-only build" if torch.version.cuda is None else f"a CUDA {torch.version.cuda} build"
+        raise DeviceError(
+            f"CUDA was requested but no CUDA device is available (PyTorch {torch.__version__} is {build}); "
+            "choose device 'auto' or 'cpu'"
+        )
+    return torch.device("cuda" if device in ("auto", "cuda") and cuda else "cpu")
+
+
+def _report(progress: ProgressCallback | None, fraction: float, message: str) -> None:
+    logger.debug("%3.0f%% %s", 100 * fraction, message)
+    if progress is not None:
+        progress(fraction, message)  # may raise CancelledError: nothing has been written yet
+
+
+class SkullCompleter:
+    """Runs a model bundle on skull masks. Not thread-safe; one per worker."""
+
+    def __init__(self, bundle: ModelBundle | str | os.PathLike | None = None, device: str = "auto") -> None:
+        self.bundle = bundle if isinstance(bundle, ModelBundle) else load_bundle(bundle)
+        self.device = resolve_device(device)
+        self.model = self.bundle.model.to(self.device).eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+
+    # --- device handling -------------------------------------------------------------------
+    def _on_device(self, function: Callable[..., Any], *tensors: torch.Tensor) -> Any:
+        """Run ``function`` on the current device; on CUDA out-of-memory, warn and redo it on the CPU."""
+        try:
+            return function(*(t.to(self.device) for t in tensors))
+        except torch.cuda.OutOfMemoryError:
+            if self.device.type != "cuda":
+                raise
+            logger.warning("CUDA ran out of memory; continuing on the CPU (slower)")
+            torch.cuda.empty_cache()
+            self.device = torch.device("cpu")
+            self.model.to(self.device)
+            return function(*(t.to(self.device) for t in tensors))
+
+    # --- public API ------------------------------------------------------------------------
+    def encode(
+        self,
+        mask: np.ndarray,
+        ijk_to_ras: np.ndarray,
+        name: str = "input",
+        label: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> EncodedSkull:
+        """Validate the skull, map it to the model grid and encode it (μ, log σ²)."""
+        _report(progress, 0.0, "Checking the input skull")
+        defective = validate_mask(mask, ijk_to_ras, name=name, label=label)
+        _report(progress, 0.1, "Mapping the skull to the model grid")
+        mapping = plan_mapping(defective, ijk_to_ras, self.bundle.grid)
+        model_input = to_model_grid(defective, mapping)
+        if model_input.max() < 0.5:
+            raise InputError(f"{name}: the skull does not overlap the model grid; check the volume's geometry")
+        _report(progress, 0.3, "Encoding")
+
+        def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.inference_mode():
+                mu, logvar = self.model.encode(x)
+            return mu.float().cpu(), logvar.float().cpu()
+
+        mu, logvar = self._on_device(run, torch.from_numpy(model_input)[None, None])
+        return EncodedSkull(
+            mapping=mapping,
+            defective=defective,
+            model_input=model_input,
+            mu=mu,
+            logvar=logvar,
+            class_probabilities=self.class_probabilities(mu[0].numpy()),
+        )
+
+    def class_probabilities(self, latent: np.ndarray) -> dict[str, float]:
+        """Posterior over classes from squared distances to the centroids (unit-variance Gaussians)."""
+        names = self.bundle.class_names
+        centroids = self.bundle.centroids
+        squared = np.array([np.sum((latent - centroids[n]) ** 2) for n in names], dtype=np.float64)
+        weights = np.exp(-(squared - squared.min()) / 2.0)
+        return {n: float(w) for n, w in zip(names, weights / weights.sum(), strict=True)}
+
+    def choose_defect_type(self, encoded: EncodedSkull, defect_type: str = "auto") -> tuple[str, float]:
+        """The defect type to use and the confidence in it."""
+        if defect_type not in DEFECT_CHOICES:
+            raise InputError(f"unknown defect type {defect_type!r}; choose one of {', '.join(DEFECT_CHOICES)}")
+        probabilities = encoded.class_probabilities
+        available = [t for t in DEFECT_TYPES if t in self.bundle.dev]
+        if defect_type != "auto":
+            if defect_type not in available:
+                raise InputError(f"the model has no DEV vector for defect type '{defect_type}' (has: {available})")
+            return defect_type, probabilities.get(defect_type, 0.0)
+        chosen = max(available, key=lambda t: probabilities.get(t, 0.0))
+        if encoded.detected_type not in available:
+            logger.warning(
+                "the skull looks %s (p=%.2f); completing it as %s anyway",
+                encoded.detected_type,
+                probabilities[encoded.detected_type],
+                chosen,
+            )
+        return chosen, probabilities.get(chosen, 0.0)
+
+    def complete(
+        self,
+        encoded: EncodedSkull,
+        gamma: float | None = None,
+        defect_type: str = "auto",
+        smoothing: bool = True,
+        uncertainty_samples: int = 0,
+        method: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> CompletionResult:
+        """Decode z + γ·DEV and extract the implant at the input's resolution."""
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        chosen, confidence = self.choose_defect_type(encoded, defect_type)
+        gamma = self.bundle.default_gamma[chosen] if gamma is None else float(gamma)
+        if not np.isfinite(gamma):
+            raise InputError(f"gamma must be a finite number, got {gamma}")
+        options = self.bundle.completion_options
+        method = method or options.get("method", "dev")
+        _report(progress, 0.4, f"Decoding ({chosen}, γ = {gamma:.2f}, {method})")
+        probability = self._decode_cached(encoded, chosen, gamma, method, options)
+        timings["decode"] = time.perf_counter() - start
+        _report(progress, 0.7, "Extracting the implant")
+        tick = time.perf_counter()
+        region = implant_region(probability, encoded.model_input, encoded.mapping.grid.spacing_mm)
+        implant = implant_at_input_resolution(probability, region, encoded.defective, encoded.mapping, smoothing)
+        completed = np.asarray(encoded.defective, dtype=np.uint8) | implant
+        timings["implant"] = time.perf_counter() - tick
+        uncertainty = None
+        if uncertainty_samples > 0:
+            _report(progress, 0.85, f"Sampling {uncertainty_samples} decodes for the uncertainty map")
+            tick = time.perf_counter()
+            shifted = self._shift(encoded, chosen, gamma, "dev", options)
+            uncertainty = self._uncertainty(encoded, shifted, uncertainty_samples)
+            timings["uncertainty"] = time.perf_counter() - tick
+        timings["total"] = time.perf_counter() - start
+        _report(progress, 1.0, "Done")
+        voxel_ml = float(np.prod(encoded.mapping.input_spacing)) / 1000.0
+        return CompletionResult(
+            completed=completed,
+            implant=implant,
+            defect_type=chosen,
+            detected_type=encoded.detected_type,
+            confidence=confidence,
+            gamma=gamma,
+            method=method,
+            uncertainty=uncertainty,
+            timings=timings,
+            implant_volume_ml=float(np.count_nonzero(implant)) * voxel_ml,
+        )
+
+    def run(
+        self,
+        mask: np.ndarray,
+        ijk_to_ras: np.ndarray,
+        gamma: float | None = None,
+        defect_type: str = "auto",
+        progress: ProgressCallback | None = None,
+        **options: Any,
+    ) -> CompletionResult:
+        """Encode and complete in one call."""
+        tick = time.perf_counter()
+        encoded = self.encode(mask, ijk_to_ras, progress=progress)
+        encode_time = time.perf_counter() - tick
+        result = self.complete(encoded, gamma=gamma, defect_type=defect_type, progress=progress, **options)
+        result.timings["encode"] = encode_time
+        result.timings["total"] += encode_time
+        return result
+
+    # --- latent arithmetic -----------------------------------------------------------------
+    def _shift(self, encoded: EncodedSkull, defect_type: str, gamma: float, method: str, options: dict) -> torch.Tensor:
+        mu = encoded.mu
+        if method == "knn" and self.bundle.paired_latents:
+            k = int(options.get("knn_k", 5))
+            direction = torch.from_numpy(self._knn_dev(mu[0].numpy(), defect_type, k))
+        else:
+            direction = torch.from_numpy(self.bundle.dev[defect_type])
+        return mu + gamma * direction[None]
+
+    def _knn_dev(self, latent: np.ndarray, defect_type: str, k: int) -> np.ndarray:
+        """Mean complete-minus-defective latent difference of the k nearest paired training cases of this type."""
+        table = self.bundle.paired_latents
+        same_type = table["type_index"] == DEFECT_TYPES.index(defect_type)
+        if not same_type.any():
+            return self.bundle.dev[defect_type]
+        defective, deltas = table["defective"][same_type], table["delta"][same_type]
+        nearest = np.argsort(np.sum((defective - latent) ** 2, axis=1))[:k]
+        return deltas[nearest].mean(axis=0).astype(np.float32)
+
+    def _decode_cached(
+        self, encoded: EncodedSkull, defect_type: str, gamma: float, method: str, options: dict
+    ) -> np.ndarray:
+        key = (defect_type, round(gamma, 6), method)
+        if key in encoded.decode_cache:
+            encoded.decode_cache.move_to_end(key)
+            return encoded.decode_cache[key]
+        z = self._shift(encoded, defect_type, gamma, method, options)
+        if method == "refine":
+            z = self._refine(encoded, z, options)
+        probability = self._decode(z)[0]
+        encoded.decode_cache[key] = probability
+        while len(encoded.decode_cache) > DECODE_CACHE_SIZE:
+            encoded.decode_cache.popitem(last=False)
+        return probability
+
+    def _decode(self, z: torch.Tensor) -> np.ndarray:
+        def run(latent: torch.Tensor) -> np.ndarray:
+            with torch.inference_mode():
+                return bone_probability(self.model.decode(latent)).cpu().numpy()
+
+        return self._on_device(run, z)
+
+    def _refine(self, encoded: EncodedSkull, z0: torch.Tensor, options: dict) -> torch.Tensor:
+        """Gradient steps on z so the decoded skull matches the input's intact bone.
+
+        The region where the first decode adds bone (the presumed defect) is left free; elsewhere the
+        decoded skull is pulled onto the input. A Gaussian prior on z keeps the latent plausible.
+        """
+        steps = int(options.get("refine_steps", 30))
+        learning_rate = float(options.get("refine_lr", 0.05))
+        prior_weight = float(options.get("refine_prior_weight", 1e-3))
+        spacing = encoded.mapping.grid.spacing_mm
+        free = implant_region(self._decode(z0)[0], encoded.model_input, spacing)
+        weight = torch.from_numpy((~free).astype(np.float32))[None]
+        target = torch.from_numpy(encoded.model_input)[None]
+
+        def run(latent: torch.Tensor, weights: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+            latent = latent.clone().requires_grad_(True)
+            optimiser = torch.optim.Adam([latent], lr=learning_rate)
+            for _ in range(steps):
+                optimiser.zero_grad(set_to_none=True)
+                logits = self.model.decode(latent)
+                log_p = torch.log_softmax(logits.float(), dim=1)
+                # Weighted cross-entropy against the input's bone fraction.
+                loss_map = -(goal * log_p[:, 1] + (1 - goal) * log_p[:, 0])
+                loss = (weights * loss_map).sum() / weights.sum().clamp_min(1.0)
+                loss = loss + prior_weight * 0.5 * (latent**2).sum()
+                loss.backward()
+                optimiser.step()
+            return latent.detach().cpu()
+
+        with torch.enable_grad():
+            return self._on_device(run, z0, weight, target)
+
+    def _uncertainty(self, encoded: EncodedSkull, z: torch.Tensor, samples: int) -> np.ndarray:
+        """Voxelwise disagreement of decodes from the encoder's posterior: 4·p·(1−p), p = bone vote share."""
+        generator = torch.Generator().manual_seed(UNCERTAINTY_SEED)
+        std = torch.exp(0.5 * encoded.logvar)
+        votes = np.zeros(encoded.mapping.grid.shape, np.float32)
+        for _ in range(samples):
+            noise = torch.randn(std.shape, generator=generator)
+            votes += self._decode(z + noise * std)[0] > 0.5
+        share = votes / samples
+        disagreement = 4.0 * share * (1.0 - share)
+        block, lo = to_input_grid(disagreement, encoded.mapping)
+        full = np.zeros(encoded.mapping.input_shape, np.float32, order="F")
+        hi = lo + np.asarray(block.shape)
+        full[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = block
+        return full
+
+
+def check_cancel(cancelled: Callable[[], bool]) -> ProgressCallback:
+    """A progress callback that raises :class:`CancelledError` once ``cancelled()`` is true."""
+
+    def callback(fraction: float, message: str) -> None:
+        if cancelled():
+            raise CancelledError("cancelled by the user; nothing was changed")
+
+    return callback

@@ -1,0 +1,236 @@
+"""Geometry: from a skull mask on any voxel grid to the model grid and back.
+
+The model grid is axis-aligned in RAS (axis 0 → Right, 1 → Anterior, 2 → Superior) with isotropic
+spacing. Its placement is anchored on parts of the skull that cranial and facial defects do not
+reach — the lowest point of the skull (inferior), the back of the occiput (posterior) and the
+left-right centre of the skull base — so a complete skull and the same skull with a defect map
+with the same transform.
+
+Downsampling averages blocks of voxels (area resampling, no aliasing of the thin bone), then
+interpolates trilinearly; upsampling interpolates the model's *probabilities* trilinearly and
+thresholds at 0.5, so the full-resolution surface is smooth and overlays the input voxel for voxel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .errors import BundleError
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """The model grid and how it is placed on a skull."""
+
+    shape: tuple[int, int, int]
+    spacing_mm: float
+    inferior_margin_mm: float = 12.0  # space left below the lowest skull point
+    posterior_margin_mm: float = 12.0  # space left behind the occiput
+    base_slab_mm: float = 60.0  # height of the skull-base slab that defines the left-right centre
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        if len(self.shape) != 3 or min(self.shape) < 4 or self.spacing_mm <= 0:
+            raise BundleError(f"invalid model grid: shape {self.shape}, spacing {self.spacing_mm} mm")
+
+    @property
+    def extent_mm(self) -> np.ndarray:
+        return np.asarray(self.shape, dtype=float) * self.spacing_mm
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GridSpec:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise BundleError(f"unknown geometry keys: {sorted(unknown)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["shape"] = list(self.shape)
+        return data
+
+
+@dataclass(frozen=True)
+class GridMapping:
+    """Everything needed to go from one input volume to the model grid and back."""
+
+    grid: GridSpec
+    input_shape: tuple[int, int, int]
+    ijk_to_ras: np.ndarray  # input voxel index → RAS (mm)
+    model_to_ras: np.ndarray  # model voxel index → RAS (mm)
+
+    @property
+    def model_to_input(self) -> np.ndarray:
+        """4×4 matrix: model voxel index → input voxel index."""
+        return np.linalg.inv(self.ijk_to_ras) @ self.model_to_ras
+
+    @property
+    def input_to_model(self) -> np.ndarray:
+        return np.linalg.inv(self.model_to_ras) @ self.ijk_to_ras
+
+    @property
+    def input_spacing(self) -> np.ndarray:
+        return voxel_spacing(self.ijk_to_ras)
+
+
+def voxel_spacing(ijk_to_ras: np.ndarray) -> np.ndarray:
+    """Spacing (mm) along each index axis of a voxel grid."""
+    return np.linalg.norm(np.asarray(ijk_to_ras, dtype=float)[:3, :3], axis=0)
+
+
+def nonzero_bounds(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Inclusive-exclusive index bounds (lo, hi) of the nonzero voxels, or None when empty."""
+    lo, hi = [], []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        present = np.flatnonzero(np.any(mask, axis=other))
+        if present.size == 0:
+            return None
+        lo.append(present[0])
+        hi.append(present[-1] + 1)
+    return np.asarray(lo), np.asarray(hi)
+
+
+def _pool_factors(spacing: np.ndarray, target_mm: float) -> tuple[int, int, int]:
+    # Pool to at most the target spacing: block averages then act as the anti-aliasing filter.
+    return tuple(max(1, int(target_mm // s)) for s in spacing)  # type: ignore[return-value]
+
+
+def pooled_occupancy(mask: np.ndarray, ijk_to_ras: np.ndarray, target_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Block-averaged bone fraction of a 0/1 mask's bounding box, and its index → RAS matrix.
+
+    Only the skull's bounding box is read; blocks are averaged by torch's avg_pool3d in float32.
+    """
+    bounds = nonzero_bounds(mask)
+    if bounds is None:
+        raise ValueError("empty mask")
+    factors = _pool_factors(voxel_spacing(ijk_to_ras), target_mm)
+    lo, hi = bounds
+    # Align the crop to the pooling blocks and pad it so every block is complete.
+    lo = lo - lo % np.asarray(factors)
+    crop = mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    if crop.dtype != np.uint8:
+        crop = crop.astype(np.uint8)  # bool or wider integers: validation guarantees 0/1 values
+    tensor = torch.from_numpy(crop).to(torch.float32)
+    pad = [(-n) % f for n, f in zip(crop.shape, factors, strict=True)]
+    if any(pad):
+        tensor = torch.nn.functional.pad(tensor, (0, pad[2], 0, pad[1], 0, pad[0]))
+    with torch.inference_mode():
+        pooled = torch.nn.functional.avg_pool3d(tensor[None, None], kernel_size=factors, stride=factors)[0, 0]
+    pooled_np = pooled.numpy()
+    # Pooled voxel p covers input voxels f·p … f·p + f − 1: its centre is at f·p + (f − 1)/2.
+    scale = np.diag([*factors, 1]).astype(float)
+    scale[:3, 3] = lo + (np.asarray(factors) - 1) / 2.0
+    return pooled_np, np.asarray(ijk_to_ras, dtype=float) @ scale
+
+
+def plan_mapping(mask: np.ndarray, ijk_to_ras: np.ndarray, grid: GridSpec) -> GridMapping:
+    """Place the model grid on this skull (see the module docstring for the anchors)."""
+    occupancy, occ_to_ras = pooled_occupancy(mask, ijk_to_ras, grid.spacing_mm / 2)
+    return plan_mapping_from_occupancy(occupancy, occ_to_ras, tuple(mask.shape), ijk_to_ras, grid)
+
+
+def plan_mapping_from_occupancy(
+    occupancy: np.ndarray,
+    occ_to_ras: np.ndarray,
+    input_shape: tuple[int, ...],
+    ijk_to_ras: np.ndarray,
+    grid: GridSpec,
+) -> GridMapping:
+    points = np.argwhere(occupancy >= 0.5)
+    if len(points) == 0:
+        points = np.argwhere(occupancy > 0)
+    ras = points @ occ_to_ras[:3, :3].T + occ_to_ras[:3, 3]
+    # Low percentiles instead of minima: a few stray voxels must not move the grid.
+    inferior = np.percentile(ras[:, 2], 0.05)
+    posterior = np.percentile(ras[:, 1], 0.05)
+    base = ras[ras[:, 2] <= inferior + grid.base_slab_mm]
+    centre_lr = 0.5 * (np.percentile(base[:, 0], 0.5) + np.percentile(base[:, 0], 99.5))
+    spacing = grid.spacing_mm
+    origin = np.array(
+        [
+            centre_lr - (grid.shape[0] - 1) * spacing / 2.0,
+            posterior - grid.posterior_margin_mm,
+            inferior - grid.inferior_margin_mm,
+        ]
+    )
+    model_to_ras = np.diag([spacing, spacing, spacing, 1.0])
+    model_to_ras[:3, 3] = origin
+    return GridMapping(
+        grid=grid,
+        input_shape=tuple(int(s) for s in input_shape),  # type: ignore[arg-type]
+        ijk_to_ras=np.asarray(ijk_to_ras, dtype=float),
+        model_to_ras=model_to_ras,
+    )
+
+
+def to_model_grid(mask: np.ndarray, mapping: GridMapping) -> np.ndarray:
+    """Bone fraction of the input on the model grid, float32 in [0, 1]."""
+    occupancy, occ_to_ras = pooled_occupancy(mask, mapping.ijk_to_ras, mapping.grid.spacing_mm)
+    return occupancy_to_model_grid(occupancy, occ_to_ras, mapping)
+
+
+def occupancy_to_model_grid(occupancy: np.ndarray, occ_to_ras: np.ndarray, mapping: GridMapping) -> np.ndarray:
+    model_to_occ = np.linalg.inv(occ_to_ras) @ mapping.model_to_ras
+    resampled = ndimage.affine_transform(
+        occupancy.astype(np.float32, copy=False),
+        model_to_occ,
+        output_shape=mapping.grid.shape,
+        order=1,
+        mode="constant",
+        cval=0.0,
+        prefilter=False,
+    )
+    return np.clip(resampled, 0.0, 1.0, out=resampled)
+
+
+def model_box_in_input(mapping: GridMapping, model_lo=None, model_hi=None) -> tuple[np.ndarray, np.ndarray]:
+    """Input index bounds (lo, hi) covering a box of the model grid (default: all of it), clipped to the input."""
+    shape = np.asarray(mapping.grid.shape)
+    lo = np.zeros(3) if model_lo is None else np.asarray(model_lo, dtype=float)
+    hi = shape - 1 if model_hi is None else np.asarray(model_hi, dtype=float)
+    corners = np.array([[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    in_index = corners @ mapping.model_to_input.T
+    lo_in = np.floor(in_index[:, :3].min(axis=0)).astype(int) - 1
+    hi_in = np.ceil(in_index[:, :3].max(axis=0)).astype(int) + 2
+    limit = np.asarray(mapping.input_shape)
+    return np.clip(lo_in, 0, limit), np.clip(hi_in, 0, limit)
+
+
+def to_input_grid(
+    values: np.ndarray,
+    mapping: GridMapping,
+    lo: np.ndarray | None = None,
+    hi: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Trilinear interpolation of a model-grid field onto the input grid, inside input bounds [lo, hi).
+
+    Returns the float32 block and its ``lo`` corner; callers paste it into their own arrays so no
+    full-resolution float copy is ever made. Points outside the model grid get 0.
+    """
+    if lo is None or hi is None:
+        lo, hi = model_box_in_input(mapping)
+    lo = np.asarray(lo, dtype=int)
+    hi = np.asarray(hi, dtype=int)
+    block_shape = tuple(int(v) for v in np.maximum(hi - lo, 0))
+    if 0 in block_shape:
+        return np.zeros(block_shape, np.float32), lo
+    shift = np.eye(4)
+    shift[:3, 3] = lo
+    input_block_to_model = mapping.input_to_model @ shift
+    block = ndimage.affine_transform(
+        values.astype(np.float32, copy=False),
+        input_block_to_model,
+        output_shape=block_shape,
+        order=1,
+        mode="constant",
+        cval=0.0,
+        prefilter=False,
+    )
+    return block, lo

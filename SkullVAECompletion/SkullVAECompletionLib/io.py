@@ -1,0 +1,327 @@
+"""Files: read a skull mask (NRRD or NIfTI) with its geometry, write results on the same grid, STL, PNG.
+
+Arrays are (i, j, k) with an IJK→RAS matrix. NRRD files in LPS space are converted to RAS on read and
+back on write. Every writer writes to a temporary file first and renames it, so a failure never
+leaves a half-written file, and no existing file is replaced unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .geometry import nonzero_bounds
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+NRRD_SUFFIXES = (".seg.nrrd", ".nrrd", ".nhdr")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+SUPPORTED_SUFFIXES = NRRD_SUFFIXES + NIFTI_SUFFIXES
+
+
+@dataclass
+class VolumeMeta:
+    """Where a volume came from and what is needed to write another one exactly like it."""
+
+    path: Path
+    format: str  # "nrrd" or "nifti"
+    ijk_to_ras: np.ndarray
+    header: Any = field(repr=False, default=None)
+
+    @property
+    def suffix(self) -> str:
+        return split_suffix(self.path)[1]
+
+    @property
+    def stem(self) -> str:
+        return split_suffix(self.path)[0]
+
+
+def split_suffix(path: str | os.PathLike) -> tuple[str, str]:
+    """('case_001', '.nii.gz') for 'dir/case_001.nii.gz'; raises InputError for unsupported files."""
+    name = Path(path).name
+    for suffix in SUPPORTED_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)], name[-len(suffix) :]
+    raise InputError(f"{path}: unsupported file type; use NRRD (.nrrd, .seg.nrrd) or NIfTI (.nii, .nii.gz)")
+
+
+def is_volume_file(path: str | os.PathLike) -> bool:
+    return Path(path).name.lower().endswith(SUPPORTED_SUFFIXES)
+
+
+def read_mask(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, VolumeMeta]:
+    """Read a volume as an (i, j, k) array, its IJK→RAS matrix and the metadata needed to write alike."""
+    path = Path(path)
+    _, suffix = split_suffix(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        if suffix in NRRD_SUFFIXES:
+            array, matrix, header = _read_nrrd(path)
+            return array, matrix, VolumeMeta(path, "nrrd", matrix, header)
+        array, matrix, header = _read_nifti(path)
+        return array, matrix, VolumeMeta(path, "nifti", matrix, header)
+    except InputError:
+        raise
+    except Exception as error:  # the readers raise many types for truncated or garbled files
+        raise InputError(
+            f"{path}: cannot read the file ({type(error).__name__}: {error}); is it a valid volume?"
+        ) from error
+
+
+def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    import nrrd
+
+    array, header = nrrd.read(str(path), index_order="F")
+    if array.ndim == 4:
+        # A Slicer .seg.nrrd with several layers: the segment layers are along the first axis.
+        if array.shape[0] != 1:
+            raise InputError(
+                f"{path}: a segmentation with {array.shape[0]} overlapping layers; export the skull segment "
+                "to a labelmap first"
+            )
+        array = array[0]
+        header = _drop_first_axis(header)
+    matrix = nrrd_ijk_to_ras(header, array.ndim)
+    return array, matrix, header
+
+
+def _drop_first_axis(header: dict) -> dict:
+    header = copy.deepcopy(header)
+    directions = np.asarray(header["space directions"], dtype=object)
+    header["space directions"] = np.asarray([d for d in directions if d is not None and not _is_nan_row(d)])
+    if "kinds" in header:
+        header["kinds"] = header["kinds"][1:]
+    header["dimension"] = 3
+    header.pop("sizes", None)
+    return header
+
+
+def _is_nan_row(row: Any) -> bool:
+    return isinstance(row, np.ndarray) and np.all(np.isnan(row.astype(float)))
+
+
+def nrrd_ijk_to_ras(header: dict, ndim: int = 3) -> np.ndarray:
+    if ndim != 3:
+        raise InputError(f"a 3D volume is needed; this NRRD has {ndim} dimensions")
+    directions = header.get("space directions")
+    if directions is None:
+        spacing = header.get("spacings", [1.0, 1.0, 1.0])
+        directions = np.diag(np.asarray(spacing, dtype=float))
+    directions = np.asarray(directions, dtype=float)
+    origin = np.asarray(header.get("space origin", [0.0, 0.0, 0.0]), dtype=float)
+    matrix = np.eye(4)
+    matrix[:3, :3] = directions.T  # NRRD lists one direction vector per axis
+    matrix[:3, 3] = origin
+    space = str(header.get("space", "left-posterior-superior")).lower()
+    if space in ("left-posterior-superior", "lps"):
+        matrix = LPS_TO_RAS @ matrix
+    elif space not in ("right-anterior-superior", "ras"):
+        raise InputError(f"unsupported NRRD space {space!r}; resave the volume in LPS or RAS")
+    return matrix
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
+    import nibabel
+
+    image = nibabel.load(str(path))
+    array = np.asanyarray(image.dataobj)
+    if array.ndim == 4 and array.shape[3] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise InputError(f"{path}: a 3D volume is needed; this NIfTI has shape {array.shape}")
+    return array, np.asarray(image.affine, dtype=float), image.header
+
+
+@contextmanager
+def _atomic_target(path: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; choose another output folder or allow overwriting")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix="".join(path.suffixes), dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp creates 0600 files
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_like(path: str | os.PathLike, array: np.ndarray, meta: VolumeMeta, overwrite: bool = False) -> Path:
+    """Write ``array`` (i, j, k) on the grid of the volume ``meta`` describes, in the same format."""
+    path = Path(path)
+    with _atomic_target(path, overwrite) as temporary:
+        if meta.format == "nrrd":
+            import nrrd
+
+            header = {
+                "type": "uint8",
+                "dimension": 3,
+                "space": "left-posterior-superior",
+                "space directions": (LPS_TO_RAS @ meta.ijk_to_ras)[:3, :3].T,
+                "space origin": (LPS_TO_RAS @ meta.ijk_to_ras)[:3, 3],
+                "kinds": ["domain", "domain", "domain"],
+                "encoding": "gzip",
+            }
+            nrrd.write(str(temporary), np.asarray(array, dtype=np.uint8), header, index_order="F")
+        else:
+            import nibabel
+
+            header = meta.header.copy() if meta.header is not None else None
+            image = nibabel.Nifti1Image(np.asarray(array, dtype=np.uint8), meta.ijk_to_ras, header=header)
+            image.set_data_dtype(np.uint8)
+            image.header.set_slope_inter(1, 0)
+            nibabel.save(image, str(temporary))
+    return path
+
+
+def mask_to_surface(mask: np.ndarray, ijk_to_ras: np.ndarray, smoothing_iterations: int = 20):
+    """Closed triangle surface (vtkPolyData, RAS mm) of a binary mask, smoothed without shrinking."""
+    import vtk
+    from vtk.util import numpy_support
+
+    bounds = nonzero_bounds(mask)
+    if bounds is None:
+        raise InputError("the implant is empty; there is no surface to export")
+    lo = np.maximum(bounds[0] - 2, 0)
+    hi = np.minimum(bounds[1] + 2, mask.shape)
+    # Pad by one voxel so the surface closes at the crop border.
+    block = np.pad(np.asarray(mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], dtype=np.uint8), 1)
+    image = vtk.vtkImageData()
+    image.SetDimensions(*block.shape)
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(block.ravel(order="F"), deep=True))
+    surface = vtk.vtkDiscreteFlyingEdges3D()
+    surface.SetInputData(image)
+    surface.SetValue(0, 1)
+    smoother = vtk.vtkWindowedSincPolyDataFilter()
+    smoother.SetInputConnection(surface.GetOutputPort())
+    smoother.SetNumberOfIterations(smoothing_iterations)
+    smoother.SetPassBand(0.1)
+    smoother.NormalizeCoordinatesOn()
+    smoother.BoundarySmoothingOff()
+    # Block index → input index (undo crop and pad) → RAS.
+    shift = np.eye(4)
+    shift[:3, 3] = lo - 1
+    matrix = vtk.vtkMatrix4x4()
+    for row, values in enumerate(np.asarray(ijk_to_ras, dtype=float) @ shift):
+        for column, value in enumerate(values):
+            matrix.SetElement(row, column, value)
+    transform = vtk.vtkTransform()
+    transform.SetMatrix(matrix)
+    to_ras = vtk.vtkTransformPolyDataFilter()
+    to_ras.SetInputConnection(smoother.GetOutputPort())
+    to_ras.SetTransform(transform)
+    normals = vtk.vtkPolyDataNormals()  # consistent outward normals even when the matrix flips axes
+    normals.SetInputConnection(to_ras.GetOutputPort())
+    normals.ConsistencyOn()
+    normals.AutoOrientNormalsOn()
+    normals.SplittingOff()
+    normals.Update()
+    return normals.GetOutput()
+
+
+def write_stl(
+    path: str | os.PathLike,
+    mask: np.ndarray,
+    ijk_to_ras: np.ndarray,
+    coordinate_system: str = "LPS",
+    overwrite: bool = False,
+) -> Path:
+    """Binary STL of the mask's surface in mm; LPS by default, as Slicer writes STL files."""
+    import vtk
+
+    if coordinate_system not in ("LPS", "RAS"):
+        raise ValueError("coordinate_system must be 'LPS' or 'RAS'")
+    matrix = np.asarray(ijk_to_ras, dtype=float)
+    if coordinate_system == "LPS":
+        matrix = LPS_TO_RAS @ matrix
+    surface = mask_to_surface(mask, matrix)
+    path = Path(path)
+    with _atomic_target(path, overwrite) as temporary:
+        writer = vtk.vtkSTLWriter()
+        writer.SetFileName(str(temporary))
+        writer.SetInputData(surface)
+        writer.SetFileTypeToBinary()
+        writer.SetHeader(f"SkullVAE implant, {coordinate_system} mm")
+        if not writer.Write():
+            raise OSError(f"VTK could not write {path}")
+    return path
+
+
+def _canonical_views(volume: np.ndarray, ijk_to_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reorder/flip axes to the closest RAS orientation (for pictures only) and return the spacing."""
+    import nibabel.orientations as orientations
+
+    ornt = orientations.io_orientation(ijk_to_ras)
+    canonical = orientations.apply_orientation(volume, ornt)
+    spacing = np.linalg.norm(np.asarray(ijk_to_ras)[:3, :3], axis=0)[ornt[:, 0].astype(int).argsort()]
+    return canonical, spacing
+
+
+def write_preview_png(
+    path: str | os.PathLike,
+    skull: np.ndarray,
+    implant: np.ndarray,
+    ijk_to_ras: np.ndarray,
+    title: str = "",
+    overwrite: bool = False,
+) -> Path:
+    """Three orthogonal projections (front, side, top) of the skull in grey and the implant in red."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    skull_c, spacing = _canonical_views(np.asarray(skull, dtype=bool), ijk_to_ras)
+    implant_c, _ = _canonical_views(np.asarray(implant, dtype=bool), ijk_to_ras)
+    views = [("front (coronal)", 1, (0, 2)), ("left side (sagittal)", 0, (1, 2)), ("top (axial)", 2, (0, 1))]
+    figure, axes = plt.subplots(1, 3, figsize=(12, 4.4), dpi=100)
+    for axis, (name, projection_axis, (horizontal, vertical)) in zip(axes, views, strict=True):
+        depth = skull_c.mean(axis=projection_axis)  # shaded projection: thicker bone looks brighter
+        shown_implant = implant_c.any(axis=projection_axis)
+        rgb = np.repeat((depth / max(depth.max(), 1e-6))[..., None], 3, axis=-1) * 0.85
+        rgb[shown_implant] = 0.4 * rgb[shown_implant] + 0.6 * np.array([1.0, 0.15, 0.1])
+        extent = [0, skull_c.shape[horizontal] * spacing[horizontal], 0, skull_c.shape[vertical] * spacing[vertical]]
+        if projection_axis in (0, 1):  # seen from the left: anterior to the left; from the front: right to the left
+            rgb = rgb[::-1]
+        axis.imshow(np.transpose(rgb, (1, 0, 2)), origin="lower", extent=extent)
+        axis.set_title(name)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    path = Path(path)
+    with _atomic_target(path, overwrite) as temporary:
+        figure.savefig(temporary, format="png")
+    plt.close(figure)
+    return path
+
+
+def output_paths(meta: VolumeMeta, output_dir: Path) -> dict[str, Path]:
+    """The files the CLI writes for one input, named after it."""
+    stem, suffix = meta.stem, (".nrrd" if meta.format == "nrrd" else meta.suffix)
+    return {
+        "completed": output_dir / f"{stem}_completed{suffix}",
+        "implant": output_dir / f"{stem}_implant{suffix}",
+        "stl": output_dir / f"{stem}_implant.stl",
+        "preview": output_dir / f"{stem}_preview.png",
+    }

@@ -1,0 +1,637 @@
+"""MRML side of the SkullVAE Completion module: nodes in, nodes out.
+
+Everything here works with ``slicer-core`` alone (no Qt, no ``slicer.app``, no ``slicer.modules``), so the
+Logic can be tested and scripted outside the Slicer application:
+
+* :func:`inputMaskFromNode` turns a segment of a segmentation node, or a labelmap volume node, into the
+  engine's input (a mask indexed (i, j, k) and its IJK→RAS matrix) without modifying the node;
+* :func:`buildResultSegmentation` makes a new segmentation node (not yet in a scene) with the segments
+  "Completed skull" and "Implant" on the input's voxel grid, so they overlay the input exactly;
+* :func:`addResultToScene` adds the result nodes at once (and removes them again if anything fails), places
+  them under the input's study in the subject hierarchy and under the input's parent transform;
+* :func:`exportImplantStl`, :func:`loadLabelmapFile`, :func:`saveSegmentation` for files;
+* :func:`runBlocking` runs the engine with progress and cancellation, optionally in a worker thread while
+  the calling (GUI) thread keeps processing events.
+
+``slicer`` and ``vtk`` are imported lazily so that importing this file costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CancelledError, InputError
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[float, str], None]
+
+# --- what the result looks like ------------------------------------------------------------------------
+SKULL_SEGMENT_ID = "completed_skull"
+IMPLANT_SEGMENT_ID = "implant"
+SKULL_SEGMENT_NAME = "Completed skull"
+IMPLANT_SEGMENT_NAME = "Implant"
+SKULL_COLOR = (241 / 255.0, 213 / 255.0, 144 / 255.0)  # Slicer's recommended colour for "Skull"
+IMPLANT_COLOR = (0.20, 0.55, 0.95)  # blue: stands out against bone in slice and 3D views
+
+# Serialized terminology entries (format of vtkSlicerTerminologiesModuleLogic.SerializeTerminologyEntry):
+# context~category~type~type modifier~anatomic context~region~region modifier, codes as scheme^value^meaning.
+# The skull code (SCT 89546000, "Bone structure of cranium") is listed as "Skull" in Slicer's General Anatomy
+# list; the implant (SCT 40388003) lives in the DICOM master list under "Physical object" (SCT 260787004).
+SKULL_TERMINOLOGY = (
+    "Segmentation category and type - 3D Slicer General Anatomy list"
+    "~SCT^123037004^Anatomical Structure~SCT^89546000^Skull~^^"
+    "~Anatomic codes - DICOM master list~^^~^^"
+)
+IMPLANT_TERMINOLOGY = (
+    "Segmentation category and type - DICOM master list"
+    "~SCT^260787004^Physical object~SCT^40388003^Implant~^^"
+    "~Anatomic codes - DICOM master list~^^~^^"
+)
+
+ATTRIBUTE_PREFIX = "SkullVAECompletion."
+BINARY_LABELMAP = "Binary labelmap"
+NO_REFERENCE_MARGIN_MM = 30.0  # padding around a segment when its segmentation has no reference geometry
+
+
+def _slicer() -> Any:
+    import slicer  # noqa: PLC0415  (lazy: slicer is heavy and absent in pure-engine installs)
+
+    return slicer
+
+
+def _vtk() -> Any:
+    import vtk  # noqa: PLC0415
+
+    return vtk
+
+
+# --- matrices and images ------------------------------------------------------------------------------
+def matrixToArray(matrix: Any) -> np.ndarray:
+    """vtkMatrix4x4 → 4×4 float64 array."""
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=np.float64)
+
+
+def arrayToMatrix(array: np.ndarray) -> Any:
+    """4×4 array → vtkMatrix4x4."""
+    matrix = _vtk().vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(array[r, c]))
+    return matrix
+
+
+def orientedImageToArray(image: Any) -> tuple[np.ndarray, np.ndarray]:
+    """vtkOrientedImageData → (array indexed (i, j, k), IJK→RAS of index (0, 0, 0) of that array)."""
+    from vtk.util import numpy_support  # noqa: PLC0415
+
+    dims = image.GetDimensions()
+    scalars = image.GetPointData().GetScalars()
+    if scalars is None or min(dims) < 1:
+        return np.zeros((0, 0, 0), np.uint8), np.eye(4)
+    # VTK stores x fastest: reshape to (k, j, i), then a transposed view gives (i, j, k) without a copy.
+    array = numpy_support.vtk_to_numpy(scalars).reshape(dims[2], dims[1], dims[0]).transpose(2, 1, 0)
+    matrix = _vtk().vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    ijkToRas = matrixToArray(matrix)
+    extent = image.GetExtent()
+    # The image's extent may not start at 0: fold the start index into the matrix.
+    ijkToRas[:3, 3] = ijkToRas[:3, :3] @ np.array(extent[0::2], dtype=float) + ijkToRas[:3, 3]
+    return array, ijkToRas
+
+
+def arrayToOrientedImage(array: np.ndarray, ijkToRas: np.ndarray, dtype: Any = np.uint8) -> Any:
+    """Array indexed (i, j, k) → vtkOrientedImageData with extent starting at 0 and the given geometry."""
+    from vtk.util import numpy_support  # noqa: PLC0415
+
+    slicer = _slicer()
+    array = np.asarray(array, dtype=dtype)
+    image = slicer.vtkOrientedImageData()
+    image.SetDimensions(*array.shape)
+    flat = np.ravel(array, order="F")  # (i, j, k) in Fortran order = x fastest, VTK's layout
+    vtkArray = numpy_support.numpy_to_vtk(flat, deep=True)
+    vtkArray.SetName("ImageScalars")
+    image.GetPointData().SetScalars(vtkArray)
+    image.SetImageToWorldMatrix(arrayToMatrix(ijkToRas))
+    return image
+
+
+# --- input -------------------------------------------------------------------------------------------
+@dataclass
+class InputMask:
+    """The engine's view of the input node."""
+
+    mask: np.ndarray  # (i, j, k), the node's own voxels (a view for labelmaps: never write to it)
+    ijkToRas: np.ndarray  # local IJK→RAS: what the result segments use, so they overlay the input
+    worldIjkToRas: np.ndarray  # IJK→world through the parent (linear) transform: what the engine sees
+    referenceGeometry: str  # serialized reference image geometry for the result segmentation
+    name: str  # used in messages and result names
+    nodeId: str | None
+    segmentId: str | None
+    transformNodeId: str | None
+
+
+def describeNode(node: Any) -> str:
+    return f"'{node.GetName()}'" if node is not None and node.GetName() else "the selected node"
+
+
+def inputMaskFromNode(node: Any, segmentId: str | None = None) -> InputMask:
+    """Read the skull from a segmentation (one segment) or a labelmap volume; raise InputError if unusable."""
+    if node is None:
+        raise InputError(
+            "No input selected: choose the skull segmentation (and its skull segment) or a skull labelmap volume."
+        )
+    if node.IsA("vtkMRMLSegmentationNode"):
+        data = _maskFromSegmentation(node, segmentId)
+    elif node.IsA("vtkMRMLLabelMapVolumeNode"):
+        data = _maskFromLabelmap(node)
+    elif node.IsA("vtkMRMLScalarVolumeNode"):
+        raise InputError(
+            f"{describeNode(node)} is a scalar (intensity) volume such as a CT, not a skull mask. "
+            "Segment the skull first (Segment Editor: Threshold above about 300 HU) and select that "
+            "segmentation, or convert the mask to a labelmap volume."
+        )
+    else:
+        raise InputError(
+            f"{describeNode(node)} is a {node.GetClassName()}; select a segmentation (with the skull segment) "
+            "or a labelmap volume."
+        )
+    mask = data.mask
+    if mask.ndim != 3 or min(mask.shape) < 2:
+        raise InputError(
+            f"{data.name} is a 2D image (size {' x '.join(str(s) for s in mask.shape)}); a 3D volume of the "
+            "whole skull is needed: load the whole CT series and segment the skull in 3D."
+        )
+    if not np.any(mask):
+        what = f"segment '{data.segmentId}' of {describeNode(node)}" if data.segmentId else describeNode(node)
+        raise InputError(f"The skull mask ({what}) is empty: paint or threshold the skull before completing it.")
+    return data
+
+
+def _transformInfo(node: Any) -> tuple[str | None, np.ndarray]:
+    """Parent transform ID and the local→world matrix (identity if none); non-linear transforms are refused."""
+    transformNode = node.GetParentTransformNode()
+    if transformNode is None:
+        return None, np.eye(4)
+    if not transformNode.IsTransformToWorldLinear():
+        raise InputError(
+            f"{describeNode(node)} is under a non-linear transform; harden the transform "
+            "(Data module: right-click > Harden transform) before completing the skull."
+        )
+    matrix = _vtk().vtkMatrix4x4()
+    transformNode.GetMatrixTransformToWorld(matrix)
+    return transformNode.GetID(), matrixToArray(matrix)
+
+
+def _maskFromLabelmap(node: Any) -> InputMask:
+    slicer = _slicer()
+    image = node.GetImageData()
+    if image is None or image.GetPointData().GetScalars() is None:
+        raise InputError(f"{describeNode(node)} has no voxels; load or create the skull labelmap first.")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise InputError(f"{describeNode(node)} has {image.GetNumberOfScalarComponents()} components per voxel; "
+                         "a single-component labelmap is needed.")
+    mask = slicer.util.arrayFromVolume(node).transpose(2, 1, 0)  # (k, j, i) view → (i, j, k) view
+    matrix = _vtk().vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    ijkToRas = matrixToArray(matrix)
+    transformId, toWorld = _transformInfo(node)
+    extent = [0, mask.shape[0] - 1, 0, mask.shape[1] - 1, 0, mask.shape[2] - 1]
+    geometry = slicer.vtkSegmentationConverter.SerializeImageGeometry(matrix, extent)
+    return InputMask(mask, ijkToRas, toWorld @ ijkToRas, geometry, describeNode(node), node.GetID(), None, transformId)
+
+
+def _maskFromSegmentation(node: Any, segmentId: str | None) -> InputMask:
+    slicer = _slicer()
+    segmentation = node.GetSegmentation()
+    ids = list(segmentation.GetSegmentIDs())
+    if not ids:
+        raise InputError(f"{describeNode(node)} has no segments; segment the skull first.")
+    names = ", ".join(f"'{segmentation.GetSegment(i).GetName()}' (ID {i})" for i in ids)
+    if not segmentId:
+        if len(ids) > 1:
+            raise InputError(f"{describeNode(node)} has {len(ids)} segments: choose the skull segment ({names}).")
+        segmentId = ids[0]
+    if segmentation.GetSegment(segmentId) is None:
+        # Accept a segment name too: scripts often know names, not IDs.
+        byName = segmentation.GetSegmentIdBySegmentName(segmentId)
+        if not byName:
+            raise InputError(f"{describeNode(node)} has no segment '{segmentId}'; its segments are {names}.")
+        segmentId = byName
+    if not segmentation.ContainsRepresentation(BINARY_LABELMAP):
+        ensureSegmentationConverters()  # e.g. a segmentation made of closed surfaces (imported STL)
+        copy = slicer.vtkSegmentation()  # convert a copy: the input node is never changed
+        copy.DeepCopy(segmentation)
+        if not copy.CreateRepresentation(BINARY_LABELMAP):
+            raise InputError(f"{describeNode(node)}: cannot convert segment '{segmentId}' to a binary labelmap.")
+        image = copy.GetSegment(segmentId).GetRepresentation(BINARY_LABELMAP)
+        binary = slicer.vtkOrientedImageData()
+        binary.DeepCopy(image)
+    else:
+        binary = slicer.vtkOrientedImageData()
+        if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+            node, segmentId, binary, False
+        ):
+            raise InputError(f"{describeNode(node)}: cannot read segment '{segmentId}'.")
+    reference = _referenceGeometry(segmentation, binary)
+    resampled = slicer.vtkOrientedImageData()
+    # Put the segment on the full reference grid (usually the CT's): the model needs the whole field of view,
+    # and the implant may reach beyond the defective skull's bounding box.
+    if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+        binary, reference, resampled
+    ):
+        raise InputError(f"{describeNode(node)}: cannot resample segment '{segmentId}' to its reference geometry.")
+    mask, ijkToRas = orientedImageToArray(resampled)
+    # Segments may share one labelmap layer (Slicer's default): the segment is the voxels with its label value.
+    mask = (mask == segmentation.GetSegment(segmentId).GetLabelValue()).astype(np.uint8)
+    transformId, toWorld = _transformInfo(node)
+    geometry = slicer.vtkSegmentationConverter.SerializeImageGeometry(resampled)
+    name = f"{describeNode(node)} segment '{segmentation.GetSegment(segmentId).GetName()}'"
+    return InputMask(mask, ijkToRas, toWorld @ ijkToRas, geometry, name, node.GetID(), segmentId, transformId)
+
+
+def _referenceGeometry(segmentation: Any, binary: Any) -> Any:
+    """The segmentation's reference image geometry, or the segment's extent padded by a margin."""
+    slicer = _slicer()
+    converter = slicer.vtkSegmentationConverter
+    reference = slicer.vtkOrientedImageData()
+    parameterName = converter.GetReferenceImageGeometryParameterName()
+    serialized = ""
+    # GetConversionParameter logs an error for an unknown name: look in the serialized parameters first.
+    if parameterName in segmentation.SerializeAllConversionParameters():
+        serialized = segmentation.GetConversionParameter(parameterName)
+    if serialized and converter.DeserializeImageGeometry(serialized, reference, False):
+        extent = reference.GetExtent()
+        if extent[1] >= extent[0] and extent[3] >= extent[2] and extent[5] >= extent[4]:
+            return reference
+    # No reference geometry: the segment's own grid, padded so that a missing part can be added.
+    reference = slicer.vtkOrientedImageData()
+    reference.ShallowCopy(binary)
+    matrix = _vtk().vtkMatrix4x4()
+    binary.GetImageToWorldMatrix(matrix)
+    spacing = np.linalg.norm(matrixToArray(matrix)[:3, :3], axis=0)
+    margin = np.ceil(NO_REFERENCE_MARGIN_MM / np.maximum(spacing, 1e-6)).astype(int)
+    extent = list(binary.GetExtent())
+    for axis in range(3):
+        extent[2 * axis] -= int(margin[axis])
+        extent[2 * axis + 1] += int(margin[axis])
+    geometryOnly = slicer.vtkOrientedImageData()
+    geometryOnly.SetExtent(extent)
+    geometryOnly.SetImageToWorldMatrix(matrix)
+    return geometryOnly
+
+
+# --- result --------------------------------------------------------------------------------------------
+@dataclass
+class CompletionSummary:
+    """What the last completion did; ``SkullVAECompletionLogic.lastResult``."""
+
+    segmentationNode: Any
+    uncertaintyNode: Any
+    defectType: str
+    detectedType: str
+    confidence: float
+    gamma: float
+    modelId: str
+    modelVersion: str
+    device: str
+    seconds: float
+    implantVolumeMl: float
+    timings: dict[str, float] = field(default_factory=dict)
+    stlFiles: list[str] = field(default_factory=list)
+    result: Any = None  # the engine's CompletionResult
+
+    def statusText(self) -> str:
+        """One line for the GUI's status label and the log."""
+        detected = "no defect detected" if self.detectedType == "complete" else f"{self.detectedType} defect"
+        return (
+            f"Detected: {detected} ({100 * self.confidence:.0f}% confidence); completed as "
+            f"{self.defectType} with γ = {self.gamma:.2f}; implant {self.implantVolumeMl:.1f} ml; "
+            f"{self.seconds:.1f} s on {self.device}."
+        )
+
+
+def buildResultSegmentation(result: Any, inputMask: InputMask, name: str) -> Any:
+    """A new segmentation node (not in a scene) with the completed skull and the implant on the input grid."""
+    slicer = _slicer()
+    node = slicer.vtkMRMLSegmentationNode()
+    node.SetName(name)
+    segmentation = node.GetSegmentation()
+    segmentation.SetSourceRepresentationName(BINARY_LABELMAP)
+    segmentation.SetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(), inputMask.referenceGeometry
+    )
+    for segmentId, segmentName, color, terminology, array in (
+        (SKULL_SEGMENT_ID, SKULL_SEGMENT_NAME, SKULL_COLOR, SKULL_TERMINOLOGY, result.completed),
+        (IMPLANT_SEGMENT_ID, IMPLANT_SEGMENT_NAME, IMPLANT_COLOR, IMPLANT_TERMINOLOGY, result.implant),
+    ):
+        segment = slicer.vtkSegment()
+        segment.SetName(segmentName)
+        segment.SetColor(*color)
+        segment.SetNameAutoGenerated(False)
+        segment.SetColorAutoGenerated(False)
+        segment.SetTag(segment.GetTerminologyEntryTagName(), terminology)
+        segment.AddRepresentation(BINARY_LABELMAP, arrayToOrientedImage(array, inputMask.ijkToRas))
+        segmentation.AddSegment(segment, segmentId)
+    return node
+
+
+def updateResultSegments(node: Any, result: Any, ijkToRas: np.ndarray) -> None:
+    """Replace both segments' voxels in place (same node, same segment IDs, display settings kept)."""
+    slicer = _slicer()
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    for segmentId, array in ((SKULL_SEGMENT_ID, result.completed), (IMPLANT_SEGMENT_ID, result.implant)):
+        if node.GetSegmentation().GetSegment(segmentId) is None:
+            raise InputError(f"{describeNode(node)} has no segment '{segmentId}'; run the completion again.")
+        if not logic.SetBinaryLabelmapToSegment(arrayToOrientedImage(array, ijkToRas), node, segmentId,
+                                                logic.MODE_REPLACE):
+            raise RuntimeError(f"Could not update segment '{segmentId}' of {describeNode(node)}.")
+    # Keep the 3D view in sync: rebuild the surfaces only if they were shown before.
+    if node.GetSegmentation().ContainsRepresentation("Closed surface"):
+        node.GetSegmentation().CreateRepresentation("Closed surface", True)
+
+
+def setResultAttributes(node: Any, summary: CompletionSummary, inputMask: InputMask | None = None) -> None:
+    """Record model and run parameters on the node (saved with the scene)."""
+    values = {
+        "ModelId": summary.modelId,
+        "ModelVersion": summary.modelVersion,
+        "DefectType": summary.defectType,
+        "DetectedType": summary.detectedType,
+        "Confidence": f"{summary.confidence:.4f}",
+        "Gamma": f"{summary.gamma:.4f}",
+        "ImplantVolumeMl": f"{summary.implantVolumeMl:.3f}",
+    }
+    if inputMask is not None:
+        values["InputNodeID"] = inputMask.nodeId or ""
+        values["InputSegmentID"] = inputMask.segmentId or ""
+    for key, value in values.items():
+        node.SetAttribute(ATTRIBUTE_PREFIX + key, str(value))
+
+
+def buildUncertaintyVolume(array: np.ndarray, inputMask: InputMask, name: str) -> Any:
+    """A scalar volume node (not in a scene) holding the voxelwise uncertainty (0..1) on the input grid."""
+    slicer = _slicer()
+    node = slicer.vtkMRMLScalarVolumeNode()
+    node.SetName(name)
+    updateUncertaintyVolume(node, array, inputMask.ijkToRas)
+    return node
+
+
+def updateUncertaintyVolume(node: Any, array: np.ndarray, ijkToRas: np.ndarray) -> None:
+    image = arrayToOrientedImage(array, np.eye(4), dtype=np.float32)
+    plain = _vtk().vtkImageData()
+    plain.ShallowCopy(image)
+    plain.SetOrigin(0, 0, 0)
+    plain.SetSpacing(1, 1, 1)
+    node.SetIJKToRASMatrix(arrayToMatrix(ijkToRas))
+    node.SetAndObserveImageData(plain)
+
+
+def addResultToScene(scene: Any, nodes: list[Any], inputNode: Any, transformNodeId: str | None,
+                     showSurfaces: bool = False) -> None:
+    """Add the new nodes; on any failure remove what was added, so the scene is left as it was."""
+    added = []
+    try:
+        for node in nodes:
+            node.SetName(scene.GenerateUniqueName(node.GetName()))
+            scene.AddNode(node)
+            added.append(node)
+            node.CreateDefaultDisplayNodes()
+            if transformNodeId:
+                node.SetAndObserveTransformNodeID(transformNodeId)
+        segmentationNode = nodes[0]
+        displayNode = segmentationNode.GetDisplayNode()
+        if displayNode is not None:
+            # The completed skull contains the implant: show it as outline so the implant stays visible.
+            displayNode.SetSegmentVisibility2DFill(SKULL_SEGMENT_ID, False)
+            displayNode.SetSegmentOpacity3D(SKULL_SEGMENT_ID, 0.4)
+        if showSurfaces:
+            segmentationNode.CreateClosedSurfaceRepresentation()
+        placeInSubjectHierarchy(scene, nodes, inputNode)
+    except BaseException:
+        removeNodes(scene, added)
+        raise
+
+
+def removeNodes(scene: Any, nodes: list[Any]) -> None:
+    """Remove nodes with their display and storage nodes (slicer-core does not remove those by itself)."""
+    for node in reversed([n for n in nodes if n is not None]):
+        helpers = []
+        for getCount, getNth in (("GetNumberOfDisplayNodes", "GetNthDisplayNode"),
+                                 ("GetNumberOfStorageNodes", "GetNthStorageNode")):
+            if hasattr(node, getCount):
+                helpers += [getattr(node, getNth)(i) for i in range(getattr(node, getCount)())]
+        for helper in [node, *helpers]:
+            if helper is not None and helper.GetScene() is scene:
+                scene.RemoveNode(helper)
+
+
+def placeInSubjectHierarchy(scene: Any, nodes: list[Any], inputNode: Any) -> None:
+    """Put the result next to the input (i.e. in the input's study), if the input has a hierarchy item."""
+    # Only use an existing hierarchy (GetSubjectHierarchyNode would create one: no new nodes on the side).
+    shNode = scene.GetFirstNodeByClass("vtkMRMLSubjectHierarchyNode")
+    if shNode is None or inputNode is None:
+        return
+    inputItem = shNode.GetItemByDataNode(inputNode)
+    if not inputItem:
+        return  # slicer-core without the application creates no items automatically
+    parentItem = shNode.GetItemParent(inputItem)
+    for node in nodes:
+        item = shNode.GetItemByDataNode(node)
+        if item:
+            shNode.SetItemParent(item, parentItem)
+        else:
+            shNode.CreateItem(parentItem, node)
+
+
+def ensureSegmentationConverters() -> None:
+    """Register the closed-surface converter rules the Slicer application registers at start-up."""
+    slicer = _slicer()
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    existing = {rule.GetName() for rule in factory.GetConverterRules()}
+    for cls in (
+        slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule,
+        slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule,
+        slicer.vtkClosedSurfaceToFractionalLabelmapConversionRule,
+        slicer.vtkFractionalLabelmapToClosedSurfaceConversionRule,
+    ):
+        rule = cls()
+        if rule.GetName() not in existing:
+            factory.RegisterConverterRule(rule)
+
+
+def prepareFolder(folder: str | os.PathLike) -> Path:
+    """Create the STL export folder (done before the completion runs, so a bad folder fails fast)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"Cannot create the STL export folder {folder}: {error.strerror}.") from error
+    return folder
+
+
+def exportImplantStl(segmentationNode: Any, folder: str | os.PathLike) -> list[str]:
+    """Write the implant's closed surface as STL (LPS, mm) into ``folder``; return the files written."""
+    slicer = _slicer()
+    folder = prepareFolder(folder)
+    implant = segmentationNode.GetSegmentation().GetSegment(IMPLANT_SEGMENT_ID)
+    image = implant.GetRepresentation(BINARY_LABELMAP) if implant is not None else None
+    if image is None or image.IsEmpty() or image.GetPointData().GetScalars().GetRange()[1] == 0:
+        logger.warning("The implant is empty (no defect found at this γ): no STL written")
+        return []
+    ensureSegmentationConverters()
+    before = set(folder.glob("*.stl"))
+    beforeTimes = {p: p.stat().st_mtime_ns for p in before}
+    ids = _vtk().vtkStringArray()
+    ids.InsertNextValue(IMPLANT_SEGMENT_ID)
+    ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsClosedSurfaceRepresentationToFiles(
+        str(folder), segmentationNode, ids, "STL", True, 1.0, False
+    )
+    written = sorted(
+        str(p) for p in folder.glob("*.stl") if p not in before or p.stat().st_mtime_ns != beforeTimes[p]
+    )
+    if not ok or not written:  # the export returns True even when the conversion failed: check the files
+        raise RuntimeError(f"Could not export the implant as STL into {folder} (is the folder writable?).")
+    return written
+
+
+def saveSegmentation(node: Any, path: str | os.PathLike) -> None:
+    """Write a segmentation node to ``.seg.nrrd`` (works without the application's IO manager)."""
+    storage = node.GetStorageNode() or node.CreateDefaultStorageNode()
+    if node.GetScene() is not None and storage.GetScene() is None:
+        node.GetScene().AddNode(storage)
+        node.SetAndObserveStorageNodeID(storage.GetID())
+    storage.SetFileName(str(path))
+    if not storage.WriteData(node):
+        raise RuntimeError(f"Could not write {path}.")
+
+
+def loadSegmentation(scene: Any, path: str | os.PathLike) -> Any:
+    """Read a ``.seg.nrrd`` into a new segmentation node of ``scene``."""
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", Path(path).name.split(".")[0])
+    storage = node.CreateDefaultStorageNode()
+    scene.AddNode(storage)
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    storage.SetFileName(str(path))
+    if not storage.ReadData(node):
+        scene.RemoveNode(node)
+        raise RuntimeError(f"Could not read segmentation {path}.")
+    return node
+
+
+def loadLabelmapFile(scene: Any, path: str | os.PathLike) -> Any:
+    """Load a mask file (NRRD, NIfTI, ...) as a labelmap volume node: through the application when there is
+    one (``slicer.util.loadLabelVolume``), else through a volume storage node (slicer-core)."""
+    slicer = _slicer()
+    if hasattr(slicer, "app") and scene is slicer.mrmlScene:
+        return slicer.util.loadLabelVolume(str(path))
+    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", Path(path).name.split(".")[0])
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(path))
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    if not storage.ReadData(node):
+        scene.RemoveNode(storage)
+        scene.RemoveNode(node)
+        raise InputError(f"Could not read {path} as a volume.")
+    return node
+
+
+# --- running the engine ---------------------------------------------------------------------------------
+def runBlocking(
+    work: Callable[[ProgressCallback], Any],
+    progress: ProgressCallback | None = None,
+    isCancelled: Callable[[], bool] = lambda: False,
+    processEvents: Callable[[], None] | None = None,
+    useThread: bool = False,
+    pollSeconds: float = 0.05,
+) -> Any:
+    """Run ``work(engineProgress)`` and return its value; blocking either way.
+
+    Without a thread, ``engineProgress`` forwards to ``progress`` (which may raise CancelledError) and calls
+    ``processEvents``. With ``useThread`` (the GUI case), ``work`` runs in a worker thread -- it must not touch
+    MRML or Qt -- while this thread forwards progress messages and calls ``processEvents`` every
+    ``pollSeconds``, so the GUI stays responsive even during one long network call. Cancellation is checked
+    by the engine's progress calls, so it takes effect at the next step.
+    """
+    cancelled = threading.Event()
+
+    def checkCancel() -> None:
+        if cancelled.is_set() or isCancelled():
+            cancelled.set()
+            raise CancelledError("Cancelled by the user; the scene was not changed.")
+
+    if not useThread:
+        def direct(fraction: float, message: str) -> None:
+            checkCancel()
+            if progress is not None:
+                progress(fraction, message)
+            if processEvents is not None:
+                processEvents()
+            checkCancel()
+
+        return work(direct)
+
+    messages: list[tuple[float, str]] = []
+    lock = threading.Lock()
+    outcome: dict[str, Any] = {}
+
+    def queued(fraction: float, message: str) -> None:
+        checkCancel()
+        with lock:
+            messages.append((fraction, message))
+
+    def target() -> None:
+        try:
+            outcome["value"] = work(queued)
+        except BaseException as error:  # re-raised in the calling thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=target, name="SkullVAECompletion", daemon=True)
+    worker.start()
+    while True:
+        worker.join(pollSeconds)
+        with lock:
+            pending, messages[:] = list(messages), []
+        for fraction, message in pending:
+            try:
+                if progress is not None:
+                    progress(fraction, message)
+            except CancelledError:
+                cancelled.set()
+        if isCancelled():
+            cancelled.set()
+        if processEvents is not None:
+            processEvents()
+        if not worker.is_alive():
+            break
+    if "error" in outcome:
+        raise outcome["error"]
+    if cancelled.is_set():
+        raise CancelledError("Cancelled by the user; the scene was not changed.")
+    return outcome.get("value")
+
+
+class StageProgress:
+    """Maps an engine step's 0..1 progress onto a slice of the overall 0..1 progress."""
+
+    def __init__(self, callback: ProgressCallback, start: float, end: float) -> None:
+        self.callback, self.start, self.end = callback, start, end
+
+    def __call__(self, fraction: float, message: str) -> None:
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        self.callback(self.start + (self.end - self.start) * fraction, message)
+
+
+def elapsed(start: float) -> float:
+    return time.perf_counter() - start

@@ -1,0 +1,100 @@
+"""Synthetic skull-like shells with known defects: test data that every test and self-test builds itself.
+
+Not anatomy: an ellipsoidal bone shell with an open base and a thicker "face" in front, so that
+the orientation of a volume matters and cranial and facial defects are distinguishable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ShellSpec:
+    semi_axes_mm: tuple[float, float, float] = (70.0, 90.0, 75.0)  # R, A, S
+    thickness_mm: float = 7.0
+    base_cut_mm: float = -35.0  # below this height (relative to the centre) the shell is open
+
+
+def ras_grid(shape: tuple[int, int, int], ijk_to_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RAS coordinates (mm) of every voxel centre, float32, each of ``shape``."""
+    i, j, k = (np.arange(n, dtype=np.float32) for n in shape)
+    m = np.asarray(ijk_to_ras, dtype=np.float32)
+    coords = []
+    for row in range(3):
+        coords.append(
+            m[row, 0] * i[:, None, None] + m[row, 1] * j[None, :, None] + m[row, 2] * k[None, None, :] + m[row, 3]
+        )
+    return coords[0], coords[1], coords[2]
+
+
+def centred_ijk_to_ras(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> np.ndarray:
+    """An axis-aligned RAS matrix whose grid is centred on the origin."""
+    matrix = np.diag([*spacing, 1.0])
+    matrix[:3, 3] = -0.5 * (np.asarray(shape) - 1) * np.asarray(spacing)
+    return matrix
+
+
+def skull_shell(
+    shape: tuple[int, int, int],
+    ijk_to_ras: np.ndarray,
+    spec: ShellSpec = ShellSpec(),
+    centre_ras: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> np.ndarray:
+    """A complete synthetic skull as a bool (i, j, k) array."""
+    x, y, z = ras_grid(shape, ijk_to_ras)
+    x, y, z = x - centre_ras[0], y - centre_ras[1], z - centre_ras[2]
+    a, b, c = spec.semi_axes_mm
+    radius = np.sqrt((x / a) ** 2 + (y / b) ** 2 + (z / c) ** 2)
+    relative_thickness = spec.thickness_mm / min(a, b, c)
+    # The face (anterior, low) is thicker bone, so front and back differ.
+    face = (y > 0.5 * b) & (z < 0.2 * c)
+    inner = 1.0 - np.where(face, 2.0 * relative_thickness, relative_thickness)
+    shell = (radius <= 1.0) & (radius >= inner) & (z >= spec.base_cut_mm)
+    return shell
+
+
+def cranial_defect(
+    shape: tuple[int, int, int],
+    ijk_to_ras: np.ndarray,
+    centre_ras: tuple[float, float, float] = (35.0, 20.0, 55.0),
+    radius_mm: float = 30.0,
+) -> np.ndarray:
+    """Region removed by a round cranial defect (a ball through the shell)."""
+    x, y, z = ras_grid(shape, ijk_to_ras)
+    return (x - centre_ras[0]) ** 2 + (y - centre_ras[1]) ** 2 + (z - centre_ras[2]) ** 2 <= radius_mm**2
+
+
+def facial_defect(
+    shape: tuple[int, int, int],
+    ijk_to_ras: np.ndarray,
+    front_mm: float = 55.0,
+    top_mm: float = 10.0,
+) -> np.ndarray:
+    """Region removed by a facial defect: everything anterior of ``front_mm`` and below ``top_mm``."""
+    _, y, z = ras_grid(shape, ijk_to_ras)
+    return (y >= front_mm) & (z <= top_mm)
+
+
+def defective_pair(
+    kind: str,
+    shape: tuple[int, int, int] = (64, 72, 60),
+    spacing: tuple[float, float, float] = (3.0, 3.0, 3.0),
+    ijk_to_ras: np.ndarray | None = None,
+    spec: ShellSpec = ShellSpec(),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(complete, defective, ijk_to_ras) as uint8 arrays for ``kind`` in {"complete", "cranial", "facial"}."""
+    matrix = centred_ijk_to_ras(shape, spacing) if ijk_to_ras is None else np.asarray(ijk_to_ras, dtype=float)
+    complete = skull_shell(shape, matrix, spec)
+    if kind == "complete":
+        removed = np.zeros(shape, dtype=bool)
+    elif kind == "cranial":
+        removed = cranial_defect(shape, matrix)
+    elif kind == "facial":
+        removed = facial_defect(shape, matrix)
+    else:
+        raise ValueError(f"unknown defect kind {kind!r}")
+    defective = complete & ~removed
+    return complete.astype(np.uint8), defective.astype(np.uint8), matrix

@@ -1,0 +1,206 @@
+"""Fixtures and helpers for the Slicer-module tests (slicer-core only: no Qt, no application).
+
+Import the fixtures into a test file with ``from slicer_fixtures import *`` (conftest.py puts Testing/ and
+SkullVAECompletion/ on sys.path and provides ``tiny_bundle``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")  # slicer-core
+
+from SkullVAECompletionLib import mrml  # noqa: E402
+from SkullVAECompletionLib.completion import SkullCompleter  # noqa: E402
+
+import SkullVAECompletion as module  # noqa: E402
+
+__all__ = [
+    "FakeCompleter",
+    "GEOMETRIES",
+    "addLabelmap",
+    "addSegmentation",
+    "fake_logic",
+    "geometry",
+    "nodeCount",
+    "real_completer",
+    "real_logic",
+    "scene",
+    "segmentArray",
+]
+
+
+def _rotation(axis: int, degrees: float) -> np.ndarray:
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    a, b = [(1, 2), (0, 2), (0, 1)][axis]
+    matrix = np.eye(3)
+    matrix[a, a] = matrix[b, b] = c
+    matrix[a, b], matrix[b, a] = -s, s
+    return matrix
+
+
+def _centred(directions: np.ndarray, spacing: tuple[float, float, float], shape: tuple[int, int, int]) -> np.ndarray:
+    """IJK→RAS with the given direction columns and spacing, whose volume centre is at RAS (0, 0, 0)."""
+    matrix = np.eye(4)
+    matrix[:3, :3] = directions @ np.diag(spacing)
+    matrix[:3, 3] = -matrix[:3, :3] @ ((np.asarray(shape) - 1) / 2.0)
+    return matrix
+
+
+# (name, shape (i, j, k), IJK→RAS): every grid covers the synthetic skull (about 140 x 170 x 140 mm).
+GEOMETRIES = {
+    "ras_3mm": ((60, 70, 60), _centred(np.eye(3), (3.0, 3.0, 3.0), (60, 70, 60))),
+    "lps_flipped": ((60, 70, 60), _centred(np.diag([-1.0, -1.0, 1.0]), (3.0, 3.0, 3.0), (60, 70, 60))),
+    # i runs S→I, j runs R→L... : permuted and flipped axes with anisotropic spacing
+    "permuted_anisotropic": (
+        (48, 72, 84),
+        _centred(np.array([[0.0, -1.0, 0.0], [0.0, 0.0, 1.0], [-1.0, 0.0, 0.0]]), (4.0, 2.5, 2.2), (48, 72, 84)),
+    ),
+    "oblique": ((66, 76, 66), _centred(_rotation(2, 20.0) @ _rotation(0, 10.0), (3.0, 3.0, 3.0), (66, 76, 66))),
+}
+
+
+@pytest.fixture(params=sorted(GEOMETRIES))
+def geometry(request: pytest.FixtureRequest) -> tuple[str, tuple[int, int, int], np.ndarray]:
+    shape, matrix = GEOMETRIES[request.param]
+    return request.param, shape, matrix
+
+
+@pytest.fixture
+def scene() -> Any:
+    """A fresh MRML scene, also installed as ``slicer.mrmlScene`` (slicer.util needs it)."""
+    previous = getattr(slicer, "mrmlScene", None)
+    newScene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = newScene
+    yield newScene
+    newScene.Clear(1)
+    slicer.mrmlScene = previous
+
+
+def nodeCount(scene: Any) -> int:
+    return scene.GetNumberOfNodes()
+
+
+def addLabelmap(scene: Any, array_ijk: np.ndarray, ijkToRas: np.ndarray, name: str = "DefectiveSkull",
+                className: str = "vtkMRMLLabelMapVolumeNode") -> Any:
+    node = scene.AddNewNodeByClass(className, name)
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(np.asarray(array_ijk).transpose(2, 1, 0)))
+    node.SetIJKToRASMatrix(mrml.arrayToMatrix(ijkToRas))
+    return node
+
+
+def addSegmentation(scene: Any, array_ijk: np.ndarray, ijkToRas: np.ndarray, name: str = "SkullSegmentation",
+                    segmentName: str = "Skull") -> tuple[Any, str]:
+    """A segmentation with one segment made from the mask; the temporary labelmap is removed again."""
+    labelmap = addLabelmap(scene, array_ijk, ijkToRas, name="tmp")
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    node.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, node)
+    scene.RemoveNode(labelmap)
+    segmentId = node.GetSegmentation().GetNthSegmentID(0)
+    node.GetSegmentation().GetSegment(segmentId).SetName(segmentName)
+    return node, segmentId
+
+
+def segmentArray(segmentationNode: Any, segmentId: str, shape: tuple[int, int, int],
+                 ijkToRas: np.ndarray) -> np.ndarray:
+    """A segment resampled onto a given grid (i, j, k) — to compare it voxel for voxel with an input."""
+    image = slicer.vtkOrientedImageData()
+    assert slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+        segmentationNode, segmentId, image, False)
+    return mrml.orientedImageToArray(module._resampleTo(image, shape, ijkToRas))[0].astype(bool)
+
+
+@dataclass
+class FakeEncoded:
+    mask: np.ndarray
+    ijkToRas: np.ndarray
+    decode_cache: dict = field(default_factory=dict)
+
+
+@dataclass
+class FakeResult:
+    completed: np.ndarray
+    implant: np.ndarray
+    defect_type: str
+    detected_type: str
+    confidence: float
+    gamma: float
+    uncertainty: np.ndarray | None = None
+    timings: dict = field(default_factory=dict)
+    implant_volume_ml: float = 0.0
+
+
+class FakeCompleter:
+    """The engine's interface with an exact answer: the analytic complete skull at each voxel's RAS position.
+
+    If the module passed a wrong matrix or transposed an array, the fake's skull would not line up with the
+    input and the implant checks fail — so it tests the MRML layer's geometry without a trained model.
+    γ scales the hole that is filled (γ = 1: all of it, γ = 0: nothing), so γ updates are visible.
+    """
+
+    def __init__(self) -> None:
+        self.bundle = type("Bundle", (), {"model_id": "fake-model", "version": "9.9.9"})()
+        self.device = "cpu"
+        self.encodeCalls = 0
+        self.completeCalls = 0
+
+    def encode(self, mask: np.ndarray, ijk_to_ras: np.ndarray, name: str = "input",
+               progress: Any = None) -> FakeEncoded:
+        self.encodeCalls += 1
+        for fraction in (0.0, 0.5, 1.0):
+            if progress:
+                progress(fraction, "fake encode")
+        return FakeEncoded(np.asarray(mask).astype(bool), np.asarray(ijk_to_ras))
+
+    def complete(self, encoded: FakeEncoded, gamma: float | None = None, defect_type: str = "auto",
+                 smoothing: bool = True, uncertainty_samples: int = 0, progress: Any = None) -> FakeResult:
+        self.completeCalls += 1
+        gamma = 1.0 if gamma is None else float(gamma)
+        for fraction in (0.0, 0.5, 1.0):
+            if progress:
+                progress(fraction, "fake decode")
+        complete, _ = module.makeSyntheticSkull(encoded.mask.shape, encoded.ijkToRas, withHole=False)
+        shape = encoded.mask.shape
+        ijk = np.stack(np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij"), axis=-1)
+        ras = ijk @ encoded.ijkToRas[:3, :3].T.astype(np.float32) + encoded.ijkToRas[:3, 3].astype(np.float32)
+        centre = np.asarray(module.SYNTHETIC_HOLE_CENTRE_RAS, np.float32)
+        inside = ((ras - centre) ** 2).sum(axis=-1) <= (gamma * module.SYNTHETIC_HOLE_RADIUS_MM) ** 2
+        implant = complete.astype(bool) & ~encoded.mask & inside
+        completed = encoded.mask | implant
+        uncertainty = implant.astype(np.float32) * 0.5 if uncertainty_samples else None
+        return FakeResult(completed.astype(np.uint8), implant.astype(np.uint8), "cranial" if defect_type == "auto"
+                          else defect_type, "cranial", 0.9, gamma, uncertainty, {"total": 0.0}, float(implant.sum()))
+
+
+@pytest.fixture
+def fake_logic() -> Any:
+    logic = module.SkullVAECompletionLogic()
+    fake = FakeCompleter()
+    logic.completerFactory = lambda modelPath, device: fake
+    logic.fake = fake
+    return logic
+
+
+@pytest.fixture(scope="session")
+def real_completer(tiny_bundle: Any) -> SkullCompleter:
+    return SkullCompleter(bundle=str(tiny_bundle), device="cpu")
+
+
+@pytest.fixture
+def real_logic(tiny_bundle: Any, real_completer: SkullCompleter) -> Any:
+    """The Logic with the tiny trained bundle (one completer shared by all tests: loading is done once)."""
+    logic = module.SkullVAECompletionLogic(modelPath=tiny_bundle)
+
+    def factory(modelPath: Any, device: str) -> Any:
+        if device in ("auto", "cpu"):
+            return real_completer
+        return SkullCompleter(bundle=str(modelPath), device=device)  # e.g. "cuda" → DeviceError when absent
+
+    logic.completerFactory = factory
+    return logic
