@@ -141,15 +141,17 @@ choose a model folder you trained, and click Apply. A new segmentation with the 
 "Implant" is created next to the input. Move γ to preview other completions (0 reconstructs the input, 1 is the
 default); the status line shows the detected defect type (cranial or facial) and its confidence.
 Advanced: implant smoothing, an uncertainty map, STL export of the implant.</p>
-<p><b>Limits:</b> research software, not a medical device; the bundled model was trained on a limited set of adult
-skulls (cranial and facial defects); check every implant before use. Large volumes are resampled to the model grid,
-so fine detail is limited by the model resolution.</p>
+<p><b>Limits:</b> research software, not a medical device. The bundled model was trained on a synthetic population
+derived from ONE real head CT (deformed copies with generated cranial and facial defects), on a coarse model grid;
+see the README for its measured accuracy. For clinical-grade results train a model on real data (SkullFix,
+SkullBreak) with the extension's training/ pipeline and select its folder. Check every implant before use.</p>
 <p><b>Cite:</b> Li, Fragemann, Ahmadi, Kleesiek, Egger, "Training β-VAE by Aggregating a Learned Gaussian
 Posterior with a Decoupled Decoder", arXiv 2209.14783, 2022.</p>
 """)
         self.parent.acknowledgementText = _("""
 Method by J. Li, J. Fragemann, S.-A. Ahmadi, J. Kleesiek and J. Egger (arXiv 2209.14783). Built on 3D Slicer,
-PyTorch and MONAI. Training data: the SkullFix / AutoImplant challenge data sets.
+PyTorch and MONAI. Bundled model and sample: derived from the head CT "Cranium" of the Debian package
+invesalius-examples (CTI Renato Archer, GPL-2).
 """)
         if HAVE_SLICER_APP:
             slicer.app.connect("startupCompleted()", registerSampleData)
@@ -616,26 +618,29 @@ def _processEvents() -> Any:
 #
 
 
-SYNTHETIC_HOLE_CENTRE_RAS = (30.0, 10.0, 55.0)  # a cranial defect on the upper right of the vault
+SYNTHETIC_HOLE_CENTRE_RAS = (35.0, 20.0, 55.0)  # a cranial defect on the upper right of the vault
 SYNTHETIC_HOLE_RADIUS_MM = 30.0
 
 
 def makeSyntheticSkull(shape: tuple[int, int, int] = (60, 70, 60), ijkToRas: np.ndarray | None = None,
                        withHole: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """A thick ellipsoidal shell (semi-axes 70/85/70 mm, ~8 mm thick) centred at RAS (0, 0, 0), with a round
-    cranial hole; indexed (i, j, k) on the grid ``ijkToRas`` (default: RAS-aligned, 3 mm, centred)."""
+    """A synthetic skull-like shell centred at RAS (0, 0, 0) with a round cranial hole, indexed (i, j, k) on the grid
+    ``ijkToRas`` (default: RAS-aligned, 3 mm, centred). See ``SkullVAECompletionLib.synthetic``."""
+    from SkullVAECompletionLib import synthetic  # noqa: PLC0415  (numpy only)
+
     if ijkToRas is None:
-        ijkToRas = np.diag([3.0, 3.0, 3.0, 1.0])
-        ijkToRas[:3, 3] = -0.5 * (np.asarray(shape) - 1) * 3.0
-    ijk = np.stack(np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij"), axis=-1)
-    ras = ijk @ np.asarray(ijkToRas, np.float32)[:3, :3].T + np.asarray(ijkToRas, np.float32)[:3, 3]
-    radius = np.sqrt(((ras / np.array([70.0, 85.0, 70.0], np.float32)) ** 2).sum(axis=-1))
-    shell = (radius <= 1.0) & (radius >= 0.88)
+        ijkToRas = synthetic.centred_ijk_to_ras(shape, (3.0, 3.0, 3.0))
+    shell = synthetic.skull_shell(shape, ijkToRas)
     if withHole:
-        offset = ras - np.array(SYNTHETIC_HOLE_CENTRE_RAS, np.float32)
-        hole = (offset**2).sum(axis=-1) <= SYNTHETIC_HOLE_RADIUS_MM**2
-        shell &= ~hole
+        shell &= ~syntheticHole(shape, ijkToRas)
     return shell.astype(np.uint8), np.asarray(ijkToRas, dtype=np.float64)
+
+
+def syntheticHole(shape: tuple[int, int, int], ijkToRas: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """The region removed by the synthetic skull's cranial hole (``scale`` enlarges it)."""
+    from SkullVAECompletionLib import synthetic  # noqa: PLC0415
+
+    return synthetic.cranial_defect(shape, ijkToRas, SYNTHETIC_HOLE_CENTRE_RAS, scale * SYNTHETIC_HOLE_RADIUS_MM)
 
 
 class SkullVAECompletionTest(ScriptedLoadableModuleTest):
@@ -677,6 +682,9 @@ class SkullVAECompletionTest(ScriptedLoadableModuleTest):
         completed, implant = images[mrml.SKULL_SEGMENT_ID], images[mrml.IMPLANT_SEGMENT_ID]
         self.assertTrue(np.all(completed[inputArray > 0]), "the completed skull must contain the input bone")
         self.assertFalse(np.any(implant & (inputArray > 0)), "the implant must not overlap the input bone")
+        self.assertGreater(implant.sum(), 0, "the implant must not be empty")
+        nearHole = syntheticHole(inputArray.shape, inputIjkToRas, scale=1.5)
+        self.assertGreater((implant & nearHole).sum(), 0.5 * implant.sum(), "the implant must sit in the defect")
         self.assertTrue(result.GetAttribute(mrml.ATTRIBUTE_PREFIX + "ModelId"))
 
     def test_LabelmapInput(self) -> None:

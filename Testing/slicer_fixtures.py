@@ -15,10 +15,9 @@ import pytest
 
 slicer = pytest.importorskip("slicer")  # slicer-core
 
+import SkullVAECompletion as module  # noqa: E402
 from SkullVAECompletionLib import mrml  # noqa: E402
 from SkullVAECompletionLib.completion import SkullCompleter  # noqa: E402
-
-import SkullVAECompletion as module  # noqa: E402
 
 __all__ = [
     "FakeCompleter",

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+
 from SkullVAECompletionLib.bundle import (
     FORMAT_VERSION,
     MANIFEST_NAME,

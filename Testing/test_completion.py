@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from SkullVAECompletionLib import completion as completion_module
 from SkullVAECompletionLib.completion import SkullCompleter, check_cancel, resolve_device
 from SkullVAECompletionLib.errors import CancelledError, DeviceError, InputError

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+
 from SkullVAECompletionLib.metrics import boundary_dice, dice, hd95, implant_metrics
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from SkullVAECompletionLib.errors import BundleError
 from SkullVAECompletionLib.networks import AggregatedVAE, DecoupledDecoder, NetworkConfig, build_stage1_vae
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+import SkullVAECompletion as module
 from SkullVAECompletionLib import mrml
 from SkullVAECompletionLib.errors import CancelledError, DeviceError, InputError
 from slicer_fixtures import (  # noqa: F401  (fixtures are used by name)
@@ -22,8 +24,6 @@ from slicer_fixtures import (  # noqa: F401  (fixtures are used by name)
     scene,
     segmentArray,
 )
-
-import SkullVAECompletion as module
 
 slicer = pytest.importorskip("slicer")
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from SkullVAECompletionLib.bundle import load_bundle
 from SkullVAECompletionLib.completion import SkullCompleter
 from SkullVAECompletionLib.synthetic import defective_pair
-
 from training import train
 from training.aggregate import aggregate
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from SkullVAECompletionLib.errors import InputError
 from SkullVAECompletionLib.synthetic import centred_ijk_to_ras, defective_pair
 from SkullVAECompletionLib.validation import validate_mask

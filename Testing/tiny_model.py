@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from SkullVAECompletionLib.bundle import DEFECT_TYPES, save_bundle
 from SkullVAECompletionLib.geometry import GridSpec, plan_mapping, to_model_grid
 from SkullVAECompletionLib.networks import AggregatedVAE, NetworkConfig
 from SkullVAECompletionLib.synthetic import ShellSpec, cranial_defect, facial_defect, skull_shell
-
 from training.stages import (
     class_centroids,
     deviation_vectors,

@@ -36,9 +36,9 @@ def main(argv: list[str]) -> int:
     args = parseArguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import slicer
-    from SkullVAECompletionLib import mrml
 
     from SkullVAECompletion import SkullVAECompletionLogic, errorMessage
+    from SkullVAECompletionLib import mrml
 
     if getattr(slicer, "mrmlScene", None) is None:  # slicer-core: make a scene
         slicer.mrmlScene = slicer.vtkMRMLScene()

@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
 from SkullVAECompletionLib.bundle import DEFECT_TYPES, ModelBundle, save_bundle
 from SkullVAECompletionLib.completion import EncodedSkull, SkullCompleter
 from SkullVAECompletionLib.geometry import GridMapping, GridSpec
 from SkullVAECompletionLib.metrics import boundary_dice, dice
 from SkullVAECompletionLib.networks import AggregatedVAE
-from torch import nn
-
 from training import stages
 from training.train import (
     CHECKPOINT_NAME,

@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
 from SkullVAECompletionLib.bundle import ModelBundle, load_bundle, save_bundle
 from SkullVAECompletionLib.completion import EncodedSkull, SkullCompleter
 from SkullVAECompletionLib.metrics import implant_metrics
 from SkullVAECompletionLib.networks import bone_probability
-from tqdm import tqdm
-
 from training.aggregate import (
     Stage1Decoding,
     encode_set,
@@ -362,7 +362,6 @@ def evaluate_real_skull(bundle: ModelBundle, path: Path, out: Path, device: str)
         log.warning("real skull %s not found; skipping", path)
         return None
     from SkullVAECompletionLib.io import read_mask
-
     from training.template import template_paths
 
     plt = _plt()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from monai.losses import DiceLoss
+
 from SkullVAECompletionLib.bundle import DEFECT_TYPES
 from SkullVAECompletionLib.networks import AggregatedVAE
 

@@ -31,12 +31,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
-from SkullVAECompletionLib.geometry import GridSpec
-from SkullVAECompletionLib.networks import AggregatedVAE, NetworkConfig
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from SkullVAECompletionLib.geometry import GridSpec
+from SkullVAECompletionLib.networks import AggregatedVAE, NetworkConfig
 from training import stages
 
 log = logging.getLogger("training.train")
