@@ -114,4 +114,4 @@ def test_save_refuses_to_overwrite(tiny_bundle, tmp_path):
 
 
 def test_resources_folder_is_found():
-    assert (resources_dir() / "Models").is_dir()
+    assert (resources_dir() / "SampleData" / "CraniumSkull.nrrd").is_file()

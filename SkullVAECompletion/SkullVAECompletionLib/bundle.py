@@ -107,7 +107,7 @@ def resources_dir() -> Path:
         here / "resources",  # wheel: pyproject maps Resources/ to SkullVAECompletionLib/resources
     ]
     for candidate in candidates:
-        if (candidate / "Models").is_dir():
+        if (candidate / "Models").is_dir() or (candidate / "SampleData").is_dir():
             return candidate
     raise BundleError(
         "cannot find the extension's Resources folder (looked in: "
@@ -117,7 +117,12 @@ def resources_dir() -> Path:
 
 
 def default_bundle_dir() -> Path:
-    return resources_dir() / "Models" / DEFAULT_MODEL_NAME
+    folder = resources_dir() / "Models" / DEFAULT_MODEL_NAME
+    if not folder.is_dir():
+        raise BundleError(
+            f"the bundled model is missing ({folder}); reinstall the extension or pass a model folder explicitly"
+        )
+    return folder
 
 
 def sha256_of(path: Path) -> str:

@@ -8,11 +8,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[float, str], None]
 DEFECT_CHOICES = ("auto", *DEFECT_TYPES)
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+PRECISION_CHOICES = ("float32", "auto", "float16")
+HALF_PRECISION_MIN_DICE = 0.995  # "auto" uses float16 only if its decoded skull agrees this well with float32
 DECODE_CACHE_SIZE = 8
 UNCERTAINTY_SEED = 20220929  # fixed: the same input gives the same uncertainty map
 
@@ -89,12 +92,65 @@ def _report(progress: ProgressCallback | None, fraction: float, message: str) ->
 class SkullCompleter:
     """Runs a model bundle on skull masks. Not thread-safe; one per worker."""
 
-    def __init__(self, bundle: ModelBundle | str | os.PathLike | None = None, device: str = "auto") -> None:
+    def __init__(
+        self,
+        bundle: ModelBundle | str | os.PathLike | None = None,
+        device: str = "auto",
+        precision: str = "float32",
+    ) -> None:
+        """``precision``: "float32" (default), "float16" (CUDA only: float16 autocast) or "auto" (float16 on CUDA
+        once a check on the first skull shows that it decodes the same bone as float32, within 0.5 % Dice)."""
         self.bundle = bundle if isinstance(bundle, ModelBundle) else load_bundle(bundle)
         self.device = resolve_device(device)
         self.model = self.bundle.model.to(self.device).eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
+        self.set_precision(precision)
+
+    # --- precision -------------------------------------------------------------------------------
+    # Tests set this to exercise the float16 code path on a CPU; users never need it.
+    _allow_half_on_cpu = False
+
+    def set_precision(self, precision: str) -> None:
+        """Choose the inference precision (see ``__init__``); float16 on a CPU is ignored with a warning."""
+        if precision not in PRECISION_CHOICES:
+            raise DeviceError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
+        self.requested_precision = precision
+        self._half_verified = False
+        half_capable = self.device.type == "cuda" or self._allow_half_on_cpu
+        if precision == "float16" and not half_capable:
+            logger.warning("float16 inference needs a CUDA device; using float32 on the %s", self.device.type)
+        # "auto" starts in float32 and switches after the agreement check in encode().
+        self.precision = "float16" if precision == "float16" and half_capable else "float32"
+
+    @contextlib.contextmanager
+    def _autocast(self, precision: str | None = None) -> Iterator[None]:
+        if (precision or self.precision) == "float16":
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16):
+                yield
+        else:
+            yield
+
+    def _check_half_agreement(self, x: torch.Tensor, mu: torch.Tensor) -> None:
+        """For precision "auto": decode this skull in float32 and float16; use float16 from now on if they agree."""
+        from .metrics import dice  # noqa: PLC0415
+
+        def run(inputs: torch.Tensor, latent: torch.Tensor) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+            with torch.inference_mode():
+                reference = bone_probability(self.model.decode(latent)).float().cpu().numpy()[0] > 0.5
+                with self._autocast("float16"):
+                    half_mu, _ = self.model.encode(inputs)
+                    half = bone_probability(self.model.decode(half_mu)).float().cpu().numpy()[0] > 0.5
+            return reference, half, half_mu.float().cpu()
+
+        reference, half, half_mu = self._on_device(run, x, mu)
+        agreement = dice(half, reference) if reference.any() or half.any() else 1.0
+        self._half_verified = True
+        if agreement >= HALF_PRECISION_MIN_DICE:
+            self.precision = "float16"
+            logger.info("float16 inference agrees with float32 (Dice %.4f): using float16", agreement)
+        else:
+            logger.warning("float16 inference disagrees with float32 (Dice %.4f): staying with float32", agreement)
 
     # --- device handling -------------------------------------------------------------------
     def _on_device(self, function: Callable[..., Any], *tensors: torch.Tensor) -> Any:
@@ -108,6 +164,8 @@ class SkullCompleter:
             torch.cuda.empty_cache()
             self.device = torch.device("cpu")
             self.model.to(self.device)
+            if not self._allow_half_on_cpu:
+                self.precision = "float32"  # float16 is for CUDA only
             return function(*(t.to(self.device) for t in tensors))
 
     # --- public API ------------------------------------------------------------------------
@@ -130,11 +188,15 @@ class SkullCompleter:
         _report(progress, 0.3, "Encoding")
 
         def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            with torch.inference_mode():
+            with torch.inference_mode(), self._autocast():
                 mu, logvar = self.model.encode(x)
             return mu.float().cpu(), logvar.float().cpu()
 
-        mu, logvar = self._on_device(run, torch.from_numpy(model_input)[None, None])
+        x = torch.from_numpy(model_input)[None, None]
+        mu, logvar = self._on_device(run, x)
+        if self.requested_precision == "auto" and not self._half_verified:
+            if self.device.type == "cuda" or self._allow_half_on_cpu:
+                self._check_half_agreement(x, mu)
         return EncodedSkull(
             mapping=mapping,
             defective=defective,
@@ -279,8 +341,8 @@ class SkullCompleter:
 
     def _decode(self, z: torch.Tensor) -> np.ndarray:
         def run(latent: torch.Tensor) -> np.ndarray:
-            with torch.inference_mode():
-                return bone_probability(self.model.decode(latent)).cpu().numpy()
+            with torch.inference_mode(), self._autocast():
+                return bone_probability(self.model.decode(latent)).float().cpu().numpy()
 
         return self._on_device(run, z)
 

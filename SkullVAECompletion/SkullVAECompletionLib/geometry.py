@@ -102,32 +102,66 @@ def _pool_factors(spacing: np.ndarray, target_mm: float) -> tuple[int, int, int]
     return tuple(max(1, int(target_mm // s)) for s in spacing)  # type: ignore[return-value]
 
 
+# Pooling blocks are aligned on a fixed world point, not on index 0: then a flipped or axis-permuted copy of
+# a volume is cut into the same physical blocks and maps to the same model volume (orientation invariance).
+# The point is deliberately "irrational" so that it never falls exactly on a voxel centre (a tie).
+POOLING_ANCHOR_RAS = np.array([np.sqrt(2.0), np.sqrt(3.0), np.sqrt(5.0)]) / 10.0
+POOLING_SLAB_VOXELS = 1 << 23  # voxels converted to float32 at a time: bounds the memory of pooling
+
+
+def _pool_phase(ijk_to_ras: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
+    """Index (mod factor) at which pooling blocks start on each axis, fixed by :data:`POOLING_ANCHOR_RAS`.
+
+    Block boundaries lie half-way between voxels; the boundary just below the anchor's index coordinate r
+    is at floor(r) + ½ in this volume and at the same physical place in a flipped copy (r → n − 1 − r).
+    """
+    anchor = np.linalg.solve(np.asarray(ijk_to_ras, dtype=float), np.append(POOLING_ANCHOR_RAS, 1.0))[:3]
+    return (np.floor(anchor).astype(np.int64) + 1) % np.asarray(factors)
+
+
 def pooled_occupancy(mask: np.ndarray, ijk_to_ras: np.ndarray, target_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """Block-averaged bone fraction of a 0/1 mask's bounding box, and its index → RAS matrix.
 
-    Only the skull's bounding box is read; blocks are averaged by torch's avg_pool3d in float32.
+    Only the skull's bounding box is read; blocks are averaged by torch's avg_pool3d in float32, a slab of
+    whole blocks at a time, so no full-size float copy of the mask is made.
     """
     bounds = nonzero_bounds(mask)
     if bounds is None:
         raise ValueError("empty mask")
     factors = _pool_factors(voxel_spacing(ijk_to_ras), target_mm)
+    f = np.asarray(factors)
     lo, hi = bounds
-    # Align the crop to the pooling blocks and pad it so every block is complete.
-    lo = lo - lo % np.asarray(factors)
-    crop = mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-    if crop.dtype != np.uint8:
-        crop = crop.astype(np.uint8)  # bool or wider integers: validation guarantees 0/1 values
-    tensor = torch.from_numpy(crop).to(torch.float32)
-    pad = [(-n) % f for n, f in zip(crop.shape, factors, strict=True)]
-    if any(pad):
-        tensor = torch.nn.functional.pad(tensor, (0, pad[2], 0, pad[1], 0, pad[0]))
+    # Align the crop to the pooling blocks (it may start before index 0: that part is padded with zeros).
+    lo = lo - (lo - _pool_phase(ijk_to_ras, factors)) % f
+    hi = hi + (-(hi - lo)) % f
+    blocks = (hi - lo) // f
+    pooled = np.empty(tuple(int(b) for b in blocks), dtype=np.float32)
+    # Slabs along the last axis (the slowest in Fortran-ordered masks): contiguous reads, bounded memory.
+    slab_blocks = max(1, int(POOLING_SLAB_VOXELS // max(1, np.prod(hi[:2] - lo[:2]) * f[2])))
     with torch.inference_mode():
-        pooled = torch.nn.functional.avg_pool3d(tensor[None, None], kernel_size=factors, stride=factors)[0, 0]
-    pooled_np = pooled.numpy()
-    # Pooled voxel p covers input voxels f·p … f·p + f − 1: its centre is at f·p + (f − 1)/2.
+        for first in range(0, int(blocks[2]), slab_blocks):
+            last = min(int(blocks[2]), first + slab_blocks)
+            slab_lo = np.array([lo[0], lo[1], lo[2] + first * f[2]])
+            slab_hi = np.array([hi[0], hi[1], lo[2] + last * f[2]])
+            source_lo = np.maximum(slab_lo, 0)
+            source_hi = np.minimum(slab_hi, mask.shape)
+            crop = mask[source_lo[0] : source_hi[0], source_lo[1] : source_hi[1], source_lo[2] : source_hi[2]]
+            # (i, j, k) Fortran order is (k, j, i) C order: pool that view, avoiding a transposing copy.
+            tensor = torch.from_numpy(np.ascontiguousarray(crop.T).view(np.uint8) if crop.dtype == np.bool_
+                                      else np.ascontiguousarray(crop.T, dtype=np.uint8)).to(torch.float32)
+            before, after = source_lo - slab_lo, slab_hi - source_hi
+            if before.any() or after.any():
+                tensor = torch.nn.functional.pad(
+                    tensor, (int(before[0]), int(after[0]), int(before[1]), int(after[1]), int(before[2]),
+                             int(after[2]))
+                )
+            kernel = factors[::-1]
+            block = torch.nn.functional.avg_pool3d(tensor[None, None], kernel_size=kernel, stride=kernel)[0, 0]
+            pooled[:, :, first:last] = block.numpy().T
+    # Pooled voxel p covers input voxels lo + f·p … lo + f·p + f − 1: its centre is at lo + f·p + (f − 1)/2.
     scale = np.diag([*factors, 1]).astype(float)
-    scale[:3, 3] = lo + (np.asarray(factors) - 1) / 2.0
-    return pooled_np, np.asarray(ijk_to_ras, dtype=float) @ scale
+    scale[:3, 3] = lo + (f - 1) / 2.0
+    return pooled, np.asarray(ijk_to_ras, dtype=float) @ scale
 
 
 def plan_mapping(mask: np.ndarray, ijk_to_ras: np.ndarray, grid: GridSpec) -> GridMapping:
@@ -211,8 +245,9 @@ def to_input_grid(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Trilinear interpolation of a model-grid field onto the input grid, inside input bounds [lo, hi).
 
-    Returns the float32 block and its ``lo`` corner; callers paste it into their own arrays so no
-    full-resolution float copy is ever made. Points outside the model grid get 0.
+    Returns the float32 block (Fortran order, like the input masks) and its ``lo`` corner; callers paste
+    it into their own arrays so no full-resolution float copy is ever made. Points outside the model grid
+    get 0.
     """
     if lo is None or hi is None:
         lo, hi = model_box_in_input(mapping)
@@ -220,12 +255,17 @@ def to_input_grid(
     hi = np.asarray(hi, dtype=int)
     block_shape = tuple(int(v) for v in np.maximum(hi - lo, 0))
     if 0 in block_shape:
-        return np.zeros(block_shape, np.float32), lo
+        return np.zeros(block_shape, np.float32, order="F"), lo
     shift = np.eye(4)
     shift[:3, 3] = lo
     input_block_to_model = mapping.input_to_model @ shift
+    values = np.asarray(values, dtype=np.float32)
+    permutation = _axis_permutation(input_block_to_model)
+    if permutation is not None:
+        return _separable_trilinear(values, input_block_to_model, permutation, block_shape), lo
+    # Oblique grids: general (slower) resampling.
     block = ndimage.affine_transform(
-        values.astype(np.float32, copy=False),
+        values,
         input_block_to_model,
         output_shape=block_shape,
         order=1,
@@ -233,4 +273,60 @@ def to_input_grid(
         cval=0.0,
         prefilter=False,
     )
-    return block, lo
+    return np.asfortranarray(block), lo
+
+
+def _axis_permutation(input_to_model: np.ndarray, tolerance: float = 1e-9) -> tuple[int, int, int] | None:
+    """For each input axis, the model axis it runs along — or None when the grids are oblique to each other."""
+    linear = np.abs(np.asarray(input_to_model, dtype=float)[:3, :3])
+    model_axes = tuple(int(a) for a in linear.argmax(axis=0))
+    if sorted(model_axes) != [0, 1, 2]:
+        return None
+    off_axis = linear.copy()
+    off_axis[model_axes, [0, 1, 2]] = 0.0
+    if off_axis.max() > tolerance * linear.max():
+        return None
+    return model_axes  # type: ignore[return-value]
+
+
+def _linear_weights(coordinates: np.ndarray, size: int) -> np.ndarray:
+    """Dense (len(coordinates), size) matrix of 1D linear interpolation weights; rows outside [0, size−1] are 0.
+
+    Matches ``ndimage.affine_transform(order=1, mode="constant")``: no interpolation beyond the edges.
+    """
+    weights = np.zeros((len(coordinates), size), np.float32)
+    inside = (coordinates >= 0.0) & (coordinates <= size - 1)
+    rows = np.flatnonzero(inside)
+    position = coordinates[inside]
+    below = np.minimum(np.floor(position).astype(np.int64), size - 1)
+    fraction = (position - below).astype(np.float32)
+    weights[rows, below] = 1.0 - fraction
+    above = np.minimum(below + 1, size - 1)
+    np.add.at(weights, (rows, above), fraction)  # at the last index `above == below` and the weights sum to 1
+    return weights
+
+
+def _separable_trilinear(
+    values: np.ndarray, input_to_model: np.ndarray, model_axes: tuple[int, int, int], shape: tuple[int, int, int]
+) -> np.ndarray:
+    """Trilinear interpolation when each input axis runs along one model axis (axis-aligned, flipped or
+    permuted grids — nearly all scans): three small matrix products instead of a per-voxel resampling.
+
+    The last product is one GEMM that writes the whole block; it is ~20× faster than ``affine_transform``.
+    """
+    weights = []
+    for axis in range(3):
+        model_axis = model_axes[axis]
+        coordinates = input_to_model[model_axis, axis] * np.arange(shape[axis]) + input_to_model[model_axis, 3]
+        weights.append(_linear_weights(coordinates, values.shape[model_axis]))
+    # Model array with its axes in input-axis order, reversed: (m_k, m_j, m_i) for input axes (k, j, i).
+    field_kji = np.ascontiguousarray(np.transpose(values, (model_axes[2], model_axes[1], model_axes[0])))
+    with torch.inference_mode():
+        data = torch.from_numpy(field_kji)
+        w_i, w_j, w_k = (torch.from_numpy(w) for w in weights)
+        data = torch.matmul(data, w_i.T)  # (m_k, m_j, n_i)
+        data = torch.matmul(w_j, data)  # (m_k, n_j, n_i)
+        m_k = data.shape[0]
+        block = torch.matmul(w_k, data.reshape(m_k, -1)).reshape(shape[2], shape[1], shape[0])  # (n_k, n_j, n_i)
+        out = block.numpy()
+    return out.transpose(2, 1, 0)  # (n_i, n_j, n_k), Fortran-ordered view: i fastest, like the input masks

@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import InputError
 from .geometry import nonzero_bounds
+from .validation import check_volume_size
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 NRRD_SUFFIXES = (".seg.nrrd", ".nrrd", ".nhdr")
@@ -81,6 +82,10 @@ def read_mask(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, VolumeMe
 def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     import nrrd
 
+    # Look at the size before reading the voxels: a too-large volume is refused without allocating it.
+    sizes = nrrd.read_header(str(path)).get("sizes")
+    if sizes is not None:
+        check_volume_size(tuple(int(s) for s in sizes), str(path))
     array, header = nrrd.read(str(path), index_order="F")
     if array.ndim == 4:
         # A Slicer .seg.nrrd with several layers: the segment layers are along the first axis.
@@ -133,7 +138,8 @@ def nrrd_ijk_to_ras(header: dict, ndim: int = 3) -> np.ndarray:
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
     import nibabel
 
-    image = nibabel.load(str(path))
+    image = nibabel.load(str(path))  # lazy: the voxels are read below, after the size check
+    check_volume_size(image.shape, str(path))
     array = np.asanyarray(image.dataobj)
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]

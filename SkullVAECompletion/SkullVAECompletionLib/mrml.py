@@ -177,6 +177,12 @@ def inputMaskFromNode(node: Any, segmentId: str | None = None) -> InputMask:
     return data
 
 
+def _checkSize(dimensions: tuple[int, ...], name: str) -> None:
+    from .validation import check_volume_size  # noqa: PLC0415
+
+    check_volume_size(tuple(dimensions), name)
+
+
 def _transformInfo(node: Any) -> tuple[str | None, np.ndarray]:
     """Parent transform ID and the local→world matrix (identity if none); non-linear transforms are refused."""
     transformNode = node.GetParentTransformNode()
@@ -200,6 +206,7 @@ def _maskFromLabelmap(node: Any) -> InputMask:
     if image.GetNumberOfScalarComponents() != 1:
         raise InputError(f"{describeNode(node)} has {image.GetNumberOfScalarComponents()} components per voxel; "
                          "a single-component labelmap is needed.")
+    _checkSize(image.GetDimensions(), describeNode(node))
     mask = slicer.util.arrayFromVolume(node).transpose(2, 1, 0)  # (k, j, i) view → (i, j, k) view
     matrix = _vtk().vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
@@ -243,6 +250,7 @@ def _maskFromSegmentation(node: Any, segmentId: str | None) -> InputMask:
         ):
             raise InputError(f"{describeNode(node)}: cannot read segment '{segmentId}'.")
     reference = _referenceGeometry(segmentation, binary)
+    _checkSize(reference.GetDimensions(), describeNode(node))  # before resampling allocates the full grid
     resampled = slicer.vtkOrientedImageData()
     # Put the segment on the full reference grid (usually the CT's): the model needs the whole field of view,
     # and the implant may reach beyond the defective skull's bounding box.
@@ -477,6 +485,8 @@ def prepareFolder(folder: str | os.PathLike) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"Cannot create the STL export folder {folder}: {error.strerror}.") from error
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"The STL export folder {folder} is not writable; choose another folder.")
     return folder
 
 

@@ -11,6 +11,10 @@ MIN_SKULL_EXTENT_MM = 80.0  # the smallest adult/child skull is well above this 
 MIN_BONE_VOLUME_ML = 20.0  # an adult skull holds roughly 400–800 ml of bone
 MAX_FILL_FRACTION = 0.6  # a skull is a shell: it never fills most of its field of view
 MAX_LABELS_LISTED = 12
+# The engine keeps the input, the completed skull and the implant at full resolution (plus the result's copies
+# in Slicer): about 8 bytes per input voxel at the peak. 2**28 voxels (e.g. 640 × 640 × 655) stays near 2 GB;
+# larger volumes are refused before anything is read or allocated, with what to do instead.
+MAX_INPUT_VOXELS = 2**28
 
 
 def validate_geometry(ijk_to_ras: np.ndarray, name: str = "input") -> np.ndarray:
@@ -20,6 +24,18 @@ def validate_geometry(ijk_to_ras: np.ndarray, name: str = "input") -> np.ndarray
     if abs(np.linalg.det(matrix[:3, :3])) < 1e-9:
         raise InputError(f"{name}: the IJK→RAS matrix is singular (zero spacing?); fix the volume's geometry")
     return matrix
+
+
+def check_volume_size(shape: tuple[int, ...], name: str = "input") -> None:
+    """Refuse volumes too large to complete within the memory budget (cheap: looks at the shape only)."""
+    voxels = int(np.prod(np.asarray(shape, dtype=np.int64)))
+    if voxels > MAX_INPUT_VOXELS:
+        raise InputError(
+            f"{name}: the volume has {voxels / 1e6:.0f} million voxels ({' × '.join(str(int(s)) for s in shape)}), "
+            f"more than the {MAX_INPUT_VOXELS / 1e6:.0f} million this tool completes within about 2 GB of memory. "
+            "Crop it to the head or resample it to coarser voxels (0.5 mm is plenty; Slicer: Crop Volume "
+            "with a spacing scale of 2)"
+        )
 
 
 def validate_mask(
@@ -36,6 +52,7 @@ def validate_mask(
             f"{name}: a 3D volume is needed, got an image of shape {array.shape}; "
             "load the whole CT series (not a single slice) and segment the skull in 3D"
         )
+    check_volume_size(array.shape, name)
     if array.dtype.kind not in "biuf":
         raise InputError(f"{name}: unsupported voxel type {array.dtype}; use an integer label map")
     if array.dtype.kind == "f" and np.isnan(array).any():
