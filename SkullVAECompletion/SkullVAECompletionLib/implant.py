@@ -17,15 +17,28 @@ from .geometry import GridMapping, model_box_in_input, nonzero_bounds, to_input_
 
 CORE_DISTANCE_MM = 4.0  # misregistration slivers along intact bone are thinner than this…
 CORE_DISTANCE_VOXELS = 1.5  # …and than 1.5 model voxels (a decode can be off by one voxel)
-MIN_CORE_FRACTION = 0.05  # core components smaller than 5 % of the largest are stray fragments
+MIN_CORE_FRACTION = 0.5  # defects are one region: cores under half the largest are stray fragments
+MIN_ISLAND_FRACTION = 0.05  # full-resolution islands under 5 % of the largest are speckle
 MIN_ISLAND_ML = 0.05  # full-resolution islands below 0.05 ml are speckle
+SHADOW_REACH_MM = 15.0  # a hole lets a line towards the skull centre pass bone-free for at least this far
 SMOOTHING_SIGMA_MM = 0.6
 SMOOTHING_TRUNCATE = 4.0  # scipy's default reach of the Gaussian, in σ
 
 
-def implant_region(bone_probability: np.ndarray, model_input: np.ndarray, spacing_mm: float) -> np.ndarray:
+def distance_to_input_bone(model_input: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """Distance (mm) of each model voxel to the input's bone; it does not depend on γ, so callers cache it."""
+    return ndimage.distance_transform_edt(~(model_input >= 0.5), sampling=spacing_mm)
+
+
+def implant_region(
+    bone_probability: np.ndarray,
+    model_input: np.ndarray,
+    spacing_mm: float,
+    distance_mm: np.ndarray | None = None,
+) -> np.ndarray:
     """Model-grid region where the implant may be: the cores of decoded-minus-input bone, grown back.
 
+    ``distance_mm``: :func:`distance_to_input_bone` of ``model_input``, if already computed.
     Returns a bool array on the model grid (empty when the decoded skull adds nothing).
     """
     decoded = bone_probability > 0.5
@@ -33,9 +46,11 @@ def implant_region(bone_probability: np.ndarray, model_input: np.ndarray, spacin
     candidate = decoded & ~input_bone
     if not candidate.any():
         return candidate
-    distance_mm = ndimage.distance_transform_edt(~input_bone, sampling=spacing_mm)
+    if distance_mm is None:
+        distance_mm = distance_to_input_bone(model_input, spacing_mm)
     core_distance = max(CORE_DISTANCE_MM, CORE_DISTANCE_VOXELS * spacing_mm)
     core = candidate & (distance_mm > core_distance)
+    core &= ~covered_by_bone(core, model_input, spacing_mm)
     labels, count = ndimage.label(core)
     if count == 0:
         return np.zeros_like(candidate)
@@ -46,6 +61,30 @@ def implant_region(bone_probability: np.ndarray, model_input: np.ndarray, spacin
     steps = int(math.ceil(core_distance / spacing_mm)) + 1
     grown = ndimage.binary_dilation(core, iterations=steps)
     return candidate & grown | core
+
+
+def covered_by_bone(points_mask: np.ndarray, model_input: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """Voxels that have input bone in front of or behind them, along the line to the skull's centre.
+
+    An implant fills a *hole* in the shell: the radial line through it is free of bone for a while on both
+    sides. Decoded bone that merely lies outside or inside intact bone (a decode slightly larger or smaller
+    than the patient's skull) is covered by that bone and is not a defect.
+    """
+    points = np.argwhere(points_mask)
+    covered = np.zeros_like(points_mask, dtype=bool)
+    bone = np.argwhere(model_input >= 0.5)
+    if len(points) == 0 or len(bone) == 0:
+        return covered
+    centre = 0.5 * (bone.min(axis=0) + bone.max(axis=0))  # the cranial cavity, not biased by the face's mass
+    direction = centre - points
+    direction /= np.maximum(np.linalg.norm(direction, axis=1, keepdims=True), 1e-6)
+    reach = SHADOW_REACH_MM / spacing_mm
+    steps = np.linspace(-reach, reach, int(2 * np.ceil(reach)) + 1)
+    samples = points[:, None, :] + steps[None, :, None] * direction[:, None, :]
+    values = ndimage.map_coordinates(model_input, samples.reshape(-1, 3).T, order=1, mode="constant", cval=0.0)
+    hit = values.reshape(len(points), len(steps)).max(axis=1) >= 0.5
+    covered[tuple(points[hit].T)] = True
+    return covered
 
 
 def implant_at_input_resolution(
@@ -99,7 +138,7 @@ def remove_small_islands(mask: np.ndarray, spacing: np.ndarray, min_ml: float = 
     # Count only the labelled voxels: a bincount over the whole (mostly empty) block is many times slower.
     sizes = np.bincount(labels[mask], minlength=count + 1)[1:]
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    threshold = max(min_ml / voxel_ml, MIN_CORE_FRACTION * sizes.max())
+    threshold = max(min_ml / voxel_ml, MIN_ISLAND_FRACTION * sizes.max())
     keep = np.zeros(count + 1, dtype=bool)
     keep[1:] = sizes >= threshold
     return keep[labels]
