@@ -105,3 +105,18 @@ def test_export_load_complete_round_trip(smoke_cfg: dict, workdir: Path) -> None
     result = SkullCompleter(bundle, device="cpu").run(defective, matrix, gamma=1.0, defect_type="cranial")
     assert result.completed.shape == defective.shape and result.implant.dtype == np.uint8
     assert not np.any(result.implant & defective)
+
+
+def test_bundled_model_loads_and_completes() -> None:
+    """The shipped bundle (Resources/Models/skullvae-cranium-population) verifies, loads and completes a skull."""
+    from SkullVAECompletionLib.bundle import DEFAULT_MODEL_NAME, resources_dir
+
+    folder = resources_dir() / "Models" / DEFAULT_MODEL_NAME
+    if not (folder / "manifest.json").exists():
+        pytest.skip("the bundled model has not been exported yet")
+    bundle = load_bundle(folder)
+    assert bundle.model_id == DEFAULT_MODEL_NAME and set(bundle.class_names) == {"complete", "cranial", "facial"}
+    assert sum(f.stat().st_size for f in folder.iterdir()) < 50 * 2**20
+    complete, defective, matrix = defective_pair("cranial")
+    result = SkullCompleter(bundle, device="cpu").run(defective, matrix)
+    assert result.completed.shape == defective.shape and result.method == bundle.completion_options["method"]

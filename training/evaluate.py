@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from SkullVAECompletionLib.bundle import ModelBundle, load_bundle, save_bundle
 from SkullVAECompletionLib.completion import EncodedSkull, SkullCompleter
+from SkullVAECompletionLib.implant import implant_region
 from SkullVAECompletionLib.metrics import implant_metrics
 from SkullVAECompletionLib.networks import bone_probability
 from training.aggregate import (
@@ -314,13 +315,15 @@ def figure_gamma_sweep(bundle: ModelBundle, test: VolumeSet, gammas: list[float]
             mu, _ = model.encode(x)
             for col, gamma in enumerate(gammas, start=1):
                 z = mu + gamma * torch.from_numpy(bundle.dev[kind])[None]
-                decoded = bone_probability(model.decode(z))[0].numpy() > 0.5
-                axes[row, col].imshow(depth_view(decoded, decoded & ~bone, *view))
+                probability = bone_probability(model.decode(z))[0].numpy()
+                # Red: the engine's implant region (new bone away from the input), not every misregistered voxel.
+                region = implant_region(probability, x[0, 0].numpy(), bundle.grid.spacing_mm)
+                axes[row, col].imshow(depth_view(probability > 0.5, region, *view))
                 axes[row, col].set_title(f"γ = {gamma:g}", fontsize=8)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("γ sweep: decode(μ + γ·DEV) on the model grid (red: bone not in the input)", fontsize=9)
+    fig.suptitle("γ sweep: decode(μ + γ·DEV) on the model grid (red: the engine's implant region)", fontsize=9)
     fig.tight_layout()
     path = out / "gamma_sweep.png"
     fig.savefig(path, dpi=90)

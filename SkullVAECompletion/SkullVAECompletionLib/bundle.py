@@ -232,6 +232,15 @@ def _first_line(error: Exception) -> str:
     return text[0] if text else type(error).__name__
 
 
+def _make_readable(folder: Path) -> None:
+    """mkdtemp makes private (0700) folders: give the bundle the usual permissions for the user's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for file in folder.iterdir():
+        file.chmod(0o666 & ~umask)
+
+
 def save_bundle(
     folder: str | os.PathLike,
     model: AggregatedVAE,
@@ -262,6 +271,7 @@ def save_bundle(
         manifest["files"] = files
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         read_manifest(staging)  # refuse to publish a bundle that would not load
+        _make_readable(staging)
         if folder.exists():
             shutil.rmtree(folder)
         staging.rename(folder)
