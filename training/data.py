@@ -189,9 +189,10 @@ def _file_key(path: Path | None) -> str:
 
 
 def cache_key(rec: CaseRecord, grid: Any) -> str:
-    spec = json.dumps({"v": CACHE_VERSION, "grid": grid.to_dict(), "files": [_file_key(rec.defective),
-                       _file_key(rec.complete), _file_key(rec.implant)]}, sort_keys=True)
-    return hashlib.sha1(spec.encode()).hexdigest()[:20]
+    geometry, _ = _engine()
+    files = [_file_key(rec.defective), _file_key(rec.complete), _file_key(rec.implant)]
+    spec = {"v": CACHE_VERSION, "geometry": geometry.GEOMETRY_VERSION, "grid": grid.to_dict(), "files": files}
+    return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:

@@ -22,6 +22,9 @@ from scipy import ndimage
 
 from .errors import BundleError
 
+# Bump whenever the mapping to the model grid changes numerically: training caches keyed on it are rebuilt.
+GEOMETRY_VERSION = 1
+
 
 @dataclass(frozen=True)
 class GridSpec:
