@@ -23,7 +23,7 @@ import torch
 from .bundle import DEFECT_TYPES, ModelBundle, load_bundle
 from .errors import CancelledError, DeviceError, InputError
 from .geometry import GridMapping, plan_mapping, to_input_grid, to_model_grid
-from .implant import implant_at_input_resolution, implant_region
+from .implant import distance_to_input_bone, implant_at_input_resolution, implant_region
 from .networks import bone_probability
 from .validation import validate_mask
 
@@ -49,6 +49,12 @@ class EncodedSkull:
     logvar: torch.Tensor
     class_probabilities: dict[str, float]
     decode_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    distance_mm: np.ndarray | None = field(default=None, repr=False)  # to the input bone; γ-independent, cached
+
+    def distance_to_bone(self) -> np.ndarray:
+        if self.distance_mm is None:
+            self.distance_mm = distance_to_input_bone(self.model_input, self.mapping.grid.spacing_mm)
+        return self.distance_mm
 
     @property
     def detected_type(self) -> str:
@@ -258,9 +264,12 @@ class SkullCompleter:
         timings["decode"] = time.perf_counter() - start
         _report(progress, 0.7, "Extracting the implant")
         tick = time.perf_counter()
-        region = implant_region(probability, encoded.model_input, encoded.mapping.grid.spacing_mm)
+        spacing = encoded.mapping.grid.spacing_mm
+        region = implant_region(probability, encoded.model_input, spacing, encoded.distance_to_bone())
         implant = implant_at_input_resolution(probability, region, encoded.defective, encoded.mapping, smoothing)
-        completed = np.asarray(encoded.defective, dtype=np.uint8) | implant
+        defective = encoded.defective
+        # A bool array viewed as uint8 (no copy) or-ed with the implant: one pass over the volume.
+        completed = (defective.view(np.uint8) if defective.dtype == np.bool_ else defective.astype(np.uint8)) | implant
         timings["implant"] = time.perf_counter() - tick
         uncertainty = None
         if uncertainty_samples > 0:
@@ -356,7 +365,7 @@ class SkullCompleter:
         learning_rate = float(options.get("refine_lr", 0.05))
         prior_weight = float(options.get("refine_prior_weight", 1e-3))
         spacing = encoded.mapping.grid.spacing_mm
-        free = implant_region(self._decode(z0)[0], encoded.model_input, spacing)
+        free = implant_region(self._decode(z0)[0], encoded.model_input, spacing, encoded.distance_to_bone())
         weight = torch.from_numpy((~free).astype(np.float32))[None]
         target = torch.from_numpy(encoded.model_input)[None]
 

@@ -315,7 +315,7 @@ def _separable_trilinear(
     """Trilinear interpolation when each input axis runs along one model axis (axis-aligned, flipped or
     permuted grids — nearly all scans): three small matrix products instead of a per-voxel resampling.
 
-    The last product is one GEMM that writes the whole block; it is ~20× faster than ``affine_transform``.
+    The last product is one GEMM that writes the whole block; 7–10× faster than ``affine_transform``.
     """
     weights = []
     for axis in range(3):
