@@ -102,9 +102,19 @@ def test_cli_writes_all_outputs_for_a_folder(case_files, tmp_path, tiny_bundle):
         assert completed.shape == case_files["array"].shape
         assert np.all(completed >= case_files["array"]), "the completed skull contains the input"
     assert (out / "skull_a_preview.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "skull_a_render.png").exists(), "the 3D render is written only when asked for"
     # A second run does not overwrite without --overwrite, and says so.
     assert main([str(case_files["nrrd"]), "-o", str(out), "--model", str(tiny_bundle)]) == 1
     assert main([str(case_files["nrrd"]), "-o", str(out), "--model", str(tiny_bundle), "--overwrite"]) == 0
+
+
+def test_cli_offscreen_render(case_files, tmp_path, tiny_bundle):
+    out = tmp_path / "rendered"
+    args = [str(case_files["nrrd"]), "-o", str(out), "--model", str(tiny_bundle), "--render", "--no-stl"]
+    assert main([*args, "--defect-type", "cranial"]) == 0
+    render = out / "skull_a_render.png"
+    assert render.read_bytes()[:4] == b"\x89PNG" and render.stat().st_size > 5000
+    assert not (out / "skull_a_implant.stl").exists()
 
 
 def test_cli_bad_inputs_exit_non_zero_with_a_message(tmp_path, tiny_bundle, capsys, synthetic_case):

@@ -19,7 +19,15 @@ from . import __version__
 from .bundle import load_bundle
 from .completion import DEFECT_CHOICES, DEVICE_CHOICES, SkullCompleter
 from .errors import SkullVAEError
-from .io import is_volume_file, output_paths, read_mask, write_like, write_preview_png, write_stl
+from .io import (
+    is_volume_file,
+    output_paths,
+    read_mask,
+    write_like,
+    write_preview_png,
+    write_render_png,
+    write_stl,
+)
 
 logger = logging.getLogger("skullvae")
 
@@ -40,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-smoothing", action="store_true", help="do not smooth the implant surface")
     parser.add_argument("--no-stl", action="store_true", help="do not write the implant STL")
     parser.add_argument("--no-preview", action="store_true", help="do not write the PNG preview")
+    parser.add_argument("--render", action="store_true", help="also write NAME_render.png, an offscreen 3D render")
     parser.add_argument("--stl-coordinates", choices=("LPS", "RAS"), default="LPS", help="STL frame (Slicer: LPS)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("-q", "--quiet", action="store_true", help="only print errors")
@@ -75,7 +84,8 @@ def check_output_dir(folder: Path) -> None:
 def complete_file(completer: SkullCompleter, path: Path, args: argparse.Namespace) -> dict[str, Path]:
     """Complete one file and write its outputs; returns the written paths."""
     mask, ijk_to_ras, meta = read_mask(path)
-    targets = output_paths(meta, args.output_dir)
+    skipped = {"stl": args.no_stl, "preview": args.no_preview, "render": not args.render}
+    targets = {k: p for k, p in output_paths(meta, args.output_dir).items() if not skipped.get(k, False)}
     if not args.overwrite:
         existing = [str(p) for p in targets.values() if p.exists()]
         if existing:
@@ -119,6 +129,10 @@ def complete_file(completer: SkullCompleter, path: Path, args: argparse.Namespac
         written["preview"] = write_preview_png(
             targets["preview"], result.completed, result.implant, ijk_to_ras, title, args.overwrite
         )
+    if args.render:
+        skull_only = result.completed.astype(bool) & ~result.implant.astype(bool)
+        written["render"] = write_render_png(targets["render"], skull_only, result.implant, ijk_to_ras,
+                                             overwrite=args.overwrite)
     return written
 
 

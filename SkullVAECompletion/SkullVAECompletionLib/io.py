@@ -334,4 +334,53 @@ def output_paths(meta: VolumeMeta, output_dir: Path) -> dict[str, Path]:
         "implant": output_dir / f"{stem}_implant{suffix}",
         "stl": output_dir / f"{stem}_implant.stl",
         "preview": output_dir / f"{stem}_preview.png",
+        "render": output_dir / f"{stem}_render.png",
     }
+
+
+def write_render_png(
+    path: str | os.PathLike,
+    skull: np.ndarray,
+    implant: np.ndarray,
+    ijk_to_ras: np.ndarray,
+    size: tuple[int, int] = (900, 700),
+    overwrite: bool = False,
+) -> Path:
+    """Offscreen VTK render of the skull (bone) and the implant (red), seen from the front-right, above."""
+    import vtk
+
+    renderer = vtk.vtkRenderer()
+    renderer.SetBackground(1.0, 1.0, 1.0)
+    for mask, colour, smoothing in ((skull, (0.93, 0.88, 0.78), 10), (implant, (0.85, 0.15, 0.1), 20)):
+        if not np.any(mask):
+            continue
+        mapper = vtk.vtkPolyDataMapper()
+        mapper.SetInputData(mask_to_surface(mask, ijk_to_ras, smoothing_iterations=smoothing))
+        mapper.ScalarVisibilityOff()
+        actor = vtk.vtkActor()
+        actor.SetMapper(mapper)
+        actor.GetProperty().SetColor(*colour)
+        actor.GetProperty().SetSpecular(0.2)
+        renderer.AddActor(actor)
+    camera = renderer.GetActiveCamera()
+    camera.SetViewUp(0, 0, 1)
+    camera.SetPosition(1.0, 1.6, 0.7)  # RAS: right, anterior, superior of the focal point
+    camera.SetFocalPoint(0, 0, 0)
+    renderer.ResetCamera()
+    camera.Zoom(1.3)
+    window = vtk.vtkRenderWindow()
+    window.SetOffScreenRendering(1)
+    window.SetSize(*size)
+    window.AddRenderer(renderer)
+    window.Render()
+    grabber = vtk.vtkWindowToImageFilter()
+    grabber.SetInput(window)
+    grabber.Update()
+    path = Path(path)
+    with _atomic_target(path, overwrite) as temporary:
+        writer = vtk.vtkPNGWriter()
+        writer.SetFileName(str(temporary))
+        writer.SetInputConnection(grabber.GetOutputPort())
+        writer.Write()
+    window.Finalize()
+    return path
