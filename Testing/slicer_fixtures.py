@@ -27,6 +27,7 @@ __all__ = [
     "fake_logic",
     "geometry",
     "nodeCount",
+    "rotation_matrix",
     "real_completer",
     "real_logic",
     "scene",
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 
-def _rotation(axis: int, degrees: float) -> np.ndarray:
+def rotation_matrix(axis: int, degrees: float) -> np.ndarray:
     c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
     a, b = [(1, 2), (0, 2), (0, 1)][axis]
     matrix = np.eye(3)
@@ -60,7 +61,10 @@ GEOMETRIES = {
         (48, 72, 84),
         _centred(np.array([[0.0, -1.0, 0.0], [0.0, 0.0, 1.0], [-1.0, 0.0, 0.0]]), (4.0, 2.5, 2.2), (48, 72, 84)),
     ),
-    "oblique": ((66, 76, 66), _centred(_rotation(2, 20.0) @ _rotation(0, 10.0), (3.0, 3.0, 3.0), (66, 76, 66))),
+    "oblique": (
+        (66, 76, 66),
+        _centred(rotation_matrix(2, 20.0) @ rotation_matrix(0, 10.0), (3.0, 3.0, 3.0), (66, 76, 66)),
+    ),
 }
 
 

@@ -5,25 +5,17 @@ import pytest
 
 from SkullVAECompletionLib.geometry import GridSpec, plan_mapping, to_input_grid, to_model_grid, voxel_spacing
 from SkullVAECompletionLib.metrics import dice
-from SkullVAECompletionLib.synthetic import centred_ijk_to_ras, cranial_defect, facial_defect, skull_shell
+from SkullVAECompletionLib.synthetic import (
+    centred_ijk_to_ras,
+    cranial_defect,
+    facial_defect,
+    reoriented,
+    skull_shell,
+)
 
 GRID = GridSpec(shape=(48, 64, 48), spacing_mm=4.0)
 SHAPE = (112, 128, 104)
 SPACING = (1.8, 1.8, 1.9)
-
-
-def reoriented(array, matrix, permutation, flips):
-    """The same physical volume stored with permuted and flipped index axes."""
-    out = np.transpose(array, permutation)
-    new = np.eye(4)
-    new[:3, :3] = matrix[:3, :3][:, list(permutation)]
-    new[:3, 3] = matrix[:3, 3]
-    for axis in flips:
-        out = np.flip(out, axis)
-        # Index 0 of the flipped axis is the old last index.
-        new[:3, 3] = new[:3, 3] + new[:3, axis] * (out.shape[axis] - 1)
-        new[:3, axis] = -new[:3, axis]
-    return np.asfortranarray(out), new
 
 
 @pytest.fixture(scope="module")

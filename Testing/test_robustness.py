@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import resource
 import shutil
@@ -36,13 +35,20 @@ from SkullVAECompletionLib.cli import main as cli_main
 from SkullVAECompletionLib.errors import BundleError, InputError
 from SkullVAECompletionLib.io import LPS_TO_RAS, read_mask
 from SkullVAECompletionLib.metrics import dice
-from SkullVAECompletionLib.synthetic import centred_ijk_to_ras, cranial_defect, defective_pair, skull_shell
+from SkullVAECompletionLib.synthetic import (
+    centred_ijk_to_ras,
+    cranial_defect,
+    defective_pair,
+    reoriented,
+    skull_shell,
+)
 from SkullVAECompletionLib.validation import MAX_INPUT_VOXELS
 from slicer_fixtures import (  # noqa: F401  (fixtures are used by name)
     addLabelmap,
     nodeCount,
     real_completer,
     real_logic,
+    rotation_matrix,
     scene,
     segmentArray,
 )
@@ -73,38 +79,21 @@ def base_skull() -> tuple[np.ndarray, np.ndarray]:
     return defective.astype(np.uint8), matrix
 
 
-def reoriented(permutation: tuple[int, int, int], flips: tuple[int, ...]) -> Volume:
+def reoriented_skull(permutation: tuple[int, int, int], flips: tuple[int, ...]) -> Volume:
     """The same physical skull stored with permuted and flipped index axes (as scanners and converters do)."""
-    array, matrix = base_skull()
-    out = np.transpose(array, permutation)
-    new = np.eye(4)
-    new[:3, :3] = matrix[:3, :3][:, list(permutation)]
-    new[:3, 3] = matrix[:3, 3]
-    for axis in flips:
-        out = np.flip(out, axis)
-        new[:3, 3] = new[:3, 3] + new[:3, axis] * (out.shape[axis] - 1)  # index 0 is the old last index
-        new[:3, axis] = -new[:3, axis]
+    out, new = reoriented(*base_skull(), permutation, flips)
 
     def back(result: np.ndarray) -> np.ndarray:
         for axis in reversed(flips):
             result = np.flip(result, axis)
         return np.transpose(result, np.argsort(permutation))
 
-    return Volume(np.asfortranarray(out), new, back)
-
-
-def _rotation(axis: int, degrees: float) -> np.ndarray:
-    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
-    a, b = [(1, 2), (0, 2), (0, 1)][axis]
-    rotation = np.eye(3)
-    rotation[a, a] = rotation[b, b] = c
-    rotation[a, b], rotation[b, a] = -s, s
-    return rotation
+    return Volume(out, new, back)
 
 
 def oblique() -> Volume:
     matrix = centred_ijk_to_ras(SHAPE, SPACING)
-    rotation = _rotation(2, 15.0) @ _rotation(0, 10.0)
+    rotation = rotation_matrix(2, 15.0) @ rotation_matrix(0, 10.0)
     matrix[:3, :3] = rotation @ matrix[:3, :3]
     matrix[:3, 3] = rotation @ matrix[:3, 3]
     skull = skull_shell(SHAPE, matrix) & ~cranial_defect(SHAPE, matrix)
@@ -215,9 +204,9 @@ CASES = [
         extras={"cli_detached": True},
     ),
     Case("oblique", oblique, OK, OK, extras={"in_defect": True}),
-    Case("lr_flipped", lambda: reoriented((0, 1, 2), (0,)), OK, OK, reference_dice=MIN_ORIENTATION_DICE),
-    Case("axes_permuted", lambda: reoriented((1, 2, 0), (0, 2)), OK, OK, reference_dice=MIN_ORIENTATION_DICE),
-    Case("axes_permuted_nifti", lambda: reoriented((2, 0, 1), (1,)), OK, OK,
+    Case("lr_flipped", lambda: reoriented_skull((0, 1, 2), (0,)), OK, OK, reference_dice=MIN_ORIENTATION_DICE),
+    Case("axes_permuted", lambda: reoriented_skull((1, 2, 0), (0, 2)), OK, OK, reference_dice=MIN_ORIENTATION_DICE),
+    Case("axes_permuted_nifti", lambda: reoriented_skull((2, 0, 1), (1,)), OK, OK,
          reference_dice=MIN_ORIENTATION_DICE, cli_suffix=".nii.gz"),
     Case("cropped_fov", cropped_fov, OK, OK),
     Case("nan_in_float", with_values(with_nan), Expect(InputError, "NaN"), Expect(InputError, "NaN")),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from .bundle import load_bundle
 from .completion import DEFECT_CHOICES, DEVICE_CHOICES, SkullCompleter
 from .errors import SkullVAEError
 from .io import (
+    ensure_writable_folder,
     is_volume_file,
     output_paths,
     read_mask,
@@ -70,15 +70,6 @@ def collect_inputs(paths: list[Path]) -> list[Path]:
         else:
             raise SkullVAEError(f"{path}: no such file or folder")
     return files
-
-
-def check_output_dir(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise SkullVAEError(f"cannot create the output folder {folder}: {error.strerror}") from error
-    if not os.access(folder, os.W_OK):
-        raise SkullVAEError(f"the output folder {folder} is not writable; choose another with --output-dir")
 
 
 def complete_file(completer: SkullCompleter, path: Path, args: argparse.Namespace) -> dict[str, Path]:
@@ -165,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     try:
         files = collect_inputs(args.inputs)
-        check_output_dir(args.output_dir)
+        ensure_writable_folder(args.output_dir, "output folder", "choose another with --output-dir")
         bundle = load_bundle(args.model)
         completer = SkullCompleter(bundle, device=args.device)
     except SkullVAEError as error:

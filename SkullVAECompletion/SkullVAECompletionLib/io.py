@@ -166,6 +166,21 @@ def _atomic_target(path: Path, overwrite: bool) -> Iterator[Path]:
         raise
 
 
+def ensure_writable_folder(folder: str | os.PathLike, role: str, hint: str) -> Path:
+    """Create ``folder`` if needed and check it is writable, before any work starts (fail fast, write nothing).
+
+    ``role`` names the folder in the message ("output folder"), ``hint`` says what to do instead.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"cannot create the {role} {folder}: {error.strerror}; {hint}") from error
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"the {role} {folder} is not writable; {hint}")
+    return folder
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

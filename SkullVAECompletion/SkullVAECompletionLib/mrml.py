@@ -480,14 +480,9 @@ def ensureSegmentationConverters() -> None:
 
 def prepareFolder(folder: str | os.PathLike) -> Path:
     """Create the STL export folder (done before the completion runs, so a bad folder fails fast)."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"Cannot create the STL export folder {folder}: {error.strerror}.") from error
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"The STL export folder {folder} is not writable; choose another folder.")
-    return folder
+    from .io import ensure_writable_folder  # noqa: PLC0415  (keeps VTK/nibabel imports out of module import)
+
+    return ensure_writable_folder(folder, "STL export folder", "choose another folder")
 
 
 def exportImplantStl(segmentationNode: Any, folder: str | os.PathLike) -> list[str]:

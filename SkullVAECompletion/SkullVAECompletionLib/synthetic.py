@@ -98,3 +98,18 @@ def defective_pair(
         raise ValueError(f"unknown defect kind {kind!r}")
     defective = complete & ~removed
     return complete.astype(np.uint8), defective.astype(np.uint8), matrix
+
+
+def reoriented(
+    array: np.ndarray, ijk_to_ras: np.ndarray, permutation: tuple[int, int, int], flips: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The same physical volume stored with permuted and then flipped index axes (as scanners and converters do)."""
+    out = np.transpose(array, permutation)
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.asarray(ijk_to_ras, dtype=float)[:3, :3][:, list(permutation)]
+    matrix[:3, 3] = np.asarray(ijk_to_ras, dtype=float)[:3, 3]
+    for axis in flips:
+        out = np.flip(out, axis)
+        matrix[:3, 3] = matrix[:3, 3] + matrix[:3, axis] * (out.shape[axis] - 1)  # index 0 is the old last index
+        matrix[:3, axis] = -matrix[:3, axis]
+    return np.asfortranarray(out), matrix
