@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .bundle import load_bundle
-from .completion import DEFECT_CHOICES, DEVICE_CHOICES, SkullCompleter
+from .completion import DEFECT_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES, SkullCompleter
 from .errors import SkullVAEError
 from .io import (
     ensure_writable_folder,
@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gamma", type=float, default=None, help="latent shift γ (default: the model's per type)")
     parser.add_argument("--defect-type", choices=DEFECT_CHOICES, default="auto", help="default: detect it")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="default: CUDA when available")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        default="float32",
+        help="float16 is for CUDA only; auto uses it after checking it agrees with float32",
+    )
     parser.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the bundled model)")
     parser.add_argument("--method", choices=("dev", "knn", "refine"), default=None, help="default: the model's")
     parser.add_argument("--label", type=int, default=None, help="use this label of a multi-label map")
@@ -158,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
         files = collect_inputs(args.inputs)
         ensure_writable_folder(args.output_dir, "output folder", "choose another with --output-dir")
         bundle = load_bundle(args.model)
-        completer = SkullCompleter(bundle, device=args.device)
+        completer = SkullCompleter(bundle, device=args.device, precision=args.precision)
     except SkullVAEError as error:
         logger.error("error: %s", error)
         return 2
