@@ -291,8 +291,10 @@ def depth_view(volume: np.ndarray, highlight: np.ndarray, axis: int, from_high: 
     """Pseudo-3D view of a RAS-ordered mask: nearest bone shaded by depth, highlighted voxels in red."""
     from training.generate import depth_render
 
-    rgb = depth_render(volume, highlight, axis=axis, from_high=from_high)
-    return np.transpose(rgb, (1, 0, 2))[::-1]
+    rgb = np.transpose(depth_render(volume, highlight, axis=axis, from_high=from_high), (1, 0, 2))[::-1]
+    # As a viewer standing there sees it: from the front the patient's right is on the left; from the left side
+    # the face is on the left. (The top view, anterior up, already has the patient's right on the right.)
+    return rgb[:, ::-1] if axis in (0, 1) else rgb
 
 
 def figure_gamma_sweep(bundle: ModelBundle, test: VolumeSet, gammas: list[float], out: Path) -> Path | None:
@@ -364,7 +366,7 @@ def evaluate_real_skull(bundle: ModelBundle, path: Path, out: Path, device: str)
     if not path or not Path(path).exists():
         log.warning("real skull %s not found; skipping", path)
         return None
-    from SkullVAECompletionLib.io import read_mask
+    from SkullVAECompletionLib.io import read_mask, write_render_png
     from training.template import template_paths
 
     plt = _plt()
@@ -378,6 +380,7 @@ def evaluate_real_skull(bundle: ModelBundle, path: Path, out: Path, device: str)
                             "seconds": round(result.timings.get("total", 0.0), 2)}
     reference_path = template_paths()["implant"]
     spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    reference = None
     if reference_path.exists():
         reference, ref_matrix, _ = read_mask(reference_path)
         reference = np.asarray(reference) > 0
@@ -387,16 +390,21 @@ def evaluate_real_skull(bundle: ModelBundle, path: Path, out: Path, device: str)
             info["reference_ml"] = round(float(reference.sum() * np.prod(spacing) / 1000), 2)
         else:
             log.warning("the mirrored reference implant is on another grid than %s; no symmetric Dice", path)
+            reference = None
+    rows = [("bundled model", result.implant)]
+    if reference is not None:
+        rows.append(("mirrored healthy side (reference)", reference.astype(np.uint8)))
     skull = _ras_ordered(mask, matrix)
-    implant = _ras_ordered(result.implant, matrix)
     views = [("frontal (from anterior)", 1, True), ("lateral (from the left)", 0, False),
              ("top (from superior)", 2, True)]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
-    for ax, (title, axis, high) in zip(axes, views, strict=True):
-        ax.imshow(depth_view(skull | implant, implant, axis, high), aspect="auto")
-        ax.set_title(title, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
+    fig, axes = plt.subplots(len(rows), 3, figsize=(12, 4.2 * len(rows)), squeeze=False)
+    for row, (label, implant_mask) in zip(axes, rows, strict=True):
+        implant = _ras_ordered(implant_mask, matrix).astype(bool)
+        for ax, (title, axis, high) in zip(row, views, strict=True):
+            ax.imshow(depth_view(skull | implant, implant, axis, high), aspect="auto")
+            ax.set_title(f"{label}: {title}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
     reference_text = (f"; symmetric-reference DSC {info['symmetric_reference_dsc']:.3f}"
                       if "symmetric_reference_dsc" in info else "")
     fig.suptitle(f"Real patient skull (Cranium, invesalius-examples): implant {info['implant_ml']:.1f} ml "
@@ -405,6 +413,10 @@ def evaluate_real_skull(bundle: ModelBundle, path: Path, out: Path, device: str)
     figure = out / "real_skull_completion.png"
     fig.savefig(figure, dpi=90)
     plt.close(fig)
+    # A 3D view of skull and implant, with the engine's own offscreen renderer.
+    render = write_render_png(out / "real_skull_render.png", mask.astype(bool), result.implant, matrix,
+                              overwrite=True)
+    info["render"] = render.name
     info["figure"] = figure.name
     return info
 
@@ -460,6 +472,8 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
                       f"HD95 {real['symmetric_reference_hd95']:.1f} mm."]
         lines += ["", "**Caveat:** this skull is not an unseen test case: its mirror-repaired version is the template "
                   "the whole training population was generated from.", "", f"![real skull]({real['figure']})", ""]
+        if real.get("render"):
+            lines += [f"![real skull, 3D render of skull and implant]({real['render']})", ""]
     lines += ["## Figures", ""] + [f"![{name}]({name})" for name in results["figures"]] + [""]
     path = out / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
