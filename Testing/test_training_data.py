@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from SkullVAECompletionLib.io import read_mask, write_mask
 from training import data, generate
-from training.nrrdio import read_nrrd, write_mask_nifti, write_mask_nrrd
 
 CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "data_small.yaml"
 
@@ -32,9 +32,7 @@ AFFINE = np.diag([2.0, 2.0, 2.5, 1.0])
 
 
 def _write(path: Path, arr: np.ndarray) -> Path:
-    if path.name.endswith((".nii", ".nii.gz")):
-        return write_mask_nifti(path, arr, AFFINE)
-    return write_mask_nrrd(path, arr, AFFINE)
+    return write_mask(path, arr, AFFINE)  # NRRD or NIfTI by the file's suffix
 
 
 @pytest.fixture(scope="module")
@@ -157,9 +155,9 @@ def test_generated_dataset_files(tmp_path: Path, small_cfg: dict, shell_template
     assert data.detect_layout(tmp_path / "gen") == "generated" and len(recs) == len(rows)
     # implant = complete AND NOT defective, on the same grid.
     for r in [x for x in recs if x.label != "complete"][:4]:
-        comp, mc = read_nrrd(r.complete)
-        defe, md = read_nrrd(r.defective)
-        imp, mi = read_nrrd(r.implant)
+        comp, mc, _ = read_mask(r.complete)
+        defe, md, _ = read_mask(r.defective)
+        imp, mi, _ = read_mask(r.implant)
         assert comp.shape == defe.shape == imp.shape
         np.testing.assert_allclose(mc, md)
         np.testing.assert_allclose(mc, mi)

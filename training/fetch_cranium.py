@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from training.nrrdio import write_mask_nrrd
+from SkullVAECompletionLib.io import write_mask
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     mask, m = load_cranium_skull(args.deb, args.inv3, threshold=args.threshold)
-    out = write_mask_nrrd(args.out / "CraniumSkull.nrrd", mask, m, compression_level=9)
+    out = write_mask(args.out / "CraniumSkull.nrrd", mask, m, overwrite=True, compression_level=9)
     log.info("wrote %s (%d bone voxels, shape %s)", out, int(mask.sum()), mask.shape)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import yaml
 from scipy import ndimage
 
-from training.nrrdio import read_binary_mask, write_mask_nrrd
+from SkullVAECompletionLib.io import read_mask, write_mask
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ def load_template(spec: str | Path, cache: Path | None = None) -> tuple[np.ndarr
         from training.template import load_or_build_template
 
         return load_or_build_template(cache)
-    return read_binary_mask(spec)
+    mask, matrix, _ = read_mask(spec)
+    return (np.asarray(mask) > 0).astype(np.uint8), matrix
 
 
 # ----------------------------------------------------------------------------- sampling helpers
@@ -378,7 +379,7 @@ def write_source(result: dict, out: Path, split: str, compression_level: int) ->
     sid = result["source_id"]
     folder = out / "sources" / f"src_{sid:03d}"
     m = result["ijk_to_ras"]
-    comp = write_mask_nrrd(folder / "complete.nrrd", result["complete"], m, compression_level)
+    comp = write_mask(folder / "complete.nrrd", result["complete"], m, True, compression_level=compression_level)
     shape = "x".join(str(s) for s in result["complete"].shape)
     spacing = "x".join(f"{s:.3f}" for s in result["params"]["spacing_mm"])
     rel = lambda p: str(p.relative_to(out))  # noqa: E731
@@ -387,8 +388,8 @@ def write_source(result: dict, out: Path, split: str, compression_level: int) ->
              "implant_ml": 0.0, "shape": shape, "spacing_mm": spacing, "params": result["params"]}]
     for d in result["defects"]:
         stem = f"{d['subtype']}_{d['index']}"
-        dp = write_mask_nrrd(folder / f"{stem}_defective.nrrd", d["defective"], m, compression_level)
-        ip = write_mask_nrrd(folder / f"{stem}_implant.nrrd", d["implant"], m, compression_level)
+        dp = write_mask(folder / f"{stem}_defective.nrrd", d["defective"], m, True, compression_level=compression_level)
+        ip = write_mask(folder / f"{stem}_implant.nrrd", d["implant"], m, True, compression_level=compression_level)
         rows.append({"case_id": f"src{sid:03d}_{stem}", "source_id": sid, "split": split, "label": d["label"],
                      "subtype": d["subtype"], "complete": rel(comp), "defective": rel(dp), "implant": rel(ip),
                      "implant_ml": round(d["implant_ml"], 3), "shape": shape, "spacing_mm": spacing,
@@ -512,15 +513,14 @@ def save_examples_figure(out: Path, path: Path, n_sources: int = 2) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from training.nrrdio import read_nrrd
 
     rows = json.loads((Path(out) / "cases.json").read_text())["cases"]
     sids = sorted({r["source_id"] for r in rows})[:n_sources]
     cases = [r for r in rows if r["source_id"] in sids]
     fig, axes = plt.subplots(2, len(cases), figsize=(2.3 * len(cases), 5.0), squeeze=False)
     for col, r in enumerate(cases):
-        skull, m = read_nrrd(out / r["defective"])
-        imp = read_nrrd(out / r["implant"])[0] if r["implant"] else np.zeros_like(skull)
+        skull, m, _ = read_mask(out / r["defective"])
+        imp = read_mask(out / r["implant"])[0] if r["implant"] else np.zeros_like(skull)
         # Reorient to RAS index order so views are comparable whatever the stored axis directions.
         for ax in range(3):
             if m[ax, ax] < 0:

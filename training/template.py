@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage, optimize
 
+from SkullVAECompletionLib.geometry import voxel_spacing
+from SkullVAECompletionLib.io import read_mask, write_mask
 from training.fetch_cranium import cache_dir, largest_component, load_cranium_skull
-from training.nrrdio import read_nrrd, spacing_of, write_mask_nrrd
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def repair_with_mirror(mask: np.ndarray, ijk_to_ras: np.ndarray, box: tuple[tupl
                        margin_mm: float = 10.0, closing_radius: int = 1,
                        min_implant_voxels: int = 200) -> TemplateResult:
     """Repair the defect in `box` from the mirrored skull; return the template and reference implant."""
-    spacing = spacing_of(ijk_to_ras)
+    spacing = voxel_spacing(ijk_to_ras)
     orig = mask > 0
     weight = box_weight(mask.shape, spacing, box, margin_mm)
     region = weight > 0
@@ -158,7 +159,7 @@ def save_repair_figure(result: TemplateResult, path: Path, box: tuple[tuple[int,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sp = spacing_of(result.ijk_to_ras)
+    sp = voxel_spacing(result.ijk_to_ras)
     c = [int(round((lo + hi) / 2)) for lo, hi in box]
     fig, axes = plt.subplots(2, 3, figsize=(13, 8.5))
     views = [(f"axial k={c[2]} (x: patient R to L, y up = anterior)", lambda v: v[:, :, c[2]].T, sp[1] / sp[0]),
@@ -208,10 +209,10 @@ def load_or_build_template(cache: Path | None = None) -> tuple[np.ndarray, np.nd
     paths = template_paths(cache)
     if not paths["complete"].exists():
         res = build_cranium_template(cache)
-        write_mask_nrrd(paths["complete"], res.complete, res.ijk_to_ras)
-        write_mask_nrrd(paths["implant"], res.reference_implant, res.ijk_to_ras)
-        write_mask_nrrd(paths["defective"], res.original, res.ijk_to_ras)
-    arr, m = read_nrrd(paths["complete"])
+        write_mask(paths["complete"], res.complete, res.ijk_to_ras, overwrite=True)
+        write_mask(paths["implant"], res.reference_implant, res.ijk_to_ras, overwrite=True)
+        write_mask(paths["defective"], res.original, res.ijk_to_ras, overwrite=True)
+    arr, m, _ = read_mask(paths["complete"])
     return (arr > 0).astype(np.uint8), m
 
 
@@ -228,9 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     paths = template_paths()
     if args.out is not None:
         paths = {k: args.out / v.name for k, v in paths.items()}
-    write_mask_nrrd(paths["complete"], res.complete, res.ijk_to_ras)
-    write_mask_nrrd(paths["implant"], res.reference_implant, res.ijk_to_ras)
-    write_mask_nrrd(paths["defective"], res.original, res.ijk_to_ras)
+    write_mask(paths["complete"], res.complete, res.ijk_to_ras, overwrite=True)
+    write_mask(paths["implant"], res.reference_implant, res.ijk_to_ras, overwrite=True)
+    write_mask(paths["defective"], res.original, res.ijk_to_ras, overwrite=True)
     save_repair_figure(res, args.figure, CRANIUM_DEFECT_BOX)
     log.info("wrote %s and %s", ", ".join(str(v) for v in paths.values()), args.figure)
 
