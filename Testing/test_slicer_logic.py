@@ -164,10 +164,21 @@ def test_gamma_update_in_place(scene, fake_logic, real_logic):
     assert nodeCount(scene) == nodes and result.GetID() == nodeId
     assert fake_logic.fake.encodeCalls == 1  # re-decoded only
     assert result.GetAttribute("SkullVAECompletion.Gamma") == "0.5000"
+    # Both segments hold exactly the new result (the skull is updated in place inside the changed box).
+    for segmentId, expected in ((mrml.SKULL_SEGMENT_ID, summary.result.completed),
+                                (mrml.IMPLANT_SEGMENT_ID, summary.result.implant)):
+        assert np.array_equal(segmentArray(result, segmentId, shape, ijkToRas), expected.astype(bool)), segmentId
+    assert np.array_equal(segmentArray(result, mrml.SKULL_SEGMENT_ID, shape, ijkToRas) & (defective == 0),
+                          segmentArray(result, mrml.IMPLANT_SEGMENT_ID, shape, ijkToRas))
+    fake_logic.updateGamma(result, 1.0)  # and back: the larger implant returns in full
+    assert segmentArray(result, mrml.IMPLANT_SEGMENT_ID, shape, ijkToRas).sum() == full
     # Real engine: a new γ re-decodes the cached encoding.
     result2 = real_logic.process(addLabelmap(scene, defective, ijkToRas, name="second"), gamma=1.0)
     summary2 = real_logic.updateGamma(result2, 0.0)
     assert summary2.gamma == 0.0 and result2.GetAttribute("SkullVAECompletion.Gamma") == "0.0000"
+    for segmentId, expected in ((mrml.SKULL_SEGMENT_ID, summary2.result.completed),
+                                (mrml.IMPLANT_SEGMENT_ID, summary2.result.implant)):
+        assert np.array_equal(segmentArray(result2, segmentId, shape, ijkToRas), expected.astype(bool)), segmentId
     # A node this logic did not make has nothing cached.
     with pytest.raises(InputError, match="no cached encoding"):
         real_logic.updateGamma(result, 0.3)

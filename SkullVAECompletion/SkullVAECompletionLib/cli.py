@@ -120,7 +120,7 @@ def complete_file(completer: SkullCompleter, path: Path, args: argparse.Namespac
         )
     if not args.no_preview:
         title = (
-            f"{meta.stem}: {result.defect_type} defect, γ = {result.gamma:.2f}, "
+            f"{meta.stem}: {result.defect_type} defect, gamma = {result.gamma:.2f}, "
             f"implant {result.implant_volume_ml:.1f} ml"
         )
         written["preview"] = write_preview_png(

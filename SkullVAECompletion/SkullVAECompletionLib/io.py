@@ -246,8 +246,13 @@ def write_like(path: str | os.PathLike, array: np.ndarray, meta: VolumeMeta, ove
 
 def mask_to_surface(mask: np.ndarray, ijk_to_ras: np.ndarray, smoothing_iterations: int = 20):
     """Closed triangle surface (vtkPolyData, RAS mm) of a binary mask, smoothed without shrinking."""
-    import vtk
-    from vtk.util import numpy_support
+    # The VTK modules this needs, not the `vtk` umbrella package: that import alone costs ~0.5 s per CLI call.
+    from vtkmodules.util import numpy_support
+    from vtkmodules.vtkCommonDataModel import vtkImageData
+    from vtkmodules.vtkCommonMath import vtkMatrix4x4
+    from vtkmodules.vtkCommonTransforms import vtkTransform
+    from vtkmodules.vtkFiltersCore import vtkPolyDataNormals, vtkWindowedSincPolyDataFilter
+    from vtkmodules.vtkFiltersGeneral import vtkDiscreteFlyingEdges3D, vtkTransformPolyDataFilter
 
     bounds = nonzero_bounds(mask)
     if bounds is None:
@@ -256,13 +261,13 @@ def mask_to_surface(mask: np.ndarray, ijk_to_ras: np.ndarray, smoothing_iteratio
     hi = np.minimum(bounds[1] + 2, mask.shape)
     # Pad by one voxel so the surface closes at the crop border.
     block = np.pad(np.asarray(mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], dtype=np.uint8), 1)
-    image = vtk.vtkImageData()
+    image = vtkImageData()
     image.SetDimensions(*block.shape)
     image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(block.ravel(order="F"), deep=True))
-    surface = vtk.vtkDiscreteFlyingEdges3D()
+    surface = vtkDiscreteFlyingEdges3D()
     surface.SetInputData(image)
     surface.SetValue(0, 1)
-    smoother = vtk.vtkWindowedSincPolyDataFilter()
+    smoother = vtkWindowedSincPolyDataFilter()
     smoother.SetInputConnection(surface.GetOutputPort())
     smoother.SetNumberOfIterations(smoothing_iterations)
     smoother.SetPassBand(0.1)
@@ -271,16 +276,16 @@ def mask_to_surface(mask: np.ndarray, ijk_to_ras: np.ndarray, smoothing_iteratio
     # Block index → input index (undo crop and pad) → RAS.
     shift = np.eye(4)
     shift[:3, 3] = lo - 1
-    matrix = vtk.vtkMatrix4x4()
+    matrix = vtkMatrix4x4()
     for row, values in enumerate(np.asarray(ijk_to_ras, dtype=float) @ shift):
         for column, value in enumerate(values):
             matrix.SetElement(row, column, value)
-    transform = vtk.vtkTransform()
+    transform = vtkTransform()
     transform.SetMatrix(matrix)
-    to_ras = vtk.vtkTransformPolyDataFilter()
+    to_ras = vtkTransformPolyDataFilter()
     to_ras.SetInputConnection(smoother.GetOutputPort())
     to_ras.SetTransform(transform)
-    normals = vtk.vtkPolyDataNormals()  # consistent outward normals even when the matrix flips axes
+    normals = vtkPolyDataNormals()  # consistent outward normals even when the matrix flips axes
     normals.SetInputConnection(to_ras.GetOutputPort())
     normals.ConsistencyOn()
     normals.AutoOrientNormalsOn()
@@ -297,7 +302,7 @@ def write_stl(
     overwrite: bool = False,
 ) -> Path:
     """Binary STL of the mask's surface in mm; LPS by default, as Slicer writes STL files."""
-    import vtk
+    from vtkmodules.vtkIOGeometry import vtkSTLWriter
 
     if coordinate_system not in ("LPS", "RAS"):
         raise ValueError("coordinate_system must be 'LPS' or 'RAS'")
@@ -307,7 +312,7 @@ def write_stl(
     surface = mask_to_surface(mask, matrix)
     path = Path(path)
     with _atomic_target(path, overwrite) as temporary:
-        writer = vtk.vtkSTLWriter()
+        writer = vtkSTLWriter()
         writer.SetFileName(str(temporary))
         writer.SetInputData(surface)
         writer.SetFileTypeToBinary()
@@ -327,6 +332,9 @@ def _canonical_views(volume: np.ndarray, ijk_to_ras: np.ndarray) -> tuple[np.nda
     return canonical, spacing
 
 
+PREVIEW_HEIGHT = 360  # pixels of each view; widths follow the physical aspect
+
+
 def write_preview_png(
     path: str | os.PathLike,
     skull: np.ndarray,
@@ -335,35 +343,45 @@ def write_preview_png(
     title: str = "",
     overwrite: bool = False,
 ) -> Path:
-    """Three orthogonal projections (front, side, top) of the skull in grey and the implant in red."""
-    import matplotlib
+    """Three orthogonal projections (front, side, top) of the skull in grey and the implant in red.
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    Drawn with Pillow (imported in ~0.05 s, where matplotlib costs ~0.4 s per CLI call).
+    """
+    from PIL import Image, ImageDraw
 
     skull_c, spacing = _canonical_views(np.asarray(skull, dtype=bool), ijk_to_ras)
     implant_c, _ = _canonical_views(np.asarray(implant, dtype=bool), ijk_to_ras)
     views = [("front (coronal)", 1, (0, 2)), ("left side (sagittal)", 0, (1, 2)), ("top (axial)", 2, (0, 1))]
-    figure, axes = plt.subplots(1, 3, figsize=(12, 4.4), dpi=100)
-    for axis, (name, projection_axis, (horizontal, vertical)) in zip(axes, views, strict=True):
-        depth = skull_c.mean(axis=projection_axis)  # shaded projection: thicker bone looks brighter
+    panels = []
+    for name, projection_axis, (horizontal, vertical) in views:
+        depth = skull_c.mean(axis=projection_axis, dtype=np.float32)  # shaded projection: thick bone is brighter
         shown_implant = implant_c.any(axis=projection_axis)
-        rgb = np.repeat((depth / max(depth.max(), 1e-6))[..., None], 3, axis=-1) * 0.85
-        rgb[shown_implant] = 0.4 * rgb[shown_implant] + 0.6 * np.array([1.0, 0.15, 0.1])
-        extent = [0, skull_c.shape[horizontal] * spacing[horizontal], 0, skull_c.shape[vertical] * spacing[vertical]]
+        rgb = np.repeat((depth / max(float(depth.max()), 1e-6))[..., None], 3, axis=-1) * 0.85
+        rgb[shown_implant] = 0.4 * rgb[shown_implant] + 0.6 * np.array([1.0, 0.15, 0.1], np.float32)
         if projection_axis in (0, 1):  # seen from the left: anterior to the left; from the front: right to the left
             rgb = rgb[::-1]
-        axis.imshow(np.transpose(rgb, (1, 0, 2)), origin="lower", extent=extent)
-        axis.set_title(name)
-        axis.set_xticks([])
-        axis.set_yticks([])
+        # (horizontal, vertical) → image rows top-down: superior (or anterior) at the top.
+        picture = Image.fromarray((np.transpose(rgb, (1, 0, 2))[::-1] * 255).astype(np.uint8))
+        width_mm = skull_c.shape[horizontal] * spacing[horizontal]
+        height_mm = skull_c.shape[vertical] * spacing[vertical]
+        size = (max(1, round(PREVIEW_HEIGHT * width_mm / height_mm)), PREVIEW_HEIGHT)
+        panels.append((name, picture.resize(size, Image.Resampling.BILINEAR)))
+    margin, caption = 12, 22
+    top = caption + (caption if title else 0)
+    canvas = Image.new(
+        "RGB", (sum(p.width for _, p in panels) + margin * (len(panels) + 1), PREVIEW_HEIGHT + top + margin), "white"
+    )
+    draw = ImageDraw.Draw(canvas)
     if title:
-        figure.suptitle(title)
-    figure.tight_layout()
+        draw.text((margin, 4), title, fill="black")
+    x = margin
+    for name, picture in panels:
+        draw.text((x, top - caption + 4), name, fill="black")
+        canvas.paste(picture, (x, top))
+        x += picture.width + margin
     path = Path(path)
     with _atomic_target(path, overwrite) as temporary:
-        figure.savefig(temporary, format="png")
-    plt.close(figure)
+        canvas.save(temporary, format="PNG")
     return path
 
 
