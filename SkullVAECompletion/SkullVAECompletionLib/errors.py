@@ -1,8 +1,18 @@
 """Exceptions raised by the engine. Every message says what is wrong and what to do about it."""
 
+from typing import Any
+
 
 class SkullVAEError(Exception):
     """Base class of all errors the engine raises on purpose."""
+
+
+def build_config(cls: type, data: dict, what: str) -> Any:
+    """``cls(**data)`` for a config dataclass, refusing keys it does not know (a typo must not pass silently)."""
+    unknown = set(data) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise BundleError(f"unknown {what} keys: {sorted(unknown)}")
+    return cls(**data)
 
 
 class InputError(SkullVAEError, ValueError):

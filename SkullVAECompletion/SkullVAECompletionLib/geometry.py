@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .errors import BundleError
+from .errors import BundleError, build_config
 
 # Bump whenever the mapping to the model grid changes numerically: training caches keyed on it are rebuilt.
 GEOMETRY_VERSION = 1
@@ -47,11 +47,7 @@ class GridSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GridSpec:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise BundleError(f"unknown geometry keys: {sorted(unknown)}")
-        return cls(**data)
+        return build_config(cls, data, "geometry")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -15,7 +15,7 @@ import torch
 from monai.networks.nets import VarAutoEncoder
 from torch import nn
 
-from .errors import BundleError
+from .errors import BundleError, build_config
 
 NUM_CLASSES = 2  # background, bone
 
@@ -61,11 +61,7 @@ class NetworkConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NetworkConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(data) - known
-        if unknown:
-            raise BundleError(f"unknown network config keys: {sorted(unknown)}")
-        return cls(**data)
+        return build_config(cls, data, "network config")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
