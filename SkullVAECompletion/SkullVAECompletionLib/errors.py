@@ -7,14 +7,6 @@ class SkullVAEError(Exception):
     """Base class of all errors the engine raises on purpose."""
 
 
-def build_config(cls: type, data: dict, what: str) -> Any:
-    """``cls(**data)`` for a config dataclass, refusing keys it does not know (a typo must not pass silently)."""
-    unknown = set(data) - set(cls.__dataclass_fields__)
-    if unknown:
-        raise BundleError(f"unknown {what} keys: {sorted(unknown)}")
-    return cls(**data)
-
-
 class InputError(SkullVAEError, ValueError):
     """The input skull (array, file or node) cannot be completed as it is."""
 
@@ -29,3 +21,11 @@ class DeviceError(SkullVAEError):
 
 class CancelledError(SkullVAEError):
     """The user cancelled a running completion; nothing was written."""
+
+
+def build_config(cls: type, data: dict, what: str) -> Any:
+    """``cls(**data)`` for a config dataclass, refusing keys it does not know (a typo must not pass silently)."""
+    unknown = set(data) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise BundleError(f"unknown {what} keys: {sorted(unknown)}")
+    return cls(**data)
