@@ -2,7 +2,7 @@
 
 Not a test. Run from the repository root::
 
-    source /work/venv/bin/activate
+    bash scripts/setup_env.sh && source .venv/bin/activate
     PYTHONPATH=SkullVAECompletion:. python benchmarks/benchmark_completion.py            # CPU, 2 threads
     PYTHONPATH=SkullVAECompletion:. python benchmarks/benchmark_completion.py --device cuda
 

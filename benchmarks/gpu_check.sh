@@ -7,7 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS="${OUT:-benchmarks/gpu_results}"
 mkdir -p "$RESULTS"
-if [ -f /work/venv/bin/activate ]; then source /work/venv/bin/activate; fi
+if [ -f .venv/bin/activate ]; then source .venv/bin/activate; fi
 export PYTHONPATH="SkullVAECompletion:.${PYTHONPATH:+:$PYTHONPATH}"
 status=0
 
