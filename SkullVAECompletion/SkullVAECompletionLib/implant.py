@@ -51,12 +51,9 @@ def implant_region(
     core_distance = max(CORE_DISTANCE_MM, CORE_DISTANCE_VOXELS * spacing_mm)
     core = candidate & (distance_mm > core_distance)
     core &= ~covered_by_bone(core, model_input, spacing_mm)
-    labels, count = ndimage.label(core)
-    if count == 0:
+    core = keep_large_components(core, MIN_CORE_FRACTION)
+    if not core.any():
         return np.zeros_like(candidate)
-    sizes = np.bincount(labels.ravel())[1:]
-    keep = np.flatnonzero(sizes >= MIN_CORE_FRACTION * sizes.max()) + 1
-    core = np.isin(labels, keep)
     # Grow the cores back to the defect border, but no further along the intact bone.
     steps = int(math.ceil(core_distance / spacing_mm)) + 1
     grown = ndimage.binary_dilation(core, iterations=steps)
@@ -132,13 +129,20 @@ def implant_at_input_resolution(
 
 def remove_small_islands(mask: np.ndarray, spacing: np.ndarray, min_ml: float = MIN_ISLAND_ML) -> np.ndarray:
     """Drop connected components smaller than ``min_ml`` and than 5 % of the largest one."""
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    return keep_large_components(mask, MIN_ISLAND_FRACTION, min_ml / voxel_ml)
+
+
+def keep_large_components(mask: np.ndarray, fraction: float, min_voxels: float = 0.0) -> np.ndarray:
+    """Keep the connected components with at least ``fraction`` of the largest one's voxels and ``min_voxels``.
+
+    A mask with a single component (or none) is returned as it is.
+    """
     labels, count = ndimage.label(mask)
     if count <= 1:
         return mask
     # Count only the labelled voxels: a bincount over the whole (mostly empty) block is many times slower.
     sizes = np.bincount(labels[mask], minlength=count + 1)[1:]
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    threshold = max(min_ml / voxel_ml, MIN_ISLAND_FRACTION * sizes.max())
     keep = np.zeros(count + 1, dtype=bool)
-    keep[1:] = sizes >= threshold
+    keep[1:] = sizes >= max(min_voxels, fraction * sizes.max())
     return keep[labels]
