@@ -33,9 +33,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from SkullVAECompletionLib.io import write_mask
+from SkullVAECompletionLib.skull_from_ct import largest_component, skull_from_ct  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -112,19 +112,9 @@ def read_inv3(inv3: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
     return hu.astype(np.int16), spacing  # type: ignore[return-value]
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep the largest 26-connected component (drops the CT head-holder arc)."""
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    if n == 0:
-        return mask.astype(bool)
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return lab == int(np.argmax(sizes))
-
-
 def skull_mask_from_hu(hu_zyx: np.ndarray, threshold: int = BONE_HU) -> np.ndarray:
-    """Bone = HU >= threshold, largest component; returned as uint8 (i, j, k) = (x, y, z)."""
-    return largest_component(hu_zyx >= threshold).transpose(2, 1, 0).astype(np.uint8)
+    """Bone = HU >= threshold, largest component (the engine's Skull from CT); uint8 (i, j, k) = (x, y, z)."""
+    return skull_from_ct(hu_zyx.transpose(2, 1, 0), threshold, name="Cranium.inv3")
 
 
 def cranium_ijk_to_ras(shape_ijk: tuple[int, int, int], spacing_xyz: tuple[float, float, float]) -> np.ndarray:

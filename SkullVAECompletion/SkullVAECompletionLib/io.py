@@ -294,14 +294,132 @@ def mask_to_surface(mask: np.ndarray, ijk_to_ras: np.ndarray, smoothing_iteratio
     return normals.GetOutput()
 
 
+DECIMATION_TOLERANCE_MM = 0.2  # a decimated surface stays this close (two-way Hausdorff) to the full one
+
+
+@dataclass
+class Decimation:
+    """A decimated surface and how far it is from the full one."""
+
+    surface: Any  # vtkPolyData
+    triangles_before: int
+    triangles: int
+    hausdorff_mm: float
+
+
+def surface_topology(surface: Any) -> dict[str, int]:
+    """Triangles, boundary edges and non-manifold edges (both 0: a closed, manifold, watertight surface)."""
+    from vtkmodules.vtkFiltersCore import vtkFeatureEdges
+
+    counts = {"triangles": int(surface.GetNumberOfPolys())}
+    for key, boundary in (("boundary_edges", True), ("non_manifold_edges", False)):
+        edges = vtkFeatureEdges()
+        edges.SetInputData(surface)
+        edges.FeatureEdgesOff()
+        edges.ManifoldEdgesOff()
+        edges.SetBoundaryEdges(boundary)
+        edges.SetNonManifoldEdges(not boundary)
+        edges.Update()
+        counts[key] = int(edges.GetOutput().GetNumberOfCells())
+    return counts
+
+
+def self_intersections(surface: Any, limit: int = 10) -> int:
+    """Number of mesh edges that pierce a triangle they do not belong to (stops counting at ``limit``)."""
+    from vtkmodules.util import numpy_support
+    from vtkmodules.vtkCommonCore import vtkIdList, vtkPoints
+    from vtkmodules.vtkFiltersCore import vtkExtractEdges
+    from vtkmodules.vtkFiltersGeneral import vtkOBBTree
+
+    points = numpy_support.vtk_to_numpy(surface.GetPoints().GetData()).astype(float)
+    triangles = numpy_support.vtk_to_numpy(surface.GetPolys().GetConnectivityArray()).reshape(-1, 3)
+    extractor = vtkExtractEdges()
+    extractor.SetInputData(surface)
+    extractor.UseAllPointsOn()  # keep the point ids of the surface
+    extractor.Update()
+    edges = numpy_support.vtk_to_numpy(extractor.GetOutput().GetLines().GetConnectivityArray()).reshape(-1, 2)
+    tree = vtkOBBTree()
+    tree.SetDataSet(surface)
+    tree.SetTolerance(1e-9)
+    tree.BuildLocator()
+    hits, cells, found = vtkPoints(), vtkIdList(), 0
+    for a, b in edges:
+        # Shorten the edge a little: touching its own neighbours at its end points is not an intersection.
+        p, q = points[a], points[b]
+        inset = 1e-4 * (q - p)
+        if tree.IntersectWithLine(p + inset, q - inset, hits, cells) == 0:
+            continue
+        for index in range(cells.GetNumberOfIds()):
+            if a not in triangles[cells.GetId(index)] and b not in triangles[cells.GetId(index)]:
+                found += 1
+                break
+        if found >= limit:
+            break
+    return found
+
+
+def hausdorff_mm(a: Any, b: Any) -> float:
+    """Two-way Hausdorff distance between two surfaces: every vertex of each to the nearest triangle of the other."""
+    from vtkmodules.vtkFiltersModeling import vtkHausdorffDistancePointSetFilter
+
+    measure = vtkHausdorffDistancePointSetFilter()
+    measure.SetInputData(0, a)
+    measure.SetInputData(1, b)
+    measure.SetTargetDistanceMethodToPointToCell()
+    measure.Update()
+    return float(measure.GetOutput(0).GetFieldData().GetArray("HausdorffDistance").GetValue(0))
+
+
+def decimate_surface(
+    surface: Any, max_triangles: int, tolerance_mm: float = DECIMATION_TOLERANCE_MM, attempts: int = 6
+) -> Decimation:
+    """At most ``max_triangles`` triangles (vtkQuadricDecimation) where that keeps the surface within tolerance.
+
+    A decimation that leaves the tolerance, or opens or pinches the surface, is redone with more triangles;
+    if none works the full surface is kept (its triangle count then exceeds ``max_triangles``: say so).
+    """
+    from vtkmodules.vtkFiltersCore import vtkPolyDataNormals, vtkQuadricDecimation
+
+    before = int(surface.GetNumberOfPolys())
+    target = int(max_triangles)
+    if target < 4:
+        raise ValueError(f"max_triangles must be at least 4, got {max_triangles}")
+    for _ in range(attempts):
+        if before <= target:
+            break
+        decimate = vtkQuadricDecimation()
+        decimate.SetInputData(surface)
+        decimate.SetTargetReduction(1.0 - target / before)
+        decimate.VolumePreservationOn()
+        normals = vtkPolyDataNormals()  # fresh normals for the coarser triangles (STL facets, rendering)
+        normals.SetInputConnection(decimate.GetOutputPort())
+        normals.ConsistencyOn()
+        normals.AutoOrientNormalsOn()
+        normals.SplittingOff()
+        normals.Update()
+        result = normals.GetOutput()
+        topology = surface_topology(result)
+        if topology["boundary_edges"] == 0 and topology["non_manifold_edges"] == 0:
+            distance = hausdorff_mm(surface, result)
+            if distance <= tolerance_mm:
+                return Decimation(result, before, topology["triangles"], distance)
+        target = int(target * 1.5)  # too coarse for the tolerance: keep more triangles
+    return Decimation(surface, before, before, 0.0)
+
+
 def write_stl(
     path: str | os.PathLike,
     mask: np.ndarray,
     ijk_to_ras: np.ndarray,
     coordinate_system: str = "LPS",
     overwrite: bool = False,
+    max_triangles: int | None = None,
 ) -> Path:
-    """Binary STL of the mask's surface in mm; LPS by default, as Slicer writes STL files."""
+    """Binary STL of the mask's surface in mm; LPS by default, as Slicer writes STL files.
+
+    The surface is closed and manifold; ``max_triangles`` decimates it while it stays within
+    :data:`DECIMATION_TOLERANCE_MM` of the full surface (see :func:`decimate_surface`).
+    """
     from vtkmodules.vtkIOGeometry import vtkSTLWriter
 
     if coordinate_system not in ("LPS", "RAS"):
@@ -310,6 +428,8 @@ def write_stl(
     if coordinate_system == "LPS":
         matrix = LPS_TO_RAS @ matrix
     surface = mask_to_surface(mask, matrix)
+    if max_triangles:
+        surface = decimate_surface(surface, max_triangles).surface
     path = Path(path)
     with _atomic_target(path, overwrite) as temporary:
         writer = vtkSTLWriter()

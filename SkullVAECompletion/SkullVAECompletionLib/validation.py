@@ -15,6 +15,10 @@ MAX_LABELS_LISTED = 12
 # in Slicer): about 8 bytes per input voxel at the peak. 2**28 voxels (e.g. 640 × 640 × 655) stays near 2 GB;
 # larger volumes are refused before anything is read or allocated, with what to do instead.
 MAX_INPUT_VOXELS = 2**28
+FROM_CT_HINT = (
+    "Extract the skull first: command line --from-ct (bone threshold --bone-threshold, default 300 HU), "
+    "Slicer: the Skull from CT step, or Segment Editor Threshold ≥ 300 HU and pass the segmentation"
+)
 
 
 def validate_geometry(ijk_to_ras: np.ndarray, name: str = "input") -> np.ndarray:
@@ -98,7 +102,7 @@ def _to_binary(array: np.ndarray, name: str, label: int | None) -> np.ndarray:
     if low < 0:
         raise InputError(
             f"{name}: values range from {low:g} to {high:g}; this looks like a CT intensity image, not a mask. "
-            "Segment the skull first (e.g. Segment Editor Threshold ≥ 300 HU) and pass the segmentation"
+            f"{FROM_CT_HINT}"
         )
     if high == 0:
         return array.astype(bool)  # empty: reported by the caller
@@ -111,7 +115,7 @@ def _to_binary(array: np.ndarray, name: str, label: int | None) -> np.ndarray:
         if not is_integral or len(values) > MAX_LABELS_LISTED:
             raise InputError(
                 f"{name}: values range from {low:g} to {high:g} with many levels; this looks like an intensity image, "
-                "not a binary mask. Segment the skull first and pass the segmentation"
+                f"not a binary mask. {FROM_CT_HINT}"
             )
         raise InputError(
             f"{name}: the label map holds several labels {[int(v) for v in values if v]}; "

@@ -1,0 +1,77 @@
+"""Fit report on a spherical skull whose implant's volume, area, thickness, gap and overlap are known exactly."""
+
+import numpy as np
+import pytest
+
+from design_cases import SPHERE, SPHERE_HOLE_CENTRE, SPHERE_HOLE_RADIUS, sphere_case, sphere_implant_truth
+from SkullVAECompletionLib.errors import InputError
+from SkullVAECompletionLib.fit import DISTANCE_ARRAY, fit_report
+from SkullVAECompletionLib.io import mask_to_surface
+from SkullVAECompletionLib.synthetic import cranial_defect, ras_grid
+
+
+@pytest.fixture(scope="module")
+def case():
+    return sphere_case(0.5)
+
+
+def _ball(case, radius):
+    return cranial_defect(case["implant"].shape, case["ijk_to_ras"], tuple(SPHERE_HOLE_CENTRE), radius)
+
+
+def test_true_implant_matches_the_exact_geometry(case):
+    truth = sphere_implant_truth()
+    surface = mask_to_surface(case["implant"].astype(np.uint8), case["ijk_to_ras"])
+    report = fit_report(case["implant"], case["defective"], case["ijk_to_ras"], surface=surface)
+    assert report.volume_ml == pytest.approx(truth["volume_ml"], rel=0.03)
+    assert report.area_cm2 == pytest.approx(truth["area_cm2"], rel=0.05)
+    assert report.thickness_mm["median"] == pytest.approx(SPHERE.thickness_mm, abs=0.3)
+    assert SPHERE.thickness_mm - 0.6 <= report.thickness_mm["min"] <= report.thickness_mm["max"] <= 5.6
+    assert report.rim_gap_mm_max <= 0.3
+    assert report.rim_overlap_mm_max == 0.0
+    # The distance map: every vertex has a distance; the rim touches the bone, the middle of the cap is far.
+    distances = np.array([surface.GetPointData().GetArray(DISTANCE_ARRAY).GetValue(i)
+                          for i in range(surface.GetNumberOfPoints())])
+    assert distances.min() <= 0.3
+    # Farthest point from bone: the cap's middle, about the hole radius away along the surface (chord < radius).
+    assert 0.6 * SPHERE_HOLE_RADIUS < distances.max() <= SPHERE_HOLE_RADIUS + 0.5
+    assert set(report.as_dict()) == {"volume_ml", "area_cm2", "thickness_mm", "rim_gap_mm_max", "rim_overlap_mm_max"}
+
+
+@pytest.mark.parametrize("gap_mm", [1.0, 2.0])
+def test_gap_all_around_the_rim(case, gap_mm):
+    implant = case["complete"] & _ball(case, SPHERE_HOLE_RADIUS - gap_mm)
+    surface = mask_to_surface(implant.astype(np.uint8), case["ijk_to_ras"])
+    report = fit_report(implant, case["defective"], case["ijk_to_ras"], defect=case["implant"], surface=surface)
+    assert report.rim_gap_mm_max == pytest.approx(gap_mm, abs=0.5)
+    distances = np.array([surface.GetPointData().GetArray(DISTANCE_ARRAY).GetValue(i)
+                          for i in range(surface.GetNumberOfPoints())])
+    assert distances.min() == pytest.approx(gap_mm, abs=0.5), "the distance map shows the gap"
+    assert report.thickness_mm["median"] == pytest.approx(SPHERE.thickness_mm, abs=0.3)
+
+
+def test_onlay_overlap_and_its_thickness(case):
+    x, y, z = ras_grid(case["implant"].shape, case["ijk_to_ras"])
+    radius = np.sqrt(x * x + y * y + z * z)
+    outer = SPHERE.semi_axes_mm[0]
+    layer = (radius > outer) & (radius <= outer + 1.5) & _ball(case, SPHERE_HOLE_RADIUS + 4.0)
+    implant = case["implant"] | layer
+    report = fit_report(implant, case["defective"], case["ijk_to_ras"], defect=case["implant"])
+    assert report.rim_overlap_mm_max == pytest.approx(4.0, abs=0.6)
+    assert report.rim_gap_mm_max <= 0.3
+    assert report.thickness_mm["min"] == pytest.approx(1.5, abs=0.4), "the flange over the bone"
+    assert report.thickness_mm["median"] == pytest.approx(6.5, abs=0.4), "plate plus onlay over the defect"
+
+
+def test_thinner_plate_than_the_bone_shows_no_gap(case):
+    x, y, z = ras_grid(case["implant"].shape, case["ijk_to_ras"])
+    radius = np.sqrt(x * x + y * y + z * z)
+    implant = case["implant"] & (radius > SPHERE.semi_axes_mm[0] - 3.0)
+    report = fit_report(implant, case["defective"], case["ijk_to_ras"], defect=case["implant"])
+    assert report.thickness_mm["median"] == pytest.approx(3.0, abs=0.3)
+    assert report.rim_gap_mm_max <= 0.3
+
+
+def test_empty_implant_is_refused(case):
+    with pytest.raises(InputError, match="empty"):
+        fit_report(np.zeros_like(case["implant"]), case["defective"], case["ijk_to_ras"])
