@@ -75,3 +75,38 @@ def test_thinner_plate_than_the_bone_shows_no_gap(case):
 def test_empty_implant_is_refused(case):
     with pytest.raises(InputError, match="empty"):
         fit_report(np.zeros_like(case["implant"]), case["defective"], case["ijk_to_ras"])
+
+
+def test_cli_design_options_summary_and_distance_map(tmp_path, tiny_bundle, synthetic_case):
+    import json
+
+    import vtk
+
+    from SkullVAECompletionLib.cli import main
+    from SkullVAECompletionLib.io import surface_topology, write_mask
+
+    path = write_mask(tmp_path / "skull.nrrd", synthetic_case["defective"], synthetic_case["ijk_to_ras"])
+    out = tmp_path / "out"
+    args = [str(path), "-o", str(out), "--model", str(tiny_bundle), "--defect-type", "cranial", "--no-preview",
+            "--clearance", "1", "--edge-radius", "1", "--max-triangles", "2000"]
+    assert main(args) == 0
+    summary = json.loads((out / "skull_summary.json").read_text())
+    for key in ("detected_class", "confidence", "defect_class", "gamma", "method", "implant_volume_ml", "model_id",
+                "model_version", "thickness_mm", "flange_mm", "flange_thickness_mm", "clearance_mm", "edge_radius_mm",
+                "max_triangles"):
+        assert key in summary, key
+    assert summary["clearance_mm"] == 1.0 and summary["max_triangles"] == 2000
+    assert set(summary["fit"]) == {"volume_ml", "area_cm2", "thickness_mm", "rim_gap_mm_max", "rim_overlap_mm_max"}
+    assert summary["fit"]["volume_ml"] == pytest.approx(summary["implant_volume_ml"], rel=0.01)
+    assert (out / "skull_distance.png").read_bytes()[:4] == b"\x89PNG"
+    reader = vtk.vtkSTLReader()
+    reader.SetFileName(str(out / "skull_implant.stl"))
+    reader.Update()
+    clean = vtk.vtkCleanPolyData()  # STL stores each triangle's corners: merge them to see the topology
+    clean.SetInputConnection(reader.GetOutputPort())
+    clean.Update()
+    topology = surface_topology(clean.GetOutput())
+    assert topology["boundary_edges"] == 0 and topology["non_manifold_edges"] == 0
+    assert topology["triangles"] <= 2000
+    # A bad option stops the run before any work, with the option's name.
+    assert main([*args, "--overwrite", "--flange", "-2"]) == 2

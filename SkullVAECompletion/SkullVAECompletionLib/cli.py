@@ -1,7 +1,8 @@
 """``skullvae-complete``: complete skull masks from files, without Slicer.
 
 For each input NAME.nrrd / NAME.nii.gz it writes NAME_completed, NAME_implant (same format and grid),
-NAME_implant.stl and NAME_preview.png into the output folder.
+NAME_implant.stl, NAME_preview.png, NAME_distance.png (implant coloured by its distance to the skull) and
+NAME_summary.json (run parameters, design options and the fit report) into the output folder.
 """
 
 from __future__ import annotations
@@ -17,17 +18,23 @@ from pathlib import Path
 from . import __version__
 from .bundle import load_bundle
 from .completion import DEFECT_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES, SkullCompleter
+from .design import DesignOptions, apply_design
 from .errors import SkullVAEError
+from .fit import fit_report
 from .io import (
     ensure_writable_folder,
     is_volume_file,
+    mask_to_surface,
     output_paths,
     read_mask,
+    write_distance_png,
+    write_json,
     write_like,
     write_preview_png,
     write_render_png,
     write_stl,
 )
+from .skull_from_ct import DEFAULT_BONE_THRESHOLD_HU, skull_from_ct
 
 logger = logging.getLogger("skullvae")
 
@@ -56,6 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-preview", action="store_true", help="do not write the PNG preview")
     parser.add_argument("--render", action="store_true", help="also write NAME_render.png, an offscreen 3D render")
     parser.add_argument("--stl-coordinates", choices=("LPS", "RAS"), default="LPS", help="STL frame (Slicer: LPS)")
+    parser.add_argument("--max-triangles", type=int, default=None, metavar="N",
+                        help="decimate the STL to at most N triangles (kept within 0.2 mm of the full surface)")
+    parser.add_argument("--from-ct", action="store_true",
+                        help="the inputs are CTs in HU: extract the skull first (threshold, largest component)")
+    parser.add_argument("--bone-threshold", type=float, default=DEFAULT_BONE_THRESHOLD_HU, metavar="HU",
+                        help="bone threshold for --from-ct (default: %(default)g HU)")
+    design = parser.add_argument_group("implant design (default: the completion's implant as it is)")
+    design.add_argument("--thickness", type=float, default=None, metavar="MM",
+                        help="plate thickness along the surface normal from the outer surface inward")
+    design.add_argument("--flange", type=float, default=0.0, metavar="MM",
+                        help="width of a flange over the intact bone all around the rim")
+    design.add_argument("--flange-thickness", type=float, default=1.5, metavar="MM", help="default: %(default)g")
+    design.add_argument("--clearance", type=float, default=0.0, metavar="MM",
+                        help="gap between the implant and the defect's bony edge")
+    design.add_argument("--edge-radius", type=float, default=0.5, metavar="MM",
+                        help="rounding of the designed edges (default: %(default)g)")
+    parser.add_argument("--no-distance-map", action="store_true", help="do not write NAME_distance.png")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("-q", "--quiet", action="store_true", help="only print errors")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -80,8 +104,10 @@ def collect_inputs(paths: list[Path]) -> list[Path]:
 
 def complete_file(completer: SkullCompleter, path: Path, args: argparse.Namespace) -> dict[str, Path]:
     """Complete one file and write its outputs; returns the written paths."""
-    mask, ijk_to_ras, meta = read_mask(path)
-    skipped = {"stl": args.no_stl, "preview": args.no_preview, "render": not args.render}
+    volume, ijk_to_ras, meta = read_mask(path)
+    options = design_options(args)
+    skipped = {"stl": args.no_stl, "preview": args.no_preview, "render": not args.render,
+               "skull": not args.from_ct, "distance": args.no_distance_map}
     targets = {k: p for k, p in output_paths(meta, args.output_dir).items() if not skipped.get(k, False)}
     if not args.overwrite:
         existing = [str(p) for p in targets.values() if p.exists()]
@@ -91,6 +117,8 @@ def complete_file(completer: SkullCompleter, path: Path, args: argparse.Namespac
     def progress(fraction: float, message: str) -> None:
         logger.info("  %s: %3.0f%% %s", meta.stem, 100 * fraction, message)
 
+    mask = skull_from_ct(volume, args.bone_threshold, name=str(path)) if args.from_ct else volume
+    del volume
     encoded = completer.encode(mask, ijk_to_ras, name=str(path), label=args.label, progress=progress)
     result = completer.complete(
         encoded,
@@ -100,6 +128,11 @@ def complete_file(completer: SkullCompleter, path: Path, args: argparse.Namespac
         method=args.method,
         progress=progress,
     )
+    defective = result.completed.astype(bool) & ~result.implant.astype(bool)  # the input's bone, binary
+    completion_implant = result.implant
+    result, design = apply_design(result, defective, ijk_to_ras, options)
+    for warning in design.warnings:
+        logger.warning("  %s: %s", meta.stem, warning)
     logger.info(
         "  %s: %s defect (detected %s, confidence %.2f), γ = %.2f, implant %.1f ml",
         meta.stem,
@@ -110,10 +143,13 @@ def complete_file(completer: SkullCompleter, path: Path, args: argparse.Namespac
         result.implant_volume_ml,
     )
     written = {}
+    if args.from_ct:
+        written["skull"] = write_like(targets["skull"], mask, meta, args.overwrite)
     written["completed"] = write_like(targets["completed"], result.completed, meta, args.overwrite)
     written["implant"] = write_like(targets["implant"], result.implant, meta, args.overwrite)
     if not args.no_stl and result.implant.any():
-        written["stl"] = write_stl(targets["stl"], result.implant, ijk_to_ras, args.stl_coordinates, args.overwrite)
+        written["stl"] = write_stl(targets["stl"], result.implant, ijk_to_ras, args.stl_coordinates, args.overwrite,
+                                   max_triangles=args.max_triangles)
     elif not result.implant.any():
         logger.warning(
             "  %s: the implant is empty (no defect found at γ = %.2f); no STL written", meta.stem, result.gamma
@@ -130,7 +166,50 @@ def complete_file(completer: SkullCompleter, path: Path, args: argparse.Namespac
         skull_only = result.completed.astype(bool) & ~result.implant.astype(bool)
         written["render"] = write_render_png(targets["render"], skull_only, result.implant, ijk_to_ras,
                                              overwrite=args.overwrite)
+    fit = None
+    if result.implant.any():
+        surface = mask_to_surface(result.implant, ijk_to_ras)  # RAS, for the distance map
+        fit = fit_report(result.implant, defective, ijk_to_ras, defect=completion_implant, surface=surface)
+        logger.info("  %s: fit: %s", meta.stem, fit.statusText())
+        if not args.no_distance_map:
+            written["distance"] = write_distance_png(targets["distance"], defective, surface, ijk_to_ras,
+                                                     overwrite=args.overwrite)
+    summary = run_summary(path, args, completer, result, options, fit, written)
+    written["summary"] = write_json(targets["summary"], summary, args.overwrite)
     return written
+
+
+def design_options(args: argparse.Namespace) -> DesignOptions:
+    """The design options of the command line (checked: a bad value fails before any work)."""
+    return DesignOptions(thickness_mm=args.thickness, flange_mm=args.flange, flange_thickness_mm=args.flange_thickness,
+                         clearance_mm=args.clearance, edge_radius_mm=args.edge_radius)
+
+
+def run_summary(path: Path, args: argparse.Namespace, completer: SkullCompleter, result: object,
+                options: DesignOptions, fit: object, written: dict[str, Path]) -> dict:
+    """Everything needed to judge a result and to redo it: NAME_summary.json."""
+    bundle = completer.bundle
+    return {
+        "input": str(path),
+        "from_ct": bool(args.from_ct),
+        "bone_threshold_hu": args.bone_threshold if args.from_ct else None,
+        "label": args.label,
+        "detected_class": result.detected_type,
+        "confidence": round(float(result.confidence), 4),
+        "defect_class": result.defect_type,
+        "gamma": round(float(result.gamma), 4),
+        "method": getattr(result, "method", args.method),
+        "smoothing": not args.no_smoothing,
+        "implant_volume_ml": round(float(result.implant_volume_ml), 3),
+        "model_id": bundle.model_id,
+        "model_version": bundle.version,
+        **options.as_dict(),
+        "max_triangles": args.max_triangles,
+        "stl_coordinates": args.stl_coordinates,
+        "fit": None if fit is None else fit.as_dict(),
+        "outputs": {key: target.name for key, target in written.items()},
+        "engine_version": __version__,
+    }
 
 
 @contextmanager
@@ -161,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
+        design_options(args)  # bad design values stop the run before any work
+        if args.max_triangles is not None and args.max_triangles < 100:
+            raise SkullVAEError(f"--max-triangles {args.max_triangles}: give at least 100 triangles")
         files = collect_inputs(args.inputs)
         ensure_writable_folder(args.output_dir, "output folder", "choose another with --output-dir")
         bundle = load_bundle(args.model)

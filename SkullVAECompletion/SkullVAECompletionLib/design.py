@@ -171,8 +171,9 @@ def outside_region(solid: np.ndarray, crop: Crop, centre_ras: np.ndarray) -> np.
         step = 2  # radii on a strided subsample: the comparison of means needs no more
         sub = labels[::step, ::step, ::step]
         radius = _radius_mm(sub.shape, crop, centre_ras, step)
-        ids = np.arange(1, count + 1)
-        means = np.asarray(ndimage.mean(radius, labels=sub, index=ids))
+        counts = np.bincount(sub.ravel(), minlength=count + 1)[1:]
+        sums = np.bincount(sub.ravel(), weights=radius.ravel(), minlength=count + 1)[1:]
+        means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)  # tiny pockets may miss the subsample
         solid_radius = float(radius[closed[::step, ::step, ::step]].mean())
         outer = border[1:] & (np.nan_to_num(means, nan=-np.inf) > solid_radius)
         inner = border[1:] & (np.nan_to_num(means, nan=np.inf) <= solid_radius)

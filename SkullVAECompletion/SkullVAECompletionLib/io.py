@@ -514,7 +514,20 @@ def output_paths(meta: VolumeMeta, output_dir: Path) -> dict[str, Path]:
         "stl": output_dir / f"{stem}_implant.stl",
         "preview": output_dir / f"{stem}_preview.png",
         "render": output_dir / f"{stem}_render.png",
+        "skull": output_dir / f"{stem}_skull{suffix}",  # the skull extracted from a CT (--from-ct)
+        "distance": output_dir / f"{stem}_distance.png",
+        "summary": output_dir / f"{stem}_summary.json",
     }
+
+
+def write_json(path: str | os.PathLike, data: dict, overwrite: bool = False) -> Path:
+    """A JSON file (UTF-8, indented), written atomically like every other output."""
+    import json
+
+    path = Path(path)
+    with _atomic_target(path, overwrite) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
 
 
 def write_render_png(
@@ -526,38 +539,125 @@ def write_render_png(
     overwrite: bool = False,
 ) -> Path:
     """Offscreen VTK render of the skull (bone) and the implant (red), seen from the front-right, above."""
-    import vtk
+    actors = []
+    for mask, colour, smoothing in ((skull, BONE_COLOUR, 10), (implant, (0.85, 0.15, 0.1), 20)):
+        if np.any(mask):
+            actors.append(_surface_actor(mask_to_surface(mask, ijk_to_ras, smoothing_iterations=smoothing), colour))
+    return _render_png(path, actors, (1.0, 1.6, 0.7), size, overwrite)
 
-    renderer = vtk.vtkRenderer()
-    renderer.SetBackground(1.0, 1.0, 1.0)
-    for mask, colour, smoothing in ((skull, (0.93, 0.88, 0.78), 10), (implant, (0.85, 0.15, 0.1), 20)):
-        if not np.any(mask):
-            continue
-        mapper = vtk.vtkPolyDataMapper()
-        mapper.SetInputData(mask_to_surface(mask, ijk_to_ras, smoothing_iterations=smoothing))
+
+BONE_COLOUR = (0.93, 0.88, 0.78)
+DISTANCE_RANGE_MM = (0.0, 4.0)  # colour scale of the distance map: blue on the bone, red 4 mm or more away
+
+
+def write_distance_png(
+    path: str | os.PathLike,
+    skull: np.ndarray,
+    implant_surface: Any,
+    ijk_to_ras: np.ndarray,
+    title: str = "to skull (mm)",
+    size: tuple[int, int] = (900, 700),
+    overwrite: bool = False,
+) -> Path:
+    """Offscreen render of the implant surface coloured by its active point scalars (distance to the skull, mm),
+    over the skull in bone colour, seen from outside along the implant's direction from the skull's centre."""
+    from vtkmodules.util import numpy_support
+    from vtkmodules.vtkCommonCore import vtkLookupTable
+    from vtkmodules.vtkRenderingAnnotation import vtkScalarBarActor
+
+    table = vtkLookupTable()
+    table.SetHueRange(0.667, 0.0)  # blue → red
+    table.SetTableRange(*DISTANCE_RANGE_MM)
+    table.Build()
+    implant_actor = _surface_actor(implant_surface, None, table)
+    actors = [implant_actor]
+    if np.any(skull):
+        actors.insert(0, _surface_actor(mask_to_surface(skull, ijk_to_ras, smoothing_iterations=10), BONE_COLOUR))
+    bar = vtkScalarBarActor()
+    bar.SetLookupTable(table)
+    bar.SetTitle(title)
+    bar.SetNumberOfLabels(5)
+    bar.SetLabelFormat("%.1f")
+    bar.SetMaximumWidthInPixels(90)
+    bar.UnconstrainedFontSizeOn()
+    for text, points in ((bar.GetTitleTextProperty(), 16), (bar.GetLabelTextProperty(), 14)):
+        text.SetColor(0.1, 0.1, 0.1)
+        text.SetFontSize(points)
+        text.ShadowOff()
+        text.ItalicOff()
+    points = numpy_support.vtk_to_numpy(implant_surface.GetPoints().GetData())
+    matrix = np.asarray(ijk_to_ras, dtype=float)
+    skull_centre = (np.argwhere(skull[::4, ::4, ::4]).mean(axis=0) * 4) @ matrix[:3, :3].T + matrix[:3, 3]
+    view = points.mean(axis=0) - skull_centre  # look at the implant from outside the head
+    view = view + np.array([0.0, 0.0, 0.3 * np.linalg.norm(view)])  # …a little from above
+    return _render_png(path, actors, tuple(view), size, overwrite, focus=implant_actor, overlays=[bar], zoom=0.75)
+
+
+def _surface_actor(surface: Any, colour: tuple[float, float, float] | None, lookup_table: Any = None) -> Any:
+    """An actor for a surface: plain ``colour``, or coloured by its active scalars through ``lookup_table``."""
+    import vtkmodules.vtkRenderingOpenGL2  # noqa: F401  (before any mapper: it registers the OpenGL overrides)
+    from vtkmodules.vtkRenderingCore import vtkActor, vtkPolyDataMapper
+
+    mapper = vtkPolyDataMapper()
+    mapper.SetInputData(surface)
+    if lookup_table is None:
         mapper.ScalarVisibilityOff()
-        actor = vtk.vtkActor()
-        actor.SetMapper(mapper)
+    else:
+        mapper.ScalarVisibilityOn()
+        mapper.SetLookupTable(lookup_table)
+        mapper.UseLookupTableScalarRangeOn()
+    actor = vtkActor()
+    actor.SetMapper(mapper)
+    if colour is not None:
         actor.GetProperty().SetColor(*colour)
-        actor.GetProperty().SetSpecular(0.2)
+    actor.GetProperty().SetSpecular(0.2)
+    return actor
+
+
+def _render_png(
+    path: str | os.PathLike,
+    actors: list,
+    view_from: tuple[float, float, float],
+    size: tuple[int, int],
+    overwrite: bool,
+    focus: Any = None,
+    overlays: list | None = None,
+    zoom: float = 1.3,
+) -> Path:
+    """Render actors offscreen (camera on the ``view_from`` side, superior up) into a PNG written atomically."""
+    import vtkmodules.vtkInteractionStyle  # noqa: F401  (registers the default render window factories)
+    import vtkmodules.vtkRenderingFreeType  # noqa: F401  (text of the scalar bar)
+    import vtkmodules.vtkRenderingOpenGL2  # noqa: F401
+    from vtkmodules.vtkIOImage import vtkPNGWriter
+    from vtkmodules.vtkRenderingCore import vtkRenderer, vtkRenderWindow, vtkWindowToImageFilter
+
+    renderer = vtkRenderer()
+    renderer.SetBackground(1.0, 1.0, 1.0)
+    for actor in actors:
         renderer.AddActor(actor)
+    for overlay in overlays or []:
+        renderer.AddViewProp(overlay)
     camera = renderer.GetActiveCamera()
-    camera.SetViewUp(0, 0, 1)
-    camera.SetPosition(1.0, 1.6, 0.7)  # RAS: right, anterior, superior of the focal point
+    direction = np.asarray(view_from, dtype=float) / max(float(np.linalg.norm(view_from)), 1e-9)
+    camera.SetViewUp(*((0, 1, 0) if abs(direction[2]) > 0.95 else (0, 0, 1)))  # superior up, unless seen from above
+    camera.SetPosition(*direction)  # RAS: direction from the focal point
     camera.SetFocalPoint(0, 0, 0)
-    renderer.ResetCamera()
-    camera.Zoom(1.3)
-    window = vtk.vtkRenderWindow()
+    if focus is not None:
+        renderer.ResetCamera(focus.GetBounds())
+    else:
+        renderer.ResetCamera()
+    camera.Zoom(zoom)
+    window = vtkRenderWindow()
     window.SetOffScreenRendering(1)
     window.SetSize(*size)
     window.AddRenderer(renderer)
     window.Render()
-    grabber = vtk.vtkWindowToImageFilter()
+    grabber = vtkWindowToImageFilter()
     grabber.SetInput(window)
     grabber.Update()
     path = Path(path)
     with _atomic_target(path, overwrite) as temporary:
-        writer = vtk.vtkPNGWriter()
+        writer = vtkPNGWriter()
         writer.SetFileName(str(temporary))
         writer.SetInputConnection(grabber.GetOutputPort())
         writer.Write()
