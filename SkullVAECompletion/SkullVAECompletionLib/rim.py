@@ -1,0 +1,582 @@
+"""Rim-conforming implant surfaces: the decode says *where* and *what shape*, the patient's bone says *exactly where*.
+
+A decoded skull on a 2–3 mm model grid cannot place an implant's surfaces within a millimetre of the defect's
+rim. This stage therefore uses the decode only as a locator and a shape prior, and takes the surfaces from the
+patient's own intact bone at the input's full resolution:
+
+1. **Rays from the cranial centre** (:func:`cranial_centre`). Along each direction the decode gives an expected
+   shell (its outermost bone segment); the input's bone is searched in a window around it.
+2. **Defect localisation** (:func:`find_holes`): directions where the decode expects shell and the patient has no
+   bone in the window, grouped into holes on the sphere. Natural openings are where the decode expects no bone;
+   directions whose expected shell lies outside the input's field of view are never holes.
+3. **Surfaces per hole** (:func:`fit_hole`): in a latitude-longitude patch whose equator runs through the hole
+   (no pole near it), the outer and inner table radii of the intact bone are measured with sub-voxel accuracy.
+   Their offsets from the decode's surfaces are interpolated across the hole (harmonic: robust to a noisy rim);
+   rays near the rim, which graze a ragged or bevelled edge, and outliers are re-estimated, and bone that is
+   present but sunken well below the interpolated outer table (a depressed fracture) joins the defect.
+4. **Voxelisation on the input grid** (:func:`voxelise`): a voxel belongs to the implant when its direction lies in
+   the hole (plus a thin rim band) and its distance from the centre lies between the two surfaces; the same signed
+   field gives the implant's surface.
+
+All geometry is in "model millimetres": the model grid's index times its spacing (RAS axes, isotropic).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+from scipy import ndimage, sparse
+from scipy.sparse import csgraph
+from scipy.sparse.linalg import spsolve
+from scipy.spatial import cKDTree
+
+from .errors import build_config
+from .geometry import GridMapping
+
+logger = logging.getLogger(__name__)
+
+SHAPE_SOURCES = ("decode", "rim")
+VAULT_LEVEL = 0.4  # the vault: bone above this fraction of the skull's height
+
+
+@dataclass(frozen=True)
+class RimOptions:
+    """Parameters of the rim-conforming stage (stored in a bundle's ``completion_options["rim"]``)."""
+
+    detection_step_deg: float = 2.0  # spacing of the directions that look for holes
+    detection_radial_step_mm: float = 0.5
+    window_mm: float = 6.0  # bone is searched this far inside and outside the expected shell
+    patch_step_mm: float = 0.8  # spacing of a hole's rays, as arc length at the shell
+    radial_step_mm: float = 0.25  # sampling step along a hole's rays (sub-voxel radii by interpolation)
+    patch_margin_mm: float = 12.0  # intact bone measured around each hole
+    rim_band_mm: float = 1.5  # the implant reaches this far past the bone-free directions, into the rim's bevel
+    rim_skip_mm: float = 3.0  # rays this close to a hole may graze its edge: their radii are re-estimated
+    outlier_mm: float = 2.0  # intact rays this far from the interpolated surface are re-estimated
+    depression_mm: float = 3.0  # bone sunken this far below the interpolated outer table is a depressed defect
+    min_thickness_mm: float = 0.8
+    max_thickness_mm: float = 25.0
+    min_hole_mm2: float = 40.0  # smaller bone-free patches are noise of the decode, not a defect
+    max_hole_fraction: float = 0.5  # a "hole" over this fraction of the expected shell: the input is not this skull
+    max_patch_half_angle_deg: float = 80.0
+    min_elevation_deg: float = -55.0  # directions further below the horizontal point at the skull base
+    min_decode_confidence: float = 0.95  # mean peak bone probability of the decode over a hole's directions
+    shape_smoothing_mm: float = 4.0  # Gaussian smoothing of the decode's surfaces (its 3 mm voxels ripple)
+    shape: str = "decode"  # "decode": decoded surfaces + rim offsets; "rim": the rim's radii interpolated alone
+
+    def __post_init__(self) -> None:
+        if self.shape not in SHAPE_SOURCES:
+            raise ValueError(f"rim shape must be one of {SHAPE_SOURCES}, got {self.shape!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> RimOptions:
+        return build_config(cls, data or {}, "rim options")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class Hole:
+    """One defect found on the sphere of directions."""
+
+    direction: np.ndarray  # unit vector (model frame) through the hole's middle
+    area_mm2: float  # at the expected outer surface
+    kind: str = "missing"  # "missing" bone, or "depressed" bone joined to it
+    depressed_mm2: float = 0.0
+
+
+@dataclass
+class RimFit:
+    """The implant of the rim-conforming stage, on the input grid."""
+
+    implant: np.ndarray  # uint8 (i, j, k), Fortran order, like the input
+    holes: list[Hole] = field(default_factory=list)
+    message: str = ""  # why the implant is empty or partial; "" when all went well
+    field_block: np.ndarray | None = None  # signed distance-like field (> 0 inside) on [field_lo, field_lo + shape)
+    field_lo: np.ndarray | None = None
+
+
+@dataclass
+class Frame:
+    """Everything the rays need: the centre, the expected skull and the input, both in model millimetres."""
+
+    centre: np.ndarray  # model mm
+    expected: np.ndarray  # model-grid bone probability of the expected (decoded) skull
+    spacing: float  # model grid spacing (mm)
+    defective: np.ndarray  # input grid, uint8 view
+    mm_to_input: np.ndarray  # 4×4: model mm → input index
+    input_shape: np.ndarray
+
+
+# ----------------------------------------------------------------------------------------------- directions
+
+def fibonacci_directions(step_deg: float) -> np.ndarray:
+    """Nearly uniform unit vectors about ``step_deg`` apart (Fibonacci sphere)."""
+    count = max(64, int(round(4.0 * math.pi / math.radians(step_deg) ** 2)))
+    index = np.arange(count) + 0.5
+    z = 1.0 - 2.0 * index / count
+    azimuth = math.pi * (1.0 + math.sqrt(5.0)) * index
+    ring = np.sqrt(1.0 - z * z)
+    return np.stack([ring * np.cos(azimuth), ring * np.sin(azimuth), z], axis=1)
+
+
+def neighbour_graph(directions: np.ndarray, step_deg: float) -> sparse.csr_matrix:
+    """Directions closer than 1.6 steps are neighbours."""
+    reach = 2.0 * math.sin(math.radians(1.6 * step_deg) / 2.0)
+    pairs = cKDTree(directions).query_pairs(reach, output_type="ndarray")
+    n = len(directions)
+    ones = np.ones(len(pairs), dtype=np.int8)
+    return sparse.coo_matrix((ones, (pairs[:, 0], pairs[:, 1])), shape=(n, n)).tocsr()
+
+
+# ----------------------------------------------------------------------------------------------- profiles
+
+def cranial_centre(expected: np.ndarray, spacing: float) -> np.ndarray | None:
+    """Centre of the sphere that best fits the expected skull's vault (its upper part), in model mm.
+
+    The vault is close to a sphere seen from the cranial cavity; the face and skull base, which are not, are left
+    out by taking only the bone above :data:`VAULT_LEVEL` of the skull's height. None when there is no bone.
+    """
+    points = np.argwhere(expected > 0.5).astype(float) * spacing
+    if len(points) < 10:
+        return None
+    low, high = points[:, 2].min(), points[:, 2].max()
+    vault = points[points[:, 2] >= low + VAULT_LEVEL * (high - low)]
+    # Linear least squares: |p|² = 2 c·p + (r² − |c|²).
+    design = np.c_[2.0 * vault, np.ones(len(vault))]
+    solution, *_ = np.linalg.lstsq(design, np.sum(vault**2, axis=1), rcond=None)
+    return np.clip(solution[:3], points.min(axis=0), points.max(axis=0))
+
+
+def _sample_model(frame: Frame, points_mm: np.ndarray) -> np.ndarray:
+    coordinates = (points_mm / frame.spacing).reshape(-1, 3).T
+    values = ndimage.map_coordinates(frame.expected, coordinates, order=1, mode="constant", cval=0.0)
+    return values.reshape(points_mm.shape[:-1])
+
+
+def _to_input_index(frame: Frame, points_mm: np.ndarray) -> np.ndarray:
+    matrix = frame.mm_to_input
+    return points_mm @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def _sample_input(frame: Frame, points_mm: np.ndarray, order: int) -> np.ndarray:
+    coordinates = _to_input_index(frame, points_mm).reshape(-1, 3).T
+    values = ndimage.map_coordinates(frame.defective, coordinates, order=order, mode="constant", cval=0,
+                                     output=np.float32)
+    return values.reshape(points_mm.shape[:-1])
+
+
+def _inside_input(frame: Frame, points_mm: np.ndarray) -> np.ndarray:
+    index = _to_input_index(frame, points_mm)
+    return np.all((index >= -0.5) & (index <= frame.input_shape - 0.5), axis=-1)
+
+
+def _segment_ends(profile: np.ndarray, radii: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-sample radii where the OUTERMOST run of ``profile >= threshold`` starts and ends, per ray (NaN if none).
+
+    The run's ends are located by linear interpolation between the samples on either side of the crossing.
+    """
+    above = profile >= threshold
+    n_rays, n_samples = profile.shape
+    has = above.any(axis=1)
+    rows = np.arange(n_rays)
+    last = n_samples - 1 - np.argmax(above[:, ::-1], axis=1)
+    # Start of the outermost run: the last "below" sample before `last`, plus one.
+    below_before = np.where(~above & (np.arange(n_samples)[None, :] < last[:, None]), np.arange(n_samples), -1)
+    first = below_before.max(axis=1) + 1
+    step = radii[1] - radii[0]
+
+    def crossing(inner: np.ndarray, outer: np.ndarray) -> np.ndarray:
+        a = profile[rows, np.clip(inner, 0, n_samples - 1)]
+        b = profile[rows, np.clip(outer, 0, n_samples - 1)]
+        fraction = np.clip((a - threshold) / np.where(np.abs(a - b) > 1e-6, a - b, 1.0), 0.0, 1.0)
+        return radii[np.clip(inner, 0, n_samples - 1)] + fraction * step * np.sign(outer - inner)
+
+    outer = np.where(last < n_samples - 1, crossing(last, last + 1), radii[-1])
+    inner = np.where(first > 0, crossing(first, first - 1), radii[0])
+    return np.where(has, outer, np.nan), np.where(has, inner, np.nan)
+
+
+def expected_shell(frame: Frame, directions: np.ndarray,
+                   radial_step_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Outer and inner radius (mm) of the expected skull's outermost bone along each direction (NaN: none), and
+    the peak bone probability along the direction (how sure the decode is that there is bone)."""
+    reach = float(np.max(np.asarray(frame.expected.shape) * frame.spacing))
+    radii = np.arange(0.0, reach, radial_step_mm, dtype=np.float32)
+    points = frame.centre + directions[:, None, :] * radii[None, :, None]
+    profile = _sample_model(frame, points)
+    outer, inner = _segment_ends(profile, radii)
+    return outer, inner, profile.max(axis=1)
+
+
+@dataclass
+class RayProfile:
+    """What the input's bone looks like along rays, in a window around the expected shell."""
+
+    present: np.ndarray  # bone in the window
+    outer: np.ndarray  # outer table radius (mm), NaN without bone
+    inner: np.ndarray  # inner table radius (mm)
+    in_view: np.ndarray  # the expected outer surface lies inside the input's field of view
+
+
+def input_profile(frame: Frame, directions: np.ndarray, expected_outer: np.ndarray, expected_inner: np.ndarray,
+                  window_mm: float, radial_step_mm: float, order: int = 1) -> RayProfile:
+    """The input's bone along each ray between ``expected_inner − window`` and ``expected_outer + window``."""
+    start = np.nan_to_num(expected_inner, nan=0.0) - window_mm
+    stop = np.nan_to_num(expected_outer, nan=0.0) + window_mm
+    length = float(np.max(stop - start)) if len(start) else 0.0
+    offsets = np.arange(0.0, length + radial_step_mm, radial_step_mm, dtype=np.float32)
+    radii = start[:, None] + offsets[None, :]
+    points = frame.centre + directions[:, None, :] * radii[..., None]
+    values = _sample_input(frame, points, order)
+    values[radii > stop[:, None]] = 0.0
+    above = values >= 0.5
+    present = above.any(axis=1)
+    # Outer table: the outermost crossing; inner table: the innermost one (the whole bone within the window).
+    n_samples = values.shape[1]
+    rows = np.arange(len(values))
+    last = n_samples - 1 - np.argmax(above[:, ::-1], axis=1)
+    first = np.argmax(above, axis=1)
+
+    def crossing(inside: np.ndarray, outside: np.ndarray) -> np.ndarray:
+        outside = np.clip(outside, 0, n_samples - 1)
+        a, b = values[rows, inside], values[rows, outside]
+        fraction = np.clip((a - 0.5) / np.where(np.abs(a - b) > 1e-6, a - b, 1.0), 0.0, 1.0)
+        return radii[rows, inside] + fraction * (radii[rows, outside] - radii[rows, inside])
+
+    outer = np.where(present, crossing(last, last + 1), np.nan)
+    inner = np.where(present, crossing(first, first - 1), np.nan)
+    tip = frame.centre + directions * np.nan_to_num(expected_outer, nan=0.0)[:, None]
+    return RayProfile(present, outer, inner, _inside_input(frame, tip))
+
+
+# ----------------------------------------------------------------------------------------------- holes
+
+@dataclass
+class HoleSeeds:
+    """Holes found on the coarse sphere of directions."""
+
+    directions: np.ndarray
+    labels: np.ndarray  # hole index per direction, −1 for none
+    expected_outer: np.ndarray
+    count: int
+    shell_fraction: float  # bone-free fraction of the expected shell
+
+
+def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
+    """Directions where the expected skull has shell and the input has no bone near it, grouped into holes."""
+    directions = fibonacci_directions(options.detection_step_deg)
+    outer, inner, peak = expected_shell(frame, directions, options.detection_radial_step_mm)
+    # Straight below the cranial cavity lie the skull base's openings (foramen magnum, jugular foramina):
+    # never an implant site, and often cut by the field of view.
+    has_shell = np.isfinite(outer) & (directions[:, 2] >= math.sin(math.radians(options.min_elevation_deg)))
+    labels = np.full(len(directions), -1)
+    if not has_shell.any():
+        return HoleSeeds(directions, labels, outer, 0, 0.0)
+    profile = input_profile(frame, directions[has_shell], outer[has_shell], inner[has_shell], options.window_mm,
+                            options.detection_radial_step_mm, order=0)
+    open_ray = np.zeros(len(directions), bool)
+    open_ray[np.flatnonzero(has_shell)[~profile.present & profile.in_view]] = True
+    shell_fraction = float(open_ray.sum() / max(1, has_shell.sum()))
+    if not open_ray.any():
+        return HoleSeeds(directions, labels, outer, 0, shell_fraction)
+    graph = neighbour_graph(directions, options.detection_step_deg)
+    graph = graph + graph.T
+    # A defect has a core: directions whose neighbours are all bone-free. Slivers where the decode's surface is
+    # merely offset from the patient's, or where it blurs over a natural opening's edge, have none.
+    closed_neighbours = graph @ (~open_ray).astype(np.int32)
+    core = open_ray & (closed_neighbours == 0)
+    chosen = np.flatnonzero(open_ray)
+    count, component = csgraph.connected_components(graph[chosen][:, chosen], directed=False)
+    ray_area = 4.0 * math.pi / len(directions) * outer[chosen] ** 2  # mm² per direction at the shell
+    area = np.bincount(component, weights=ray_area, minlength=count)
+    has_core = np.bincount(component, weights=core[chosen], minlength=count) > 0
+    # The decode blurs over natural openings (orbits, canals) with hesitant bone; over a defect it is sure.
+    confidence = np.bincount(component, weights=peak[chosen], minlength=count) / np.bincount(component)
+    keep = np.flatnonzero((area >= options.min_hole_mm2) & has_core & (confidence >= options.min_decode_confidence))
+    relabel = np.full(count, -1)
+    relabel[keep] = np.arange(len(keep))
+    labels[chosen] = relabel[component]
+    return HoleSeeds(directions, labels, outer, len(keep), shell_fraction)
+
+
+# ----------------------------------------------------------------------------------------------- patches
+
+@dataclass
+class Patch:
+    """A latitude-longitude grid of rays whose equator runs through one hole."""
+
+    axes: np.ndarray  # rows e1 (hole centre), e2, e3
+    step: float  # radians between rays
+    half_count: int  # the grid spans (−half_count … half_count) · step in latitude and longitude
+
+    @property
+    def size(self) -> int:
+        return 2 * self.half_count + 1
+
+    def directions(self) -> np.ndarray:
+        angles = (np.arange(self.size) - self.half_count) * self.step
+        lat, lon = np.meshgrid(angles, angles, indexing="ij")
+        local = np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=-1)
+        return local @ self.axes  # (lat, lon, 3)
+
+    def grid_coordinates(self, vectors: np.ndarray) -> np.ndarray:
+        """Fractional (lat, lon) grid indices of direction vectors (any length), shape (..., 2)."""
+        local = vectors @ self.axes.T
+        norm = np.linalg.norm(local, axis=-1)
+        lat = np.arcsin(np.clip(local[..., 2] / np.maximum(norm, 1e-9), -1.0, 1.0))
+        lon = np.arctan2(local[..., 1], local[..., 0])
+        return np.stack([lat, lon], axis=-1) / self.step + self.half_count
+
+
+def patch_for(directions: np.ndarray, radius_mm: float, options: RimOptions) -> Patch | None:
+    """A patch covering these hole directions plus the intact margin; None when the hole is too wide."""
+    centre = directions.mean(axis=0)
+    centre /= np.linalg.norm(centre)
+    up = np.array([0.0, 0.0, 1.0]) if abs(centre[2]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    e3 = up - centre * (up @ centre)
+    e3 /= np.linalg.norm(e3)
+    e2 = np.cross(e3, centre)
+    axes = np.stack([centre, e2, e3])
+    local = directions @ axes.T
+    half_angle = max(float(np.max(np.abs(np.arcsin(np.clip(local[:, 2], -1, 1))))),
+                     float(np.max(np.abs(np.arctan2(local[:, 1], local[:, 0])))))
+    half_angle += options.patch_margin_mm / radius_mm + math.radians(options.detection_step_deg)
+    if math.degrees(half_angle) > options.max_patch_half_angle_deg:
+        return None
+    step = options.patch_step_mm / radius_mm
+    return Patch(axes, step, int(math.ceil(half_angle / step)))
+
+
+def grid_adjacency(shape: tuple[int, int]) -> sparse.csr_matrix:
+    """4-neighbour adjacency of the pixels of a 2-D grid (row-major)."""
+    paths = [sparse.diags([1.0, 1.0], [-1, 1], shape=(n, n)) for n in shape]
+    return (sparse.kron(paths[0], sparse.eye(shape[1])) + sparse.kron(sparse.eye(shape[0]), paths[1])).tocsr()
+
+
+def interpolate_surface(values: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Fill the unknown pixels of a 2-D grid with the harmonic interpolant of the known ones.
+
+    Harmonic, not biharmonic: the rim's values are measured on ragged bone and biharmonic interpolation
+    overshoots on such noise (it did here, and in the experiment behind METHOD.md's rim principle).
+
+    The grid's borders are natural boundaries. Unknown regions that touch no known pixel stay NaN.
+    """
+    filled = np.where(known, values, np.nan).astype(np.float64)
+    unknown = ~known
+    if not unknown.any() or not known.any():
+        return filled
+    labels, _ = ndimage.label(unknown)
+    touching = np.unique(labels[ndimage.binary_dilation(known) & unknown])
+    solvable = np.isin(labels, touching[touching > 0])
+    if not solvable.any():
+        return filled
+    # Graph Laplacian of the known and solvable pixels only: unreachable pixels take no part.
+    nodes = np.flatnonzero((known | solvable).ravel())
+    adjacency = grid_adjacency(values.shape)[nodes][:, nodes]
+    laplacian = (sparse.diags(np.asarray(adjacency.sum(axis=1)).ravel()) - adjacency).tocsc()
+    is_unknown = solvable.ravel()[nodes]
+    free, fixed = np.flatnonzero(is_unknown), np.flatnonzero(~is_unknown)
+    fixed_values = values.ravel()[nodes[fixed]].astype(np.float64)
+    rhs = -(laplacian[free][:, fixed] @ fixed_values)
+    result = filled.ravel()
+    result[nodes[free]] = spsolve(laplacian[free][:, free].tocsc(), rhs)
+    return result.reshape(values.shape)
+
+
+@dataclass
+class PatchFit:
+    """Surfaces over one hole, on its patch."""
+
+    patch: Patch
+    fill: np.ndarray  # bool (lat, lon): directions that get implant
+    outer: np.ndarray  # outer surface radius (mm)
+    inner: np.ndarray
+    hole: Hole
+
+
+def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) -> PatchFit | str:
+    """Measure the rim around one hole and interpolate the implant's surfaces across it (or say why not)."""
+    members = seeds.labels == label
+    radius = float(np.nanmedian(seeds.expected_outer[members]))
+    patch = patch_for(seeds.directions[members], radius, options)
+    if patch is None:
+        return (f"a bone-free region wider than {2 * options.max_patch_half_angle_deg:.0f}° seen from the skull's "
+                "centre was not filled: it is too large to be a defect of this skull")
+    directions = patch.directions().reshape(-1, 3)
+    shape = (patch.size, patch.size)
+    exp_outer, exp_inner, _ = expected_shell(frame, directions, options.radial_step_mm * 2)
+    exp_outer, exp_inner = exp_outer.reshape(shape), exp_inner.reshape(shape)
+    # Where the decode has no shell on a ray, carry its surfaces over from the neighbours.
+    has_shell = np.isfinite(exp_outer)
+    if not has_shell.any():
+        return "the expected skull has no shell around a bone-free region"
+    exp_outer = interpolate_surface(exp_outer, has_shell)
+    exp_inner = interpolate_surface(exp_inner, has_shell)
+    defined = np.isfinite(exp_outer) & np.isfinite(exp_inner)
+    exp_outer = np.where(defined, exp_outer, radius)
+    exp_inner = np.where(defined, exp_inner, radius)
+    pixel_mm = patch.step * radius
+    if options.shape_smoothing_mm > 0:
+        sigma = options.shape_smoothing_mm / pixel_mm
+        exp_outer = ndimage.gaussian_filter(exp_outer, sigma, mode="nearest")
+        exp_inner = ndimage.gaussian_filter(exp_inner, sigma, mode="nearest")
+    profile = input_profile(frame, directions, exp_outer.ravel(), exp_inner.ravel(), options.window_mm,
+                            options.radial_step_mm)
+    present = profile.present.reshape(shape)
+    in_view = profile.in_view.reshape(shape)
+    outer = profile.outer.reshape(shape)
+    inner = profile.inner.reshape(shape)
+    # The hole on the patch: bone-free, in view, connected to this hole's coarse directions.
+    open_ray = ~present & in_view & defined
+    seed = np.zeros(shape, bool)
+    coordinates = np.rint(patch.grid_coordinates(seeds.directions[members])).astype(int)
+    inside = np.all((coordinates >= 0) & (coordinates < patch.size), axis=1)
+    seed[coordinates[inside, 0], coordinates[inside, 1]] = True
+    seed = ndimage.binary_dilation(seed, iterations=max(1, int(round(
+        math.radians(options.detection_step_deg) * radius / pixel_mm))))
+    labels, _ = ndimage.label(open_ray)
+    hole = np.isin(labels, np.unique(labels[seed & open_ray])) & open_ray
+    if not hole.any():
+        return ""
+    thickness = outer - inner
+    plausible = present & (thickness >= options.min_thickness_mm) & (thickness <= options.max_thickness_mm)
+    band = max(1, int(round(options.rim_band_mm / pixel_mm)))
+    skip = max(1, int(round(options.rim_skip_mm / pixel_mm)))
+    smoothing = options.shape_smoothing_mm / pixel_mm
+    # The decode's outer surface carries the shape across the hole; its inner surface does not (a blurred decode
+    # is thin where it fills a hole), so the bone's thickness is carried over from the rim instead.
+    base_outer = exp_outer if options.shape == "decode" else np.zeros(shape)
+    depressed = np.zeros(shape, bool)
+    reliable = plausible
+    for _ in range(2):  # second pass: depressed bone joins the defect, outliers are re-estimated
+        defect = hole | depressed
+        known = reliable & ~ndimage.binary_dilation(defect, iterations=skip) & in_view
+        if not known.any():
+            return "no intact bone around a bone-free region to fit the implant to"
+        fit_outer = interpolate_surface(outer - base_outer, known) + base_outer
+        fit_thickness = interpolate_surface(thickness, known)
+        # Rays that graze a ragged or bevelled edge disagree with their smoothed neighbourhood.
+        smooth_outer = ndimage.gaussian_filter(np.nan_to_num(fit_outer), smoothing)
+        smooth_thickness = ndimage.gaussian_filter(np.nan_to_num(fit_thickness), smoothing)
+        reliable = plausible & (np.abs(outer - smooth_outer) <= options.outlier_mm) & (
+            np.abs(thickness - smooth_thickness) <= options.outlier_mm)
+        sunken = present & (outer < smooth_outer - options.depression_mm)
+        sunken_labels, count = ndimage.label(sunken)
+        if count:
+            sizes = np.bincount(sunken_labels.ravel(), minlength=count + 1)[1:] * pixel_mm**2
+            big = np.flatnonzero(sizes >= options.min_hole_mm2) + 1
+            depressed = np.isin(sunken_labels, big)
+    fit_inner = fit_outer - fit_thickness
+    defect = hole | depressed
+    fill = ndimage.binary_dilation(defect, iterations=band) & np.isfinite(fit_outer) & np.isfinite(fit_inner)
+    fit_inner = np.minimum(fit_inner, fit_outer)
+    area = float(defect.sum()) * pixel_mm**2
+    kind = "depressed" if depressed.sum() > hole.sum() else "missing"
+    centre_direction = patch.axes[0]
+    return PatchFit(patch, fill, fit_outer, fit_inner,
+                    Hole(centre_direction, area, kind, float(depressed.sum()) * pixel_mm**2))
+
+
+# ----------------------------------------------------------------------------------------------- voxels
+
+def _bilinear(grid: np.ndarray, coordinates: np.ndarray) -> np.ndarray:
+    return ndimage.map_coordinates(np.nan_to_num(grid, nan=0.0).astype(np.float32), coordinates.T, order=1,
+                                   mode="nearest")
+
+
+def voxelise(frame: Frame, fits: list[PatchFit]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Implant voxels of all fitted holes on the input grid: (implant block, its signed field, block lo corner).
+
+    The field is > 0 inside: min(r − inner, outer − r, distance into the filled directions), in mm; input bone
+    is outside the implant.
+    """
+    corners = []
+    for fit in fits:
+        directions = fit.patch.directions()[fit.fill]
+        for radius in (np.nanmin(fit.inner[fit.fill]) - 2.0, np.nanmax(fit.outer[fit.fill]) + 2.0):
+            corners.append(_to_input_index(frame, frame.centre + directions * radius))
+    corners = np.concatenate(corners)
+    limit = frame.input_shape.astype(int)
+    lo = np.clip(np.floor(corners.min(axis=0)).astype(int) - 1, 0, limit)
+    hi = np.clip(np.ceil(corners.max(axis=0)).astype(int) + 2, 0, limit)
+    shape = tuple(int(v) for v in np.maximum(hi - lo, 0))
+    block_field = np.full(shape, -1.0, np.float32, order="F")
+    if 0 in shape:
+        return np.zeros(shape, np.uint8, order="F"), block_field, lo
+    input_to_mm = np.linalg.inv(frame.mm_to_input)
+    axes = [np.arange(lo[a], hi[a], dtype=np.float32) for a in range(3)]
+    # Vector from the centre for every voxel of the block, built separably (no index meshgrid).
+    vector = [
+        input_to_mm[row, 0] * axes[0][:, None, None] + input_to_mm[row, 1] * axes[1][None, :, None]
+        + input_to_mm[row, 2] * axes[2][None, None, :] + (input_to_mm[row, 3] - frame.centre[row])
+        for row in range(3)
+    ]
+    radius = np.sqrt(vector[0] ** 2 + vector[1] ** 2 + vector[2] ** 2)
+    for fit in fits:
+        low = float(np.nanmin(fit.inner[fit.fill])) - 1.0
+        high = float(np.nanmax(fit.outer[fit.fill])) + 1.0
+        candidates = np.flatnonzero(((radius >= low) & (radius <= high)).ravel(order="F"))
+        if candidates.size == 0:
+            continue
+        index = np.unravel_index(candidates, shape, order="F")
+        points = np.stack([v[index] for v in vector], axis=1)
+        grid = fit.patch.grid_coordinates(points)
+        r = radius[index]
+        pixel_mm = fit.patch.step * np.nanmedian(fit.outer[fit.fill])
+        fill_depth = (_bilinear(fit.fill.astype(np.float32), grid) - 0.5) * pixel_mm
+        value = np.minimum(np.minimum(r - _bilinear(fit.inner, grid), _bilinear(fit.outer, grid) - r), fill_depth)
+        value[np.any((grid < 0) | (grid > fit.patch.size - 1), axis=1)] = -1.0
+        current = block_field[index]
+        block_field[index] = np.maximum(current, value)
+    bone = frame.defective[lo[0]: hi[0], lo[1]: hi[1], lo[2]: hi[2]].astype(bool)
+    block_field[bone] = np.minimum(block_field[bone], -0.5)
+    return np.asfortranarray((block_field > 0).astype(np.uint8)), block_field, lo
+
+
+# ----------------------------------------------------------------------------------------------- the stage
+
+def fit_implant(expected: np.ndarray, defective: np.ndarray, mapping: GridMapping,
+                options: RimOptions | None = None) -> RimFit:
+    """The rim-conforming implant for ``defective`` (input grid) given the expected skull on the model grid."""
+    options = options or RimOptions()
+    implant = np.zeros(mapping.input_shape, np.uint8, order="F")
+    spacing = float(mapping.grid.spacing_mm)
+    centre = cranial_centre(expected, spacing)
+    if centre is None:
+        return RimFit(implant, message="the decoded skull is empty or encloses no cranial cavity; no implant")
+    mm_to_model = np.diag([1.0 / spacing] * 3 + [1.0])
+    frame = Frame(
+        centre=centre,
+        expected=np.ascontiguousarray(expected, dtype=np.float32),
+        spacing=spacing,
+        defective=defective.view(np.uint8) if defective.dtype == np.bool_ else defective.astype(np.uint8),
+        mm_to_input=mapping.model_to_input @ mm_to_model,
+        input_shape=np.asarray(mapping.input_shape, dtype=float),
+    )
+    seeds = find_holes(frame, options)
+    if seeds.shell_fraction > options.max_hole_fraction:
+        return RimFit(implant, message=(
+            f"{seeds.shell_fraction:.0%} of the expected skull has no bone in the input: this is not a defect the "
+            "rim can be fitted to (is the input the whole skull, and the right way round?); no implant"))
+    if seeds.count == 0:
+        return RimFit(implant, message="no defect found: the input has bone wherever the decoded skull has shell")
+    fits, messages = [], []
+    for label in range(seeds.count):
+        outcome = fit_hole(frame, seeds, label, options)
+        if isinstance(outcome, PatchFit):
+            fits.append(outcome)
+        elif outcome:
+            messages.append(outcome)
+    if not fits:
+        return RimFit(implant, message="; ".join(messages) or "no defect found")
+    block, block_field, lo = voxelise(frame, fits)
+    hi = lo + np.asarray(block.shape)
+    implant[lo[0]: hi[0], lo[1]: hi[1], lo[2]: hi[2]] = block
+    holes = [fit.hole for fit in fits]
+    logger.debug("rim fit: %d hole(s), areas %s mm²", len(holes), [round(h.area_mm2) for h in holes])
+    return RimFit(implant, holes, "; ".join(messages), block_field, lo)
