@@ -20,12 +20,12 @@ import time
 import unittest
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import slicer
 import vtk
-from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
 try:  # The Slicer application: Qt, CTK and the scripted-module framework.
     import ctk
@@ -96,6 +96,9 @@ except ImportError:  # slicer-core only (CI, batch scripts): stand-ins, see belo
 
 from SkullVAECompletionLib import mrml  # noqa: E402  (no torch import: the engine is imported at first use)
 from SkullVAECompletionLib.dependencies import DependencyError  # noqa: E402  (imports no slicer/torch)
+
+if TYPE_CHECKING:  # the engine (scipy, torch) is imported at first use, after the dependencies are installed
+    from SkullVAECompletionLib.design import DesignOptions
 from SkullVAECompletionLib.errors import CancelledError, InputError, SkullVAEError  # noqa: E402
 
 MODULE_DIR = Path(__file__).resolve().parent
@@ -197,6 +200,34 @@ class SkullVAECompletionParameterNode:
     uncertainty: bool = False
     uncertaintySamples: Annotated[int, WithinRange(2, 64)] = 8
     exportStl: bool = False
+    # Skull from CT
+    ctVolume: vtkMRMLScalarVolumeNode
+    boneThresholdHu: Annotated[float, WithinRange(-1000.0, 3000.0)] = 300.0
+    # Implant design (see SkullVAECompletionLib.design.DesignOptions); changing one re-runs only the design step
+    fixedThickness: bool = False
+    thicknessMm: Annotated[float, WithinRange(0.5, 15.0)] = 3.0
+    flangeMm: Annotated[float, WithinRange(0.0, 20.0)] = 0.0
+    flangeThicknessMm: Annotated[float, WithinRange(0.5, 5.0)] = 1.5
+    clearanceMm: Annotated[float, WithinRange(0.0, 5.0)] = 0.0
+    edgeRadiusMm: Annotated[float, WithinRange(0.0, 3.0)] = 0.5
+    maxTriangles: Annotated[int, WithinRange(0, 10000000)] = 0
+    showDistanceMap: bool = True
+
+
+DESIGN_PARAMETERS = ("fixedThickness", "thicknessMm", "flangeMm", "flangeThicknessMm", "clearanceMm", "edgeRadiusMm")
+
+
+def designOptionsFromParameters(parameters: Any) -> DesignOptions:
+    """The engine's design options from the parameter node (or any object with the same attributes)."""
+    from SkullVAECompletionLib.design import DesignOptions  # noqa: PLC0415  (scipy: installed at first Apply)
+
+    return DesignOptions(
+        thickness_mm=float(parameters.thicknessMm) if parameters.fixedThickness else None,
+        flange_mm=float(parameters.flangeMm),
+        flange_thickness_mm=float(parameters.flangeThicknessMm),
+        clearance_mm=float(parameters.clearanceMm),
+        edge_radius_mm=float(parameters.edgeRadiusMm),
+    )
 
 
 #
@@ -242,6 +273,13 @@ class SkullVAECompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.stlExportCheckBox.connect("toggled(bool)", self.updateGuiState)
         self.ui.uncertaintyCheckBox.connect("toggled(bool)", self.updateGuiState)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.extractSkullButton.connect("clicked(bool)", self.onExtractSkull)
+        # A design option changed: re-run only the design step on the cached completion, shortly after.
+        self.designTimer = qt.QTimer()
+        self.designTimer.setSingleShot(True)
+        self.designTimer.interval = 500
+        self.designTimer.connect("timeout()", self.onDesignTimeout)
+        self._designShown = None
         # Live preview: re-decode shortly after the slider stops moving (the encoding is cached).
         self.previewTimer = qt.QTimer()
         self.previewTimer.setSingleShot(True)
@@ -321,6 +359,10 @@ class SkullVAECompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.gammaSliderWidget.enabled = not self.ui.defaultGammaCheckBox.checked
         self.ui.stlFolderLineEdit.enabled = self.ui.stlExportCheckBox.checked
         self.ui.uncertaintySamplesSpinBox.enabled = self.ui.uncertaintyCheckBox.checked
+        self.ui.thicknessSpinBox.enabled = self.ui.fixedThicknessCheckBox.checked
+        self.ui.flangeThicknessSpinBox.enabled = self.ui.flangeSpinBox.value > 0
+        self.ui.extractSkullButton.enabled = self.ui.ctVolumeSelector.currentNode() is not None and not running
+        self._scheduleDesignUpdate()
         for widget in (self.ui.inputsCollapsibleButton, self.ui.advancedCollapsibleButton):
             widget.enabled = not running
         hasInput = self.ui.inputSelector.currentNode() is not None
@@ -371,7 +413,11 @@ class SkullVAECompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                         uncertaintySamples=self.ui.uncertaintySamplesSpinBox.value
                         if self.ui.uncertaintyCheckBox.checked else 0,
                         stlFolder=stlFolder, showSurfaces=True,
+                        design=designOptionsFromParameters(self._parameterNode),
+                        distanceMap=self._parameterNode.showDistanceMap,
+                        maxTriangles=self._parameterNode.maxTriangles or None,
                     )
+                    self._designShown = designOptionsFromParameters(self._parameterNode)
                     self._showResult()
                 except CancelledError as error:
                     self.ui.statusLabel.text = errorMessage(error)  # not an error: no dialog
@@ -405,6 +451,33 @@ class SkullVAECompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.ui.statusLabel.text = self.logic.lastResult.statusText()
 
 
+    def onExtractSkull(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Skull extraction failed."), waitCursor=True):
+            node = self.logic.skullFromCT(self.ui.ctVolumeSelector.currentNode(), self._parameterNode.boneThresholdHu)
+            self._parameterNode.inputNode = node  # the new skull is the completion's input
+            self.ui.statusLabel.text = _("Skull extracted: {name}. Click Apply to complete it.").format(
+                name=node.GetName())
+
+    def _scheduleDesignUpdate(self) -> None:
+        if self._parameterNode is None or self._outputNode is None or self.logic.isRunning:
+            return
+        try:
+            options = designOptionsFromParameters(self._parameterNode)
+        except InputError:
+            return  # an intermediate value while typing; Apply reports it
+        if options != self._designShown:
+            self.designTimer.start()
+
+    def onDesignTimeout(self) -> None:
+        if self.logic.isRunning or self._outputNode is None or self._outputNode.GetScene() is None:
+            return
+        options = designOptionsFromParameters(self._parameterNode)
+        with slicer.util.tryWithErrorDisplay(_("Implant design failed."), waitCursor=True):
+            self._designShown = options
+            self.logic.updateDesign(self._outputNode, options, distanceMap=self._parameterNode.showDistanceMap)
+            self.ui.statusLabel.text = self.logic.lastResult.statusText()
+
+
 #
 # SkullVAECompletionLogic
 #
@@ -421,6 +494,10 @@ class _Session:
     smoothing: bool
     uncertaintySamples: int
     uncertaintyNodeId: str | None
+    completion: Any = None  # the completion before design: a design change starts from it, without decoding
+    design: DesignOptions | None = None
+    distanceModelId: str | None = None
+    maxTriangles: int | None = None
 
 
 class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
@@ -485,6 +562,9 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
         stlFolder: str | os.PathLike | None = None,
         outputName: str | None = None,
         showSurfaces: bool = False,
+        design: DesignOptions | None = None,
+        distanceMap: bool = True,
+        maxTriangles: int | None = None,
     ) -> Any:
         """Complete the skull of ``inputNode``; return the new segmentation node ("Completed skull", "Implant").
 
@@ -496,6 +576,9 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
         :param modelPath: model bundle folder; None uses ``self.modelPath`` or the bundled model.
         :param uncertaintySamples: > 0 also creates an uncertainty volume node from that many decodes.
         :param stlFolder: if given, the implant is written there as STL (LPS, mm).
+        :param design: implant design options (thickness, flange, clearance, rounding); None: as completed.
+        :param distanceMap: also add the implant surface coloured by its distance to the skull (a model node).
+        :param maxTriangles: decimate the exported STL to at most this many triangles (within 0.2 mm).
         :raises InputError, BundleError, DeviceError, CancelledError: with the message the GUI shows.
         """
         if self.isRunning:
@@ -520,13 +603,16 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
                 completer = self.getCompleter(modelPath, device)
                 encoded = completer.encode(inputMask.mask, inputMask.worldIjkToRas, name=inputMask.name,
                                            progress=mrml.StageProgress(engineProgress, 0.05, 0.5))
-                result = completer.complete(encoded, gamma=gamma, defect_type=defectType, smoothing=smoothing,
-                                            uncertainty_samples=uncertaintySamples,
-                                            progress=mrml.StageProgress(engineProgress, 0.5, 0.9))
-                return completer, encoded, result
+                completion = completer.complete(encoded, gamma=gamma, defect_type=defectType, smoothing=smoothing,
+                                                uncertainty_samples=uncertaintySamples,
+                                                progress=mrml.StageProgress(engineProgress, 0.5, 0.8))
+                engineProgress(0.8, "Designing the implant")
+                designed = _designAndFit(completion, design, inputMask.ijkToRas, distanceMap)
+                return completer, encoded, completion, designed
 
-            completer, encoded, result = mrml.runBlocking(
+            completer, encoded, completion, designed = mrml.runBlocking(
                 work, report, lambda: self._cancelRequested, _processEvents(), self.useWorkerThread)
+            result, fit, surface = designed
             report(0.92, "Creating the segmentation")
             baseName = inputNode.GetName() or "Skull"
             segmentationNode = mrml.buildResultSegmentation(result, inputMask, outputName or f"{baseName} completed")
@@ -534,23 +620,32 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
             if result.uncertainty is not None:
                 uncertaintyNode = mrml.buildUncertaintyVolume(result.uncertainty, inputMask,
                                                               f"{segmentationNode.GetName()} uncertainty")
-            summary = self._summary(completer, result, segmentationNode, uncertaintyNode, start)
+            distanceNode = None
+            if surface is not None:
+                distanceNode = mrml.buildDistanceModel(surface, f"{segmentationNode.GetName()} distance to skull")
+            summary = self._summary(completer, result, segmentationNode, uncertaintyNode, start, fit, design,
+                                    distanceNode)
             mrml.setResultAttributes(segmentationNode, summary, inputMask)
-            nodes = [segmentationNode] + ([uncertaintyNode] if uncertaintyNode is not None else [])
+            mrml.setDesignAttributes(segmentationNode, self._record(summary, maxTriangles))
+            nodes = [segmentationNode] + [n for n in (uncertaintyNode, distanceNode) if n is not None]
             if self._cancelRequested:
                 raise CancelledError("Cancelled by the user; the scene was not changed.")
             mrml.addResultToScene(scene, nodes, inputNode, inputMask.transformNodeId, showSurfaces)
             try:
+                if distanceNode is not None:
+                    mrml.showDistanceModel(distanceNode, mrml.distanceColorNode(scene))
                 if stlFolder:
                     report(0.96, "Writing the implant STL")
-                    summary.stlFiles = mrml.exportImplantStl(segmentationNode, stlFolder)
+                    summary.stlFiles = self._exportStl(segmentationNode, result, inputMask, stlFolder, maxTriangles)
             except BaseException:
                 mrml.removeNodes(scene, nodes)
                 raise
             self._sessions[segmentationNode.GetID()] = _Session(
                 completer, encoded, inputMask, defectType, smoothing, uncertaintySamples,
-                uncertaintyNode.GetID() if uncertaintyNode is not None else None)
+                uncertaintyNode.GetID() if uncertaintyNode is not None else None, completion, design,
+                distanceNode.GetID() if distanceNode is not None else None, maxTriangles)
             inputMask.mask = None  # the encoding keeps what it needs; don't pin the input's voxels
+            # The completion before design is kept in the session for design changes; don't pin its copies twice.
             summary.seconds = mrml.elapsed(start)
             self.lastResult = summary
             logging.info("SkullVAE Completion: %s", summary.statusText())
@@ -577,28 +672,128 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
         try:
             samples = session.uncertaintySamples if updateUncertainty else 0
             chosenType = defectType or session.defectType
-            result = mrml.runBlocking(
-                lambda engineProgress: session.completer.complete(
+            def work(engineProgress: mrml.ProgressCallback) -> tuple[Any, Any]:
+                completion = session.completer.complete(
                     session.encoded, gamma=gamma, defect_type=chosenType, smoothing=session.smoothing,
-                    uncertainty_samples=samples, progress=engineProgress),
-                progress, lambda: self._cancelRequested, _processEvents(), self.useWorkerThread)
+                    uncertainty_samples=samples, progress=engineProgress)
+                return completion, _designAndFit(completion, session.design, session.inputMask.ijkToRas,
+                                                 session.distanceModelId is not None)
+
+            completion, (result, fit, surface) = mrml.runBlocking(
+                work, progress, lambda: self._cancelRequested, _processEvents(), self.useWorkerThread)
             mrml.updateResultSegments(segmentationNode, result, session.inputMask.ijkToRas)
             session.defectType = chosenType
+            session.completion = completion
+            distanceNode = self._updateDistanceModel(segmentationNode, session, surface)
             uncertaintyNode = None
             if session.uncertaintyNodeId:
                 uncertaintyNode = segmentationNode.GetScene().GetNodeByID(session.uncertaintyNodeId)
                 if uncertaintyNode is not None and result.uncertainty is not None:
                     mrml.updateUncertaintyVolume(uncertaintyNode, result.uncertainty, session.inputMask.ijkToRas)
-            summary = self._summary(session.completer, result, segmentationNode, uncertaintyNode, start)
+            summary = self._summary(session.completer, result, segmentationNode, uncertaintyNode, start, fit,
+                                    session.design, distanceNode)
             mrml.setResultAttributes(segmentationNode, summary)
+            mrml.setDesignAttributes(segmentationNode, self._record(summary, session.maxTriangles))
             self.lastResult = summary
             return summary
         finally:
             self.isRunning = False
 
+    def updateDesign(self, segmentationNode: Any, design: DesignOptions, distanceMap: bool = True,
+                     progress: mrml.ProgressCallback | None = None) -> mrml.CompletionSummary:
+        """Apply other design options to the cached completion (no decoding) and update the result in place."""
+        session = self._session(segmentationNode)
+        start = time.perf_counter()
+        self.isRunning = True
+        self._cancelRequested = False
+        try:
+            result, fit, surface = mrml.runBlocking(
+                lambda engineProgress: _designAndFit(session.completion, design, session.inputMask.ijkToRas,
+                                                     distanceMap),
+                progress, lambda: self._cancelRequested, _processEvents(), self.useWorkerThread)
+            mrml.updateResultSegments(segmentationNode, result, session.inputMask.ijkToRas)
+            session.design = design
+            distanceNode = self._updateDistanceModel(segmentationNode, session, surface if distanceMap else None)
+            uncertaintyNode = segmentationNode.GetScene().GetNodeByID(session.uncertaintyNodeId) \
+                if session.uncertaintyNodeId else None
+            summary = self._summary(session.completer, result, segmentationNode, uncertaintyNode, start, fit,
+                                    design, distanceNode)
+            mrml.setResultAttributes(segmentationNode, summary)
+            mrml.setDesignAttributes(segmentationNode, self._record(summary, session.maxTriangles))
+            self.lastResult = summary
+            return summary
+        finally:
+            self.isRunning = False
+
+    def skullFromCT(self, volumeNode: Any, threshold: float = 300.0, name: str | None = None) -> Any:
+        """Extract the skull of a CT (bone ≥ ``threshold`` HU, largest connected piece) into a NEW segmentation
+        node with one "Skull" segment, beside the CT (same study, same parent transform). The CT is not changed."""
+        from SkullVAECompletionLib.skull_from_ct import skull_from_ct  # noqa: PLC0415
+
+        array, _ = mrml.ctArrayFromNode(volumeNode)
+        scene = volumeNode.GetScene()
+        if scene is None:
+            raise InputError(f"{mrml.describeNode(volumeNode)} is not in a scene.")
+        mask = skull_from_ct(array, threshold, name=mrml.describeNode(volumeNode))
+        node = mrml.buildSkullSegmentation(mask, volumeNode, name or f"{volumeNode.GetName() or 'CT'} skull")
+        node.SetAttribute(mrml.ATTRIBUTE_PREFIX + "BoneThresholdHU", f"{threshold:g}")
+        node.SetAttribute(mrml.ATTRIBUTE_PREFIX + "SourceVolumeID", volumeNode.GetID() or "")
+        return mrml.addNodeNextTo(scene, node, volumeNode)
+
+    def _session(self, segmentationNode: Any) -> _Session:
+        nodeId = segmentationNode.GetID() if segmentationNode is not None else None
+        session = self._sessions.get(nodeId) if nodeId else None
+        if session is None or segmentationNode.GetScene() is None:
+            raise InputError(
+                f"{mrml.describeNode(segmentationNode)} has no cached completion (it was not created by this module "
+                "in this session, or the scene was closed): run the completion (Apply) again.")
+        if self.isRunning:
+            raise RuntimeError("A completion is already running; wait for it or cancel it.")
+        return session
+
+    def _updateDistanceModel(self, segmentationNode: Any, session: _Session, surface: Any) -> Any:
+        """Replace the distance map's surface in place, create it, or remove it (``surface`` None)."""
+        scene = segmentationNode.GetScene()
+        node = scene.GetNodeByID(session.distanceModelId) if session.distanceModelId else None
+        if surface is None:
+            if node is not None:
+                mrml.removeNodes(scene, [node])
+            session.distanceModelId = None
+            return None
+        if node is None:
+            node = mrml.buildDistanceModel(surface, f"{segmentationNode.GetName()} distance to skull")
+            mrml.addNodeNextTo(scene, node, segmentationNode)
+            mrml.showDistanceModel(node, mrml.distanceColorNode(scene))
+            session.distanceModelId = node.GetID()
+        else:
+            node.SetAndObservePolyData(surface)
+        return node
+
     @staticmethod
-    def _summary(completer: Any, result: Any, segmentationNode: Any, uncertaintyNode: Any,
-                 start: float) -> mrml.CompletionSummary:
+    def _record(summary: mrml.CompletionSummary, maxTriangles: int | None) -> dict:
+        from SkullVAECompletionLib.design import DesignOptions  # noqa: PLC0415
+        from SkullVAECompletionLib.fit import summary_record  # noqa: PLC0415
+
+        return summary_record(summary.result, summary.modelId, summary.modelVersion, summary.design or DesignOptions(),
+                              summary.fit, max_triangles=maxTriangles)
+
+    @staticmethod
+    def _exportStl(segmentationNode: Any, result: Any, inputMask: mrml.InputMask, folder: Any,
+                   maxTriangles: int | None) -> list[str]:
+        if not maxTriangles:
+            return mrml.exportImplantStl(segmentationNode, folder)
+        from SkullVAECompletionLib.io import write_stl  # noqa: PLC0415
+
+        if not np.any(result.implant):
+            return []
+        path = mrml.prepareFolder(folder) / f"{segmentationNode.GetName()} implant.stl"
+        return [str(write_stl(path, result.implant, inputMask.ijkToRas, "LPS", overwrite=True,
+                              max_triangles=maxTriangles))]
+
+    @staticmethod
+    def _summary(completer: Any, result: Any, segmentationNode: Any, uncertaintyNode: Any, start: float,
+                 fit: Any = None, design: DesignOptions | None = None,
+                 distanceNode: Any = None) -> mrml.CompletionSummary:
         bundle = getattr(completer, "bundle", None)
         return mrml.CompletionSummary(
             segmentationNode=segmentationNode, uncertaintyNode=uncertaintyNode, defectType=result.defect_type,
@@ -606,11 +801,31 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
             modelId=getattr(bundle, "model_id", "unknown"), modelVersion=getattr(bundle, "version", "unknown"),
             device=str(getattr(completer, "device", "cpu")), seconds=mrml.elapsed(start),
             implantVolumeMl=float(getattr(result, "implant_volume_ml", 0.0)), timings=dict(result.timings),
-            result=result)
+            result=result, fit=fit, design=design, distanceModelNode=distanceNode)
 
 
 def _processEvents() -> Any:
     return slicer.app.processEvents if HAVE_SLICER_APP else None
+
+
+def _designAndFit(completion: Any, design: DesignOptions | None, ijkToRas: np.ndarray,
+                  withSurface: bool) -> tuple[Any, Any, Any]:
+    """Engine side of the design step (no MRML: it may run in the worker thread).
+
+    Returns the designed result (completed = input ∪ designed implant), its fit report and, if asked for, the
+    implant surface carrying the distance-to-skull array (None for an empty implant).
+    """
+    from SkullVAECompletionLib.design import DesignOptions, apply_design  # noqa: PLC0415
+    from SkullVAECompletionLib.fit import fit_report  # noqa: PLC0415
+    from SkullVAECompletionLib.io import mask_to_surface  # noqa: PLC0415
+
+    defective = completion.completed.astype(bool) & ~completion.implant.astype(bool)
+    result, _ = apply_design(completion, defective, ijkToRas, design or DesignOptions())
+    if not np.any(result.implant):
+        return result, None, None
+    surface = mask_to_surface(result.implant, ijkToRas) if withSurface else None
+    fit = fit_report(result.implant, defective, ijkToRas, defect=completion.implant, surface=surface)
+    return result, fit, surface
 
 
 #

@@ -20,7 +20,7 @@ from .bundle import load_bundle
 from .completion import DEFECT_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES, SkullCompleter
 from .design import DesignOptions, apply_design
 from .errors import SkullVAEError
-from .fit import fit_report
+from .fit import fit_report, summary_record
 from .io import (
     ensure_writable_folder,
     is_volume_file,
@@ -191,22 +191,15 @@ def run_summary(path: Path, args: argparse.Namespace, completer: SkullCompleter,
     bundle = completer.bundle
     return {
         "input": str(path),
-        "from_ct": bool(args.from_ct),
-        "bone_threshold_hu": args.bone_threshold if args.from_ct else None,
-        "label": args.label,
-        "detected_class": result.detected_type,
-        "confidence": round(float(result.confidence), 4),
-        "defect_class": result.defect_type,
-        "gamma": round(float(result.gamma), 4),
-        "method": getattr(result, "method", args.method),
-        "smoothing": not args.no_smoothing,
-        "implant_volume_ml": round(float(result.implant_volume_ml), 3),
-        "model_id": bundle.model_id,
-        "model_version": bundle.version,
-        **options.as_dict(),
-        "max_triangles": args.max_triangles,
-        "stl_coordinates": args.stl_coordinates,
-        "fit": None if fit is None else fit.as_dict(),
+        **summary_record(
+            result, bundle.model_id, bundle.version, options, fit,
+            from_ct=bool(args.from_ct),
+            bone_threshold_hu=args.bone_threshold if args.from_ct else None,
+            label=args.label,
+            smoothing=not args.no_smoothing,
+            max_triangles=args.max_triangles,
+            stl_coordinates=args.stl_coordinates,
+        ),
         "outputs": {key: target.name for key, target in written.items()},
         "engine_version": __version__,
     }

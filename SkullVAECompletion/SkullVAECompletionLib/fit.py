@@ -172,6 +172,28 @@ def _rim_gap(part: np.ndarray, bone: np.ndarray, hole: np.ndarray, crop: Crop, c
     return float(closest[np.isfinite(closest)].max())
 
 
+def summary_record(result: Any, model_id: str, model_version: str, options: Any, fit: FitReport | None,
+                   **extra: Any) -> dict[str, Any]:
+    """What a run did, enough to judge and to redo it: the CLI's NAME_summary.json, the Slicer node's attribute.
+
+    ``result`` is the (designed) completion result, ``options`` the :class:`~.design.DesignOptions`.
+    """
+    record = {
+        "detected_class": result.detected_type,
+        "confidence": round(float(result.confidence), 4),
+        "defect_class": result.defect_type,
+        "gamma": round(float(result.gamma), 4),
+        "method": getattr(result, "method", None),
+        "implant_volume_ml": round(float(getattr(result, "implant_volume_ml", 0.0)), 3),
+        "model_id": model_id,
+        "model_version": model_version,
+        **options.as_dict(),
+        **extra,
+        "fit": None if fit is None else fit.as_dict(),
+    }
+    return record
+
+
 def _rim_overlap(part: np.ndarray, bone: np.ndarray, hole: np.ndarray, crop: Crop) -> float:
     """How far the implant lies on the intact bone beyond the defect (a flange's width), at most."""
     on_bone = part & ~hole & ndimage.binary_dilation(bone, structure=np.ones((3, 3, 3), dtype=bool))
