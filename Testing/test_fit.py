@@ -77,25 +77,46 @@ def test_empty_implant_is_refused(case):
         fit_report(np.zeros_like(case["implant"]), case["defective"], case["ijk_to_ras"])
 
 
-def test_cli_design_options_summary_and_distance_map(tmp_path, tiny_bundle, synthetic_case):
+def test_cli_design_options_summary_and_distance_map(tmp_path, synthetic_case, monkeypatch):
+    """The CLI's design/fit/summary path with a stand-in engine that returns the true implant (the model's
+    quality is not under test here)."""
     import json
+    from types import SimpleNamespace
 
     import vtk
 
-    from SkullVAECompletionLib.cli import main
+    from SkullVAECompletionLib import cli
+    from SkullVAECompletionLib.completion import CompletionResult
     from SkullVAECompletionLib.io import surface_topology, write_mask
 
+    bundle = SimpleNamespace(model_id="stand-in", version="0.0.1")
+
+    class StandIn:
+        def __init__(self, *args, **kwargs):
+            self.bundle, self.device = bundle, "cpu"
+
+        def encode(self, mask, ijk_to_ras, **kwargs):
+            return np.asarray(mask).astype(bool)
+
+        def complete(self, encoded, **kwargs):
+            implant = (synthetic_case["complete"].astype(bool) & ~encoded).astype(np.uint8)
+            return CompletionResult(completed=(encoded | implant.astype(bool)).astype(np.uint8), implant=implant,
+                                    defect_type="cranial", detected_type="cranial", confidence=0.9, gamma=1.0,
+                                    method="dev", implant_volume_ml=float(implant.sum()) * 27 / 1000)
+
+    monkeypatch.setattr(cli, "SkullCompleter", StandIn)
+    monkeypatch.setattr(cli, "load_bundle", lambda path: bundle)
     path = write_mask(tmp_path / "skull.nrrd", synthetic_case["defective"], synthetic_case["ijk_to_ras"])
     out = tmp_path / "out"
-    args = [str(path), "-o", str(out), "--model", str(tiny_bundle), "--defect-type", "cranial", "--no-preview",
-            "--clearance", "1", "--edge-radius", "1", "--max-triangles", "2000"]
-    assert main(args) == 0
+    args = [str(path), "-o", str(out), "--no-preview", "--clearance", "1", "--edge-radius", "1",
+            "--max-triangles", "2000"]
+    assert cli.main(args) == 0
     summary = json.loads((out / "skull_summary.json").read_text())
     for key in ("detected_class", "confidence", "defect_class", "gamma", "method", "implant_volume_ml", "model_id",
                 "model_version", "thickness_mm", "flange_mm", "flange_thickness_mm", "clearance_mm", "edge_radius_mm",
                 "max_triangles"):
         assert key in summary, key
-    assert summary["clearance_mm"] == 1.0 and summary["max_triangles"] == 2000
+    assert summary["clearance_mm"] == 1.0 and summary["max_triangles"] == 2000 and summary["model_id"] == "stand-in"
     assert set(summary["fit"]) == {"volume_ml", "area_cm2", "thickness_mm", "rim_gap_mm_max", "rim_overlap_mm_max"}
     assert summary["fit"]["volume_ml"] == pytest.approx(summary["implant_volume_ml"], rel=0.01)
     assert (out / "skull_distance.png").read_bytes()[:4] == b"\x89PNG"
@@ -109,4 +130,4 @@ def test_cli_design_options_summary_and_distance_map(tmp_path, tiny_bundle, synt
     assert topology["boundary_edges"] == 0 and topology["non_manifold_edges"] == 0
     assert topology["triangles"] <= 2000
     # A bad option stops the run before any work, with the option's name.
-    assert main([*args, "--overwrite", "--flange", "-2"]) == 2
+    assert cli.main([*args, "--overwrite", "--flange", "-2"]) == 2

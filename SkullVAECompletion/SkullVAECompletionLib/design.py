@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from .errors import InputError
 from .geometry import nonzero_bounds, voxel_spacing
@@ -279,11 +280,37 @@ def plate_of_thickness(
 def flange_layer(
     part: np.ndarray, outside: np.ndarray, crop: Crop, flange_mm: float, flange_thickness_mm: float
 ) -> np.ndarray:
-    """The layer lying on the outer surface over the implant and over the bone within ``flange_mm`` of it."""
-    height = edt_mm(outside, crop.spacing)  # above the outer surface, along its normal
-    layer = outside & (height < flange_thickness_mm + crop.surface_offset_mm)
-    reach = edt_mm(~part, crop.spacing)  # from the implant (its rim) across the bone
-    return layer & (reach <= flange_mm + crop.surface_offset_mm)
+    """The layer lying on the outer surface over the implant and over the bone within ``flange_mm`` of it.
+
+    Only the thin shell of candidates near the surface is measured (nearest-neighbour queries in mm), not the
+    whole crop: two full distance transforms of the crop cost about three times as much.
+    """
+    cube = np.ones((3, 3, 3), dtype=bool)
+    height_mm = flange_thickness_mm + crop.surface_offset_mm
+    # Candidates: outside voxels within the layer's height of the solid (a cube step reaches at least a voxel).
+    reach_steps = int(math.ceil(height_mm / crop.spacing.min()))
+    candidates = outside & ndimage.binary_dilation(~outside, structure=cube, iterations=reach_steps)
+    floor = ~outside & ndimage.binary_dilation(outside, structure=cube)  # solid voxels on the outer surface
+    points = np.argwhere(candidates)
+    height = _nearest_mm(np.argwhere(floor), points, crop, height_mm)
+    points = points[height < height_mm]
+    # The flange's width: distance from the implant (its outer surface and rim) across the bone.
+    rim = part & ndimage.binary_dilation(~part, structure=cube)
+    width = _nearest_mm(np.argwhere(rim), points, crop, flange_mm + crop.surface_offset_mm)
+    layer = np.zeros_like(part)
+    inside_width = points[width <= flange_mm + crop.surface_offset_mm]
+    layer[tuple(inside_width.T)] = True
+    return layer
+
+
+def _nearest_mm(sources: np.ndarray, targets: np.ndarray, crop: Crop, limit_mm: float) -> np.ndarray:
+    """Distance (mm) from each target voxel to the nearest source voxel (inf beyond ``limit_mm``)."""
+    if len(sources) == 0 or len(targets) == 0:
+        return np.full(len(targets), np.inf)
+    to_mm = crop.ijk_to_ras[:3, :3].T  # directions and spacing: distances right on any grid
+    tree = cKDTree(sources @ to_mm)
+    distance, _ = tree.query(targets @ to_mm, distance_upper_bound=limit_mm + 1e-6, workers=-1)
+    return distance
 
 
 def round_edges(
