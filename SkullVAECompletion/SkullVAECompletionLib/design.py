@@ -31,7 +31,9 @@ from .geometry import nonzero_bounds, voxel_spacing
 
 MAX_OPTION_MM = 30.0  # larger values are typing errors (a 3 cm flange or a 3 cm plate is no cranial implant)
 MIN_ISLAND_FRACTION = 0.05  # designed fragments under 5 % of the main piece are dropped
-CLOSE_LEAKS_MM = (0.0, 1.5, 3.0)  # closing radii tried when the implant does not seal the defect
+CLOSE_LEAKS_MM = (0.0, 1.5, 3.0, 5.0)  # closing radii tried when the implant does not seal the defect
+RAY_CONE_COS = 0.5  # ray-based outside: rays within 60° of the implant's direction
+MIN_SIDE_FRACTION = 0.05  # outside and inside each hold at least this share of the crop's background
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,7 @@ def outside_region(solid: np.ndarray, crop: Crop, centre_ras: np.ndarray) -> np.
 
     Background components touching the crop's border are outside when they lie farther from the skull's centre
     than the solid does, inside (cavity) otherwise; enclosed pockets are inside. A completion that does not seal
-    the defect joins the two: small leaks are closed (up to 3 mm); a larger one gives None.
+    the defect joins the two: small leaks are closed (up to 5 mm); a larger one gives None.
     """
     for radius_mm in CLOSE_LEAKS_MM:
         closed = solid if radius_mm == 0 else _close(solid, crop.spacing, radius_mm)
@@ -178,11 +180,60 @@ def outside_region(solid: np.ndarray, crop: Crop, centre_ras: np.ndarray) -> np.
         solid_radius = float(radius[closed[::step, ::step, ::step]].mean())
         outer = border[1:] & (np.nan_to_num(means, nan=-np.inf) > solid_radius)
         inner = border[1:] & (np.nan_to_num(means, nan=np.inf) <= solid_radius)
-        if outer.any() and inner.any():
+        # Both sides must be real regions: a small pocket at the crop's edge is no "outside" of a leaking skull.
+        background = max(int(counts.sum()), 1)
+        if counts[outer].sum() >= MIN_SIDE_FRACTION * background and \
+                counts[inner].sum() >= MIN_SIDE_FRACTION * background:
             keep = np.zeros(count + 1, dtype=bool)
             keep[1:] = outer
             return keep[labels]
     return None
+
+
+def outside_by_rays(solid: np.ndarray, crop: Crop, centre_ras: np.ndarray, part: np.ndarray) -> np.ndarray | None:
+    """Outside as "beyond the solid's outermost voxel along the ray from the skull's centre" (leaks allowed).
+
+    Rays are binned on the plane tangent to the implant's direction (gnomonic projection, no pole near the
+    implant); a ray with no solid (the leak) takes the outer radius of the nearest ray that has one.
+    """
+    to_ras = crop.ijk_to_ras
+    solid_points = np.argwhere(solid) @ to_ras[:3, :3].T + to_ras[:3, 3] - centre_ras
+    axis = (np.argwhere(part).mean(axis=0) @ to_ras[:3, :3].T + to_ras[:3, 3]) - centre_ras
+    axis /= max(float(np.linalg.norm(axis)), 1e-6)
+    first = np.cross(axis, [1.0, 0.0, 0.0] if abs(axis[0]) < 0.9 else [0.0, 1.0, 0.0])
+    first /= np.linalg.norm(first)
+    second = np.cross(axis, first)
+    bin_size = float(crop.spacing.mean()) / max(float(np.linalg.norm(solid_points, axis=1).mean()), 1.0)
+
+    def bins_of(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        along = points @ axis
+        ahead = along > RAY_CONE_COS * np.linalg.norm(points, axis=1)  # the rays through the implant's region
+        u = np.where(ahead, (points @ first) / np.maximum(along, 1e-3), 0.0)
+        v = np.where(ahead, (points @ second) / np.maximum(along, 1e-3), 0.0)
+        return np.floor(u / bin_size).astype(np.int64), np.floor(v / bin_size).astype(np.int64), ahead
+
+    u, v, ahead = bins_of(solid_points)
+    if not ahead.any():
+        return None
+    lo_u, lo_v = u[ahead].min(), v[ahead].min()
+    shape = (int(u[ahead].max() - lo_u + 1), int(v[ahead].max() - lo_v + 1))
+    outer = np.full(shape, -1.0)
+    np.maximum.at(outer, (u[ahead] - lo_u, v[ahead] - lo_v), np.linalg.norm(solid_points[ahead], axis=1))
+    empty = outer < 0
+    if empty.all():
+        return None
+    if empty.any():  # rays through the leak: the outer radius of the nearest ray with bone or implant
+        nearest = ndimage.distance_transform_edt(empty, return_indices=True)[1]
+        outer = outer[nearest[0], nearest[1]]
+    background = np.argwhere(~solid)
+    points = background @ to_ras[:3, :3].T + to_ras[:3, 3] - centre_ras
+    u, v, ahead = bins_of(points)
+    u = np.clip(u - lo_u, 0, shape[0] - 1)
+    v = np.clip(v - lo_v, 0, shape[1] - 1)
+    beyond = ahead & (np.linalg.norm(points, axis=1) > outer[u, v])
+    outside = np.zeros_like(solid)
+    outside[tuple(background[beyond].T)] = True
+    return outside
 
 
 def _close(mask: np.ndarray, spacing: np.ndarray, radius_mm: float) -> np.ndarray:
@@ -217,6 +268,7 @@ def design_implant(
     :raises InputError: when the implant does not seal the defect (thickness and flange need the outer surface).
     """
     timings: dict[str, float] = {}
+    warnings: list[str] = []
     if not options.changes_shape or not np.any(implant):
         return DesignResult(np.asarray(implant, dtype=np.uint8), options, timings)
     start = time.perf_counter()
@@ -227,7 +279,13 @@ def design_implant(
     part = np.asarray(implant[window]).astype(bool) & ~bone
     outside = None
     if options.thickness_mm is not None or options.flange_mm > 0:
-        outside = outside_region(bone | part, crop, skull_centre_ras(defective, ijk_to_ras))
+        centre = skull_centre_ras(defective, ijk_to_ras)
+        outside = outside_region(bone | part, crop, centre)
+        if outside is None:
+            outside = outside_by_rays(bone | part, crop, centre, part)
+            if outside is not None:
+                warnings.append("the implant does not seal the defect: its outer surface was taken along rays from "
+                                "the skull's centre; check the result")
         if outside is None:
             raise InputError(
                 "the implant does not close the defect (the space outside the skull and the cranial cavity meet "
@@ -256,8 +314,9 @@ def design_implant(
         timings["clearance"] = time.perf_counter() - tic
     part &= ~bone
     part = _drop_fragments(part)
-    warnings = [] if part.any() else [
-        "the designed implant is empty (the clearance or thickness removed all of it); check the options"]
+    if not part.any():
+        warnings.append("the designed implant is empty (the clearance or thickness removed all of it); "
+                        "check the options")
     designed = np.zeros(np.shape(implant), dtype=np.uint8)
     designed[window] = part
     timings["total"] = time.perf_counter() - start
