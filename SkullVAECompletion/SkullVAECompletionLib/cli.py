@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .bundle import load_bundle
-from .completion import DEFECT_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES, SkullCompleter
+from .completion import DEFECT_CHOICES, DEVICE_CHOICES, EXTRACTION_CHOICES, PRECISION_CHOICES, SkullCompleter
 from .design import DesignOptions, apply_design
 from .errors import SkullVAEError
 from .fit import fit_report, summary_record
@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the bundled model)")
     parser.add_argument("--method", choices=("dev", "knn", "refine"), default=None, help="default: the model's")
+    parser.add_argument(
+        "--extraction",
+        choices=EXTRACTION_CHOICES,
+        default=None,
+        help="rim: implant surfaces fitted to the intact bone around the defect (default); "
+        "decode: decoded minus input bone (the paper's way)",
+    )
     parser.add_argument("--label", type=int, default=None, help="use this label of a multi-label map")
     parser.add_argument("--no-smoothing", action="store_true", help="do not smooth the implant surface")
     parser.add_argument("--no-stl", action="store_true", help="do not write the implant STL")
@@ -127,6 +134,7 @@ def complete_file(completer: SkullCompleter, path: Path, args: argparse.Namespac
         smoothing=not args.no_smoothing,
         method=args.method,
         progress=progress,
+        extraction=args.extraction,
     )
     defective = result.completed.astype(bool) & ~result.implant.astype(bool)  # the input's bone, binary
     completion_implant = result.implant
@@ -151,9 +159,8 @@ def complete_file(completer: SkullCompleter, path: Path, args: argparse.Namespac
         written["stl"] = write_stl(targets["stl"], result.implant, ijk_to_ras, args.stl_coordinates, args.overwrite,
                                    max_triangles=args.max_triangles)
     elif not result.implant.any():
-        logger.warning(
-            "  %s: the implant is empty (no defect found at γ = %.2f); no STL written", meta.stem, result.gamma
-        )
+        logger.warning("  %s: the implant is empty (%s; γ = %.2f); no STL written", meta.stem,
+                       result.message or "no defect found", result.gamma)
     if not args.no_preview:
         title = (
             f"{meta.stem}: {result.defect_type} defect, gamma = {result.gamma:.2f}, "
@@ -199,6 +206,9 @@ def run_summary(path: Path, args: argparse.Namespace, completer: SkullCompleter,
             smoothing=not args.no_smoothing,
             max_triangles=args.max_triangles,
             stl_coordinates=args.stl_coordinates,
+            extraction=result.extraction,
+            message=result.message,
+            holes=[{"kind": hole.kind, "area_mm2": round(hole.area_mm2, 1)} for hole in result.holes],
         ),
         "outputs": {key: target.name for key, target in written.items()},
         "engine_version": __version__,

@@ -25,6 +25,7 @@ from .errors import CancelledError, DeviceError, InputError
 from .geometry import GridMapping, plan_mapping, to_input_grid, to_model_grid
 from .implant import distance_to_input_bone, implant_at_input_resolution, implant_region
 from .networks import bone_probability
+from .rim import RimOptions, fit_implant
 from .validation import validate_mask
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ ProgressCallback = Callable[[float, str], None]
 DEFECT_CHOICES = ("auto", *DEFECT_TYPES)
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 PRECISION_CHOICES = ("float32", "auto", "float16")
+# How the implant is cut from the decode: "rim" fits its surfaces to the patient's intact bone (rim.py);
+# "decode" takes decoded-minus-input bone at the decode's own resolution (implant.py, the paper's way).
+EXTRACTION_CHOICES = ("rim", "decode")
+DEFAULT_EXTRACTION = "rim"
 HALF_PRECISION_MIN_DICE = 0.995  # "auto" uses float16 only if its decoded skull agrees this well with float32
 DECODE_CACHE_SIZE = 8
 UNCERTAINTY_SEED = 20220929  # fixed: the same input gives the same uncertainty map
@@ -73,6 +78,9 @@ class CompletionResult:
     uncertainty: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
     implant_volume_ml: float = 0.0
+    extraction: str = DEFAULT_EXTRACTION
+    message: str = ""  # why the implant is empty or partial (e.g. "no defect found"); "" when all went well
+    holes: list = field(default_factory=list)  # rim.Hole per defect found by the rim stage
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -249,8 +257,13 @@ class SkullCompleter:
         uncertainty_samples: int = 0,
         method: str | None = None,
         progress: ProgressCallback | None = None,
+        extraction: str | None = None,
     ) -> CompletionResult:
-        """Decode z + γ·DEV and extract the implant at the input's resolution."""
+        """Decode z + γ·DEV and extract the implant at the input's resolution.
+
+        ``extraction``: "rim" (default: surfaces fitted to the intact bone, rim.py) or "decode" (decoded minus
+        input bone, implant.py); the bundle's ``completion_options["extraction"]`` may set another default.
+        """
         timings: dict[str, float] = {}
         start = time.perf_counter()
         chosen, confidence = self.choose_defect_type(encoded, defect_type)
@@ -259,14 +272,17 @@ class SkullCompleter:
             raise InputError(f"gamma must be a finite number, got {gamma}")
         options = self.bundle.completion_options
         method = method or options.get("method", "dev")
+        extraction = extraction or options.get("extraction", DEFAULT_EXTRACTION)
+        if extraction not in EXTRACTION_CHOICES:
+            raise InputError(f"unknown extraction {extraction!r}; choose one of {', '.join(EXTRACTION_CHOICES)}")
         _report(progress, 0.4, f"Decoding ({chosen}, γ = {gamma:.2f}, {method})")
         probability = self._decode_cached(encoded, chosen, gamma, method, options)
         timings["decode"] = time.perf_counter() - start
-        _report(progress, 0.7, "Extracting the implant")
+        _report(progress, 0.7, "Fitting the implant to the rim" if extraction == "rim" else "Extracting the implant")
         tick = time.perf_counter()
-        spacing = encoded.mapping.grid.spacing_mm
-        region = implant_region(probability, encoded.model_input, spacing, encoded.distance_to_bone())
-        implant = implant_at_input_resolution(probability, region, encoded.defective, encoded.mapping, smoothing)
+        implant, message, holes = extract_implant(encoded, probability, extraction, options, smoothing)
+        if message:
+            logger.info("%s", message)
         defective = encoded.defective
         # A bool array viewed as uint8 (no copy) or-ed with the implant: one pass over the volume.
         completed = (defective.view(np.uint8) if defective.dtype == np.bool_ else defective.astype(np.uint8)) | implant
@@ -292,6 +308,9 @@ class SkullCompleter:
             uncertainty=uncertainty,
             timings=timings,
             implant_volume_ml=float(np.count_nonzero(implant)) * voxel_ml,
+            extraction=extraction,
+            message=message,
+            holes=holes,
         )
 
     def run(
@@ -402,6 +421,20 @@ class SkullCompleter:
         hi = lo + np.asarray(block.shape)
         full[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = block
         return full
+
+
+def extract_implant(
+    encoded: EncodedSkull, probability: np.ndarray, extraction: str, options: dict, smoothing: bool = True
+) -> tuple[np.ndarray, str, list]:
+    """The implant (uint8, input grid) cut from a decoded skull, a message when it is empty or partial, the holes."""
+    if extraction == "rim":
+        fit = fit_implant(probability, encoded.defective, encoded.mapping, RimOptions.from_dict(options.get("rim")))
+        return fit.implant, fit.message, fit.holes
+    spacing = encoded.mapping.grid.spacing_mm
+    region = implant_region(probability, encoded.model_input, spacing, encoded.distance_to_bone())
+    implant = implant_at_input_resolution(probability, region, encoded.defective, encoded.mapping, smoothing)
+    message = "" if implant.any() else "no defect found: the decoded skull adds no bone away from the input's bone"
+    return implant, message, []
 
 
 def check_cancel(cancelled: Callable[[], bool]) -> ProgressCallback:

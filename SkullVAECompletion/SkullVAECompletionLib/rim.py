@@ -48,23 +48,25 @@ class RimOptions:
     """Parameters of the rim-conforming stage (stored in a bundle's ``completion_options["rim"]``)."""
 
     detection_step_deg: float = 2.0  # spacing of the directions that look for holes
-    detection_radial_step_mm: float = 0.5
+    detection_radial_step_mm: float = 1.0  # along the decode's 2–3 mm voxels; crossings are interpolated
     window_mm: float = 6.0  # bone is searched this far inside and outside the expected shell
+    detection_depth_mm: float = 20.0  # a hole is bone-free from this far inside the expected shell outwards
     patch_step_mm: float = 0.8  # spacing of a hole's rays, as arc length at the shell
     radial_step_mm: float = 0.25  # sampling step along a hole's rays (sub-voxel radii by interpolation)
     patch_margin_mm: float = 12.0  # intact bone measured around each hole
     rim_band_mm: float = 1.5  # the implant reaches this far past the bone-free directions, into the rim's bevel
     rim_skip_mm: float = 3.0  # rays this close to a hole may graze its edge: their radii are re-estimated
     outlier_mm: float = 2.0  # intact rays this far from the interpolated surface are re-estimated
-    depression_mm: float = 3.0  # bone sunken this far below the interpolated outer table is a depressed defect
+    depression_mm: float = 3.0  # bone next to a defect sunken this far below the fitted outer table joins it
     min_thickness_mm: float = 0.8
     max_thickness_mm: float = 25.0
     min_hole_mm2: float = 40.0  # smaller bone-free patches are noise of the decode, not a defect
     max_hole_fraction: float = 0.5  # a "hole" over this fraction of the expected shell: the input is not this skull
     max_patch_half_angle_deg: float = 80.0
-    min_elevation_deg: float = -55.0  # directions further below the horizontal point at the skull base
-    min_decode_confidence: float = 0.95  # mean peak bone probability of the decode over a hole's directions
-    shape_smoothing_mm: float = 4.0  # Gaussian smoothing of the decode's surfaces (its 3 mm voxels ripple)
+    min_elevation_deg: float = -35.0  # directions further below the horizontal point at the skull base and face
+    min_decode_confidence: float = 0.8  # mean peak bone probability of the decode over a hole's directions
+    max_mirrored_fraction: float = 0.5  # a region whose mirror image is another bone-free region is a natural pair
+    shape_smoothing_mm: float = 12.0  # smoothing of the decode's surfaces: its shape stays, its voxels' ripple goes
     shape: str = "decode"  # "decode": decoded surfaces + rim offsets; "rim": the rim's radii interpolated alone
 
     def __post_init__(self) -> None:
@@ -110,6 +112,7 @@ class Frame:
     defective: np.ndarray  # input grid, uint8 view
     mm_to_input: np.ndarray  # 4×4: model mm → input index
     input_shape: np.ndarray
+    reach_mm: float = 0.0  # distance from the centre to the farthest expected bone
 
 
 # ----------------------------------------------------------------------------------------------- directions
@@ -201,12 +204,15 @@ def _segment_ends(profile: np.ndarray, radii: np.ndarray, threshold: float = 0.5
     return np.where(has, outer, np.nan), np.where(has, inner, np.nan)
 
 
-def expected_shell(frame: Frame, directions: np.ndarray,
-                   radial_step_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def expected_shell(frame: Frame, directions: np.ndarray, radial_step_mm: float,
+                   radii_mm: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Outer and inner radius (mm) of the expected skull's outermost bone along each direction (NaN: none), and
-    the peak bone probability along the direction (how sure the decode is that there is bone)."""
-    reach = float(np.max(np.asarray(frame.expected.shape) * frame.spacing))
-    radii = np.arange(0.0, reach, radial_step_mm, dtype=np.float32)
+    the peak bone probability along the direction (how sure the decode is that there is bone).
+
+    ``radii_mm``: the range of radii to search (default: from the centre to the farthest expected bone).
+    """
+    low, high = radii_mm if radii_mm is not None else (0.0, frame.reach_mm)
+    radii = np.arange(low, high + radial_step_mm, radial_step_mm, dtype=np.float32)
     points = frame.centre + directions[:, None, :] * radii[None, :, None]
     profile = _sample_model(frame, points)
     outer, inner = _segment_ends(profile, radii)
@@ -220,13 +226,16 @@ class RayProfile:
     present: np.ndarray  # bone in the window
     outer: np.ndarray  # outer table radius (mm), NaN without bone
     inner: np.ndarray  # inner table radius (mm)
-    in_view: np.ndarray  # the expected outer surface lies inside the input's field of view
+    in_view: np.ndarray  # the expected inner surface lies inside the input's field of view (a shell to judge)
 
 
-def input_profile(frame: Frame, directions: np.ndarray, expected_outer: np.ndarray, expected_inner: np.ndarray,
-                  window_mm: float, radial_step_mm: float, order: int = 1) -> RayProfile:
-    """The input's bone along each ray between ``expected_inner − window`` and ``expected_outer + window``."""
-    start = np.nan_to_num(expected_inner, nan=0.0) - window_mm
+def input_profile(
+    frame: Frame, directions: np.ndarray, expected_outer: np.ndarray, expected_inner: np.ndarray, window_mm: float,
+    radial_step_mm: float, order: int = 1, inward_mm: float | None = None,
+) -> RayProfile:
+    """The input's bone along each ray between ``expected_inner − inward`` and ``expected_outer + window``
+    (``inward`` defaults to ``window``)."""
+    start = np.nan_to_num(expected_inner, nan=0.0) - (window_mm if inward_mm is None else inward_mm)
     stop = np.nan_to_num(expected_outer, nan=0.0) + window_mm
     length = float(np.max(stop - start)) if len(start) else 0.0
     offsets = np.arange(0.0, length + radial_step_mm, radial_step_mm, dtype=np.float32)
@@ -250,7 +259,7 @@ def input_profile(frame: Frame, directions: np.ndarray, expected_outer: np.ndarr
 
     outer = np.where(present, crossing(last, last + 1), np.nan)
     inner = np.where(present, crossing(first, first - 1), np.nan)
-    tip = frame.centre + directions * np.nan_to_num(expected_outer, nan=0.0)[:, None]
+    tip = frame.centre + directions * np.nan_to_num(expected_inner, nan=0.0)[:, None]
     return RayProfile(present, outer, inner, _inside_input(frame, tip))
 
 
@@ -277,8 +286,12 @@ def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
     labels = np.full(len(directions), -1)
     if not has_shell.any():
         return HoleSeeds(directions, labels, outer, 0, 0.0)
+    # A hole in the vault lets a ray pass from the cranial cavity into the open; natural openings seen from the
+    # centre (orbits, canals) have bone behind them, deeper along the ray.
     profile = input_profile(frame, directions[has_shell], outer[has_shell], inner[has_shell], options.window_mm,
-                            options.detection_radial_step_mm, order=0)
+                            options.detection_radial_step_mm, order=0, inward_mm=options.detection_depth_mm)
+    # Defects are found where bone is missing; sunken bone next to them (a depressed fracture) joins them in
+    # fit_hole, measured against the rim. Sunken bone alone is no evidence: a decode may lie millimetres off.
     open_ray = np.zeros(len(directions), bool)
     open_ray[np.flatnonzero(has_shell)[~profile.present & profile.in_view]] = True
     shell_fraction = float(open_ray.sum() / max(1, has_shell.sum()))
@@ -297,11 +310,30 @@ def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
     has_core = np.bincount(component, weights=core[chosen], minlength=count) > 0
     # The decode blurs over natural openings (orbits, canals) with hesitant bone; over a defect it is sure.
     confidence = np.bincount(component, weights=peak[chosen], minlength=count) / np.bincount(component)
-    keep = np.flatnonzero((area >= options.min_hole_mm2) & has_core & (confidence >= options.min_decode_confidence))
+    symmetric = mirrored_fraction(directions, open_ray, graph, chosen, component, count)
+    keep = np.flatnonzero((area >= options.min_hole_mm2) & has_core & (confidence >= options.min_decode_confidence)
+                          & (symmetric < options.max_mirrored_fraction))
     relabel = np.full(count, -1)
     relabel[keep] = np.arange(len(keep))
     labels[chosen] = relabel[component]
     return HoleSeeds(directions, labels, outer, len(keep), shell_fraction)
+
+
+def mirrored_fraction(directions: np.ndarray, open_ray: np.ndarray, graph: sparse.csr_matrix, chosen: np.ndarray,
+                      component: np.ndarray, count: int) -> np.ndarray:
+    """Per bone-free region: the fraction of its left-right mirror image that is bone-free and another region.
+
+    Natural openings come in pairs (orbits, optic canals, foramina), one on each side of the mid-sagittal plane;
+    a defect is one-sided, or one region across the midline whose mirror image is itself. The model grid is
+    aligned with RAS, so the mirror flips the R-L component of a direction.
+    """
+    mirrored = cKDTree(directions).query(directions * np.array([-1.0, 1.0, 1.0]))[1]
+    near_open = open_ray | (graph @ open_ray.astype(np.int32) > 0)  # a step of tolerance for pose and asymmetry
+    region = np.full(len(directions), -1)
+    region[chosen] = component
+    partner = mirrored[chosen]
+    other_side = near_open[partner] & (region[partner] != component)
+    return np.bincount(component, weights=other_side, minlength=count) / np.bincount(component, minlength=count)
 
 
 # ----------------------------------------------------------------------------------------------- patches
@@ -359,32 +391,22 @@ def grid_adjacency(shape: tuple[int, int]) -> sparse.csr_matrix:
 
 
 def interpolate_surface(values: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """Fill the unknown pixels of a 2-D grid with the harmonic interpolant of the known ones.
+    """Fill the unknown pixels of a 2-D grid with the harmonic interpolant of the known ones (NaN if none is known).
 
     Harmonic, not biharmonic: the rim's values are measured on ragged bone and biharmonic interpolation
     overshoots on such noise (it did here, and in the experiment behind METHOD.md's rim principle).
-
-    The grid's borders are natural boundaries. Unknown regions that touch no known pixel stay NaN.
+    The grid's borders are natural (zero-flux) boundaries.
     """
     filled = np.where(known, values, np.nan).astype(np.float64)
-    unknown = ~known
-    if not unknown.any() or not known.any():
+    if known.all() or not known.any():
         return filled
-    labels, _ = ndimage.label(unknown)
-    touching = np.unique(labels[ndimage.binary_dilation(known) & unknown])
-    solvable = np.isin(labels, touching[touching > 0])
-    if not solvable.any():
-        return filled
-    # Graph Laplacian of the known and solvable pixels only: unreachable pixels take no part.
-    nodes = np.flatnonzero((known | solvable).ravel())
-    adjacency = grid_adjacency(values.shape)[nodes][:, nodes]
-    laplacian = (sparse.diags(np.asarray(adjacency.sum(axis=1)).ravel()) - adjacency).tocsc()
-    is_unknown = solvable.ravel()[nodes]
-    free, fixed = np.flatnonzero(is_unknown), np.flatnonzero(~is_unknown)
-    fixed_values = values.ravel()[nodes[fixed]].astype(np.float64)
-    rhs = -(laplacian[free][:, fixed] @ fixed_values)
+    # Every unknown pixel is connected to a known one (known pixels exist), so the system is regular.
+    laplacian = grid_adjacency(values.shape)
+    laplacian = (sparse.diags(np.asarray(laplacian.sum(axis=1)).ravel()) - laplacian).tocsr()
+    free, fixed = np.flatnonzero(~known.ravel()), np.flatnonzero(known.ravel())
+    rhs = -(laplacian[free][:, fixed] @ values.ravel()[fixed].astype(np.float64))
     result = filled.ravel()
-    result[nodes[free]] = spsolve(laplacian[free][:, free].tocsc(), rhs)
+    result[free] = spsolve(laplacian[free][:, free].tocsc(), rhs)
     return result.reshape(values.shape)
 
 
@@ -409,7 +431,11 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
                 "centre was not filled: it is too large to be a defect of this skull")
     directions = patch.directions().reshape(-1, 3)
     shape = (patch.size, patch.size)
-    exp_outer, exp_inner, _ = expected_shell(frame, directions, options.radial_step_mm * 2)
+    # The decode's shell near this hole: within the hole's radii, with room for the bone around it.
+    seed_outer = seeds.expected_outer[members]
+    search = (max(0.0, float(np.nanmin(seed_outer)) - options.patch_margin_mm - 30.0),
+              float(np.nanmax(seed_outer)) + options.patch_margin_mm + 10.0)
+    exp_outer, exp_inner, _ = expected_shell(frame, directions, options.detection_radial_step_mm, search)
     exp_outer, exp_inner = exp_outer.reshape(shape), exp_inner.reshape(shape)
     # Where the decode has no shell on a ray, carry its surfaces over from the neighbours.
     has_shell = np.isfinite(exp_outer)
@@ -443,6 +469,9 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
     hole = np.isin(labels, np.unique(labels[seed & open_ray])) & open_ray
     if not hole.any():
         return ""
+    # Bone enclosed by missing bone (a depressed or loose fragment, a bridge) lies inside the defect: the surfaces
+    # are fitted to the rim outside it; the fragment itself stays as it is (the implant never covers input bone).
+    hole = ndimage.binary_fill_holes(hole)
     thickness = outer - inner
     plausible = present & (thickness >= options.min_thickness_mm) & (thickness <= options.max_thickness_mm)
     band = max(1, int(round(options.rim_band_mm / pixel_mm)))
@@ -466,20 +495,23 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
         reliable = plausible & (np.abs(outer - smooth_outer) <= options.outlier_mm) & (
             np.abs(thickness - smooth_thickness) <= options.outlier_mm)
         sunken = present & (outer < smooth_outer - options.depression_mm)
-        sunken_labels, count = ndimage.label(sunken)
-        if count:
-            sizes = np.bincount(sunken_labels.ravel(), minlength=count + 1)[1:] * pixel_mm**2
-            big = np.flatnonzero(sizes >= options.min_hole_mm2) + 1
-            depressed = np.isin(sunken_labels, big)
+        # Sunken bone next to the missing bone (a depressed fracture's fragments) joins the defect.
+        sunken_labels, _ = ndimage.label(sunken)
+        touching = np.unique(sunken_labels[ndimage.binary_dilation(hole, iterations=skip + 1) & sunken])
+        depressed = np.isin(sunken_labels, touching[touching > 0])
     fit_inner = fit_outer - fit_thickness
     defect = hole | depressed
-    fill = ndimage.binary_dilation(defect, iterations=band) & np.isfinite(fit_outer) & np.isfinite(fit_inner)
+    # Rays next to the defect that cross only part of the bone (a cut oblique to the rays, a bevel) get the rest.
+    partial = present & ((outer < fit_outer - options.outlier_mm) | (inner > fit_inner + options.outlier_mm))
+    partial_labels, _ = ndimage.label(partial)
+    touching = np.unique(partial_labels[ndimage.binary_dilation(defect, iterations=skip + 1) & partial])
+    fill = ndimage.binary_dilation(defect, iterations=band) | np.isin(partial_labels, touching[touching > 0])
+    fill &= np.isfinite(fit_outer) & np.isfinite(fit_inner)
     fit_inner = np.minimum(fit_inner, fit_outer)
     area = float(defect.sum()) * pixel_mm**2
-    kind = "depressed" if depressed.sum() > hole.sum() else "missing"
-    centre_direction = patch.axes[0]
-    return PatchFit(patch, fill, fit_outer, fit_inner,
-                    Hole(centre_direction, area, kind, float(depressed.sum()) * pixel_mm**2))
+    sunken_area = float((defect & present).sum()) * pixel_mm**2  # bone inside the defect: sunken fragments
+    kind = "depressed" if sunken_area >= options.min_hole_mm2 else "missing"
+    return PatchFit(patch, fill, fit_outer, fit_inner, Hole(patch.axes[0], area, kind, sunken_area))
 
 
 # ----------------------------------------------------------------------------------------------- voxels
@@ -550,7 +582,9 @@ def fit_implant(expected: np.ndarray, defective: np.ndarray, mapping: GridMappin
     if centre is None:
         return RimFit(implant, message="the decoded skull is empty or encloses no cranial cavity; no implant")
     mm_to_model = np.diag([1.0 / spacing] * 3 + [1.0])
+    bone = np.argwhere(expected > 0.5) * spacing
     frame = Frame(
+        reach_mm=float(np.sqrt(np.max(np.sum((bone - centre) ** 2, axis=1)))) + 2 * spacing,
         centre=centre,
         expected=np.ascontiguousarray(expected, dtype=np.float32),
         spacing=spacing,

@@ -1,0 +1,131 @@
+"""The rim-conforming stage on synthetic shells with known holes (rim.py).
+
+The "expected skull" is the complete shell on the model grid, as a perfect decoder would give it; the implant must
+then follow the shell across each hole and meet its rim.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from SkullVAECompletionLib.geometry import GridMapping, GridSpec, plan_mapping, to_model_grid
+from SkullVAECompletionLib.metrics import dice, hd95
+from SkullVAECompletionLib.rim import RimOptions, fit_implant, interpolate_surface
+from SkullVAECompletionLib.synthetic import ShellSpec, centred_ijk_to_ras, ras_grid, skull_shell
+
+GRID = GridSpec(shape=(48, 64, 48), spacing_mm=4.0)
+SHAPE = (100, 124, 116)
+SPACING = (1.5, 1.5, 1.5)
+SPEC = ShellSpec()
+
+
+def surface_point(direction: tuple[float, float, float]) -> np.ndarray:
+    """Where a ray from the shell's centre leaves its outer surface."""
+    d = np.asarray(direction, float) / np.linalg.norm(direction)
+    a, b, c = SPEC.semi_axes_mm
+    return d / np.sqrt((d[0] / a) ** 2 + (d[1] / b) ** 2 + (d[2] / c) ** 2)
+
+
+def ball(matrix: np.ndarray, centre: np.ndarray, radius_mm: float, shape=SHAPE) -> np.ndarray:
+    x, y, z = ras_grid(shape, matrix)
+    return (x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 <= radius_mm**2
+
+
+def run(defective: np.ndarray, expected_skull: np.ndarray, matrix: np.ndarray, **options):
+    mapping = plan_mapping(expected_skull, matrix, GRID)
+    expected = to_model_grid(expected_skull, mapping)
+    return fit_implant(expected, np.asfortranarray(defective), mapping, RimOptions(**options))
+
+
+@pytest.fixture(scope="module")
+def shell():
+    matrix = centred_ijk_to_ras(SHAPE, SPACING)
+    return skull_shell(SHAPE, matrix, SPEC), matrix
+
+
+def holes_case(shell, *holes: tuple[tuple[float, float, float], float]):
+    complete, matrix = shell
+    removed = np.zeros(SHAPE, bool)
+    for direction, radius in holes:
+        removed |= ball(matrix, surface_point(direction), radius)
+    return complete & ~removed, complete & removed
+
+
+@pytest.mark.parametrize(
+    ("name", "holes"),
+    [
+        ("vertex", [((0.0, 0.0, 1.0), 28.0)]),
+        ("across the midline", [((0.0, 0.6, 0.8), 25.0)]),
+        ("two holes", [((0.8, -0.2, 0.55), 20.0), ((-0.5, 0.5, 0.7), 18.0)]),
+        ("lateral", [((-1.0, 0.1, 0.3), 24.0)]),
+    ],
+)
+def test_holes_are_filled_and_meet_the_rim(shell, name, holes):
+    defective, truth = holes_case(shell, *holes)
+    fit = run(defective, shell[0], shell[1])
+    assert len(fit.holes) == len(holes), (name, fit.message)
+    assert not np.any(fit.implant.astype(bool) & defective), "the implant never overlaps the input's bone"
+    assert dice(fit.implant, truth) >= 0.9, name
+    assert hd95(fit.implant, truth, SPACING) <= 2.0, name
+
+
+def test_hole_touching_the_field_of_view(shell):
+    complete, matrix = shell
+    defective, truth = holes_case(shell, ((0.0, 0.3, 1.0), 30.0))
+    # The scan's field of view ends inside the hole; the decoder still gives a whole skull.
+    top = SHAPE[2] - 14
+    whole = plan_mapping(complete, matrix, GRID)
+    expected = to_model_grid(complete, whole)
+    cut = GridMapping(GRID, (SHAPE[0], SHAPE[1], top), matrix, whole.model_to_ras)
+    fit = fit_implant(expected, np.asfortranarray(defective[:, :, :top]), cut)
+    assert fit.implant.shape == (SHAPE[0], SHAPE[1], top)
+    assert dice(fit.implant, truth[:, :, :top]) >= 0.9
+
+
+def test_depressed_fragment_is_part_of_the_defect(shell):
+    complete, matrix = shell
+    centre = surface_point((0.7, 0.0, 0.7))
+    region = ball(matrix, centre, 25.0)
+    fragment_region = ball(matrix, centre, 12.0)
+    # The fragment is the shell inside the small ball, pushed 6 mm towards the centre; bone missing around it.
+    shift_voxels = np.rint(-6.0 * centre / np.linalg.norm(centre) / np.asarray(SPACING)).astype(int)
+    fragment = np.roll(complete & fragment_region, tuple(shift_voxels), axis=(0, 1, 2))
+    defective = (complete & ~region) | fragment
+    truth = complete & region & ~defective
+    fit = run(defective, complete, matrix)
+    assert [hole.kind for hole in fit.holes] == ["depressed"], fit.message
+    assert not np.any(fit.implant.astype(bool) & defective)
+    assert dice(fit.implant, truth) >= 0.9
+
+
+def test_natural_openings_are_left_alone(shell):
+    complete, matrix = shell
+    # "Orbits": a symmetric pair of openings that the expected skull (like a blurred decode) closes over.
+    orbits = ball(matrix, surface_point((0.45, 1.0, -0.1)), 14.0)
+    orbits |= ball(matrix, surface_point((-0.45, 1.0, -0.1)), 14.0)
+    fit = run(complete & ~orbits, complete, matrix)
+    assert fit.implant.sum() == 0
+    assert "no defect" in fit.message
+    # The open skull base of the shell is open in the expected skull too: never filled.
+    assert run(complete, complete, matrix).implant.sum() == 0
+
+
+def test_odd_situations_give_a_message_not_a_traceback(shell):
+    complete, matrix = shell
+    mapping = plan_mapping(complete, matrix, GRID)
+    empty = fit_implant(np.zeros(GRID.shape, np.float32), complete, mapping)
+    assert empty.implant.sum() == 0 and "empty" in empty.message
+    _, _, z = ras_grid(SHAPE, matrix)
+    lower_half = complete & (z < 10.0)
+    half = run(lower_half, complete, matrix)
+    assert half.implant.sum() == 0 and "not a defect" in half.message
+
+
+def test_harmonic_interpolation_reproduces_a_plane():
+    rows, cols = np.mgrid[0:30, 0:40]
+    plane = 2.0 * rows - 0.5 * cols + 3.0
+    known = np.ones(plane.shape, bool)
+    known[8:20, 10:30] = False  # a hole inside the known pixels: a plane is harmonic, so it is reproduced
+    assert np.allclose(interpolate_surface(plane, known), plane, atol=1e-6)
+    assert np.isnan(interpolate_surface(plane, np.zeros(plane.shape, bool))).all()
