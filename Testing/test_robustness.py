@@ -414,11 +414,13 @@ def run_cli(case: Case, volume: Volume, bundles: dict, tmp_path: Path, locked: P
         return None
     assert code == 0, err
     stem, suffix = "skull", case.cli_suffix
-    expected = {f"{stem}_completed{suffix}", f"{stem}_implant{suffix}", f"{stem}_preview.png", f"{stem}_implant.stl"}
+    expected = {f"{stem}_completed{suffix}", f"{stem}_implant{suffix}", f"{stem}_preview.png", f"{stem}_implant.stl",
+                f"{stem}_distance.png", f"{stem}_summary.json"}
     completed, matrix, _ = read_mask(output / f"{stem}_completed{suffix}")
     implant, _, _ = read_mask(output / f"{stem}_implant{suffix}")
     if not implant.any():
-        expected.discard(f"{stem}_implant.stl")  # an empty implant has no surface (the CLI says so)
+        # An empty implant has no surface (the CLI says so): no STL, no distance map.
+        expected -= {f"{stem}_implant.stl", f"{stem}_distance.png"}
     assert set(written) == expected, f"exactly the outputs, no temporary files: {written}"
     assert np.allclose(matrix, volume.ijk_to_ras, atol=1e-5), "outputs are on the input's grid"
     return completed.astype(bool), implant.astype(bool)
