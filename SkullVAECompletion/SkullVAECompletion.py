@@ -105,6 +105,8 @@ MODULE_DIR = Path(__file__).resolve().parent
 SAMPLE_DATA_FILE = "SampleData/CraniumSkull.nrrd"  # relative to Resources/
 SAMPLE_DATA_SHA256 = "bbf16d94657c9b3eabb3c3e9b089eaec0c15e21acb6f5b781a357bdb46e73466"
 DEFECT_TYPES = ["auto", "cranial", "facial"]
+METHODS = ["auto", "dev", "knn", "refine", "mirror"]  # "auto" = the model's default; see completion.METHOD_CHOICES
+EXTRACTIONS = ["rim", "decode"]  # see completion.EXTRACTION_CHOICES
 DEVICES = ["auto", "cpu"]  # "auto" = CUDA when available; "cuda" is accepted by the Logic for scripts
 
 
@@ -192,6 +194,8 @@ class SkullVAECompletionParameterNode:
 
     inputNode: vtkMRMLSegmentationNode | vtkMRMLLabelMapVolumeNode
     defectType: Annotated[str, Choice(DEFECT_TYPES)] = "auto"
+    method: Annotated[str, Choice(METHODS)] = "auto"
+    extraction: Annotated[str, Choice(EXTRACTIONS)] = "rim"
     device: Annotated[str, Choice(DEVICES)] = "auto"
     useDefaultGamma: bool = True
     gamma: Annotated[float, WithinRange(0.0, 2.0)] = 1.0
@@ -408,6 +412,8 @@ class SkullVAECompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                         node, segmentId=segmentId,
                         gamma=None if self.ui.defaultGammaCheckBox.checked else self.ui.gammaSliderWidget.value,
                         defectType=self._parameterNode.defectType, device=self._parameterNode.device,
+                        method=None if self._parameterNode.method == "auto" else self._parameterNode.method,
+                        extraction=self._parameterNode.extraction,
                         progress=self.onProgress, modelPath=self._modelPath(),
                         smoothing=self.ui.smoothingCheckBox.checked,
                         uncertaintySamples=self.ui.uncertaintySamplesSpinBox.value
@@ -498,6 +504,8 @@ class _Session:
     design: DesignOptions | None = None
     distanceModelId: str | None = None
     maxTriangles: int | None = None
+    method: str | None = None  # None: the model's default
+    extraction: str | None = None  # None: the rim-conforming stage
 
 
 class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
@@ -565,6 +573,8 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
         design: DesignOptions | None = None,
         distanceMap: bool = True,
         maxTriangles: int | None = None,
+        method: str | None = None,
+        extraction: str | None = None,
     ) -> Any:
         """Complete the skull of ``inputNode``; return the new segmentation node ("Completed skull", "Implant").
 
@@ -579,6 +589,10 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
         :param design: implant design options (thickness, flange, clearance, rounding); None: as completed.
         :param distanceMap: also add the implant surface coloured by its distance to the skull (a model node).
         :param maxTriangles: decimate the exported STL to at most this many triangles (within 0.2 mm).
+        :param method: "dev", "knn", "refine" (decoder with a latent shift) or "mirror" (the healthy side mirrored);
+            None: the model's default.
+        :param extraction: "rim" (implant surfaces fitted to the intact bone, the default) or "decode" (decoded
+            minus input bone, the paper's way).
         :raises InputError, BundleError, DeviceError, CancelledError: with the message the GUI shows.
         """
         if self.isRunning:
@@ -604,7 +618,8 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
                 encoded = completer.encode(inputMask.mask, inputMask.worldIjkToRas, name=inputMask.name,
                                            progress=mrml.StageProgress(engineProgress, 0.05, 0.5))
                 completion = completer.complete(encoded, gamma=gamma, defect_type=defectType, smoothing=smoothing,
-                                                uncertainty_samples=uncertaintySamples,
+                                                uncertainty_samples=uncertaintySamples, method=method,
+                                                extraction=extraction,
                                                 progress=mrml.StageProgress(engineProgress, 0.5, 0.8))
                 engineProgress(0.8, "Designing the implant")
                 designed = _designAndFit(completion, design, inputMask.ijkToRas, distanceMap)
@@ -643,7 +658,7 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
             self._sessions[segmentationNode.GetID()] = _Session(
                 completer, encoded, inputMask, defectType, smoothing, uncertaintySamples,
                 uncertaintyNode.GetID() if uncertaintyNode is not None else None, completion, design,
-                distanceNode.GetID() if distanceNode is not None else None, maxTriangles)
+                distanceNode.GetID() if distanceNode is not None else None, maxTriangles, method, extraction)
             inputMask.mask = None  # the encoding keeps what it needs; don't pin the input's voxels
             # The completion before design is kept in the session for design changes; don't pin its copies twice.
             summary.seconds = mrml.elapsed(start)
@@ -675,7 +690,8 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
             def work(engineProgress: mrml.ProgressCallback) -> tuple[Any, Any]:
                 completion = session.completer.complete(
                     session.encoded, gamma=gamma, defect_type=chosenType, smoothing=session.smoothing,
-                    uncertainty_samples=samples, progress=engineProgress)
+                    uncertainty_samples=samples, progress=engineProgress, method=session.method,
+                    extraction=session.extraction)
                 return completion, _designAndFit(completion, session.design, session.inputMask.ijkToRas,
                                                  session.distanceModelId is not None)
 

@@ -162,8 +162,10 @@ class FakeCompleter:
         return FakeEncoded(np.asarray(mask).astype(bool), np.asarray(ijk_to_ras))
 
     def complete(self, encoded: FakeEncoded, gamma: float | None = None, defect_type: str = "auto",
-                 smoothing: bool = True, uncertainty_samples: int = 0, progress: Any = None) -> FakeResult:
+                 smoothing: bool = True, uncertainty_samples: int = 0, progress: Any = None,
+                 method: str | None = None, extraction: str | None = None) -> FakeResult:
         self.completeCalls += 1
+        self.lastOptions = {"method": method, "extraction": extraction}
         gamma = 1.0 if gamma is None else float(gamma)
         for fraction in (0.0, 0.5, 1.0):
             if progress:

@@ -377,7 +377,8 @@ def run_logic(case: Case, volume: Volume, scene: Any, logic: Any, bundles: dict,
         assert nodeCount(scene) == count, "an error must leave the scene as it was"
         result = None
     else:
-        resultNode = logic.process(node, segmentId=segmentId, defectType="cranial", stlFolder=stlFolder)
+        resultNode = logic.process(node, segmentId=segmentId, defectType="cranial", stlFolder=stlFolder,
+                                   distanceMap=False)
         added = nodeCount(scene) - count
         assert added == 1 + resultNode.GetNumberOfDisplayNodes(), "only the result node (and its display) is added"
         shape, matrix = volume.array.shape, volume.ijk_to_ras

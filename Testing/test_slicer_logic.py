@@ -307,3 +307,20 @@ def test_module_self_test(scene, tiny_bundle):
     tester = module.SkullVAECompletionTest()
     tester.modelPath = str(tiny_bundle)
     tester.runTest()
+
+
+def test_method_and_extraction_reach_the_engine_and_the_node(scene, fake_logic, real_logic):
+    shape, ijkToRas = GEOMETRIES["ras_3mm"]
+    defective, _ = module.makeSyntheticSkull(shape, ijkToRas)
+    result = fake_logic.process(addLabelmap(scene, defective, ijkToRas), method="knn", extraction="decode")
+    assert fake_logic.fake.lastOptions == {"method": "knn", "extraction": "decode"}
+    fake_logic.updateGamma(result, 0.5)
+    assert fake_logic.fake.lastOptions == {"method": "knn", "extraction": "decode"}, "γ updates keep the options"
+    # The real engine records what it did on the result node.
+    node = real_logic.process(addLabelmap(scene, defective, ijkToRas, name="real"), defectType="cranial",
+                              extraction="decode")
+    assert node.GetAttribute("SkullVAECompletion.Extraction") == "decode"
+    assert node.GetAttribute("SkullVAECompletion.Method") in ("dev", "knn", "refine")
+    node = real_logic.process(addLabelmap(scene, defective, ijkToRas, name="rim"), defectType="cranial")
+    assert node.GetAttribute("SkullVAECompletion.Extraction") == "rim"
+    assert real_logic.lastResult.result.implant.any() or node.GetAttribute("SkullVAECompletion.Message")

@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 from tqdm import tqdm
 
 from SkullVAECompletionLib.bundle import ModelBundle, load_bundle, save_bundle
-from SkullVAECompletionLib.completion import EncodedSkull, SkullCompleter
+from SkullVAECompletionLib.completion import EXTRACTION_CHOICES, EncodedSkull, SkullCompleter
 from SkullVAECompletionLib.implant import implant_region
 from SkullVAECompletionLib.metrics import implant_metrics
 from SkullVAECompletionLib.networks import bone_probability
@@ -67,6 +68,7 @@ class Variant:
     method: str
     gamma: dict[str, float]
     own_encoder: bool = False  # True: encode again (another encoder); False: reuse the bundle's encoding
+    extraction: str | None = None  # None: the bundle's default (the rim-conforming stage)
 
 
 def comparison_completer(model: torch.nn.Module, train: VolumeSet, manifest: dict, device: str) -> SkullCompleter:
@@ -89,7 +91,13 @@ def build_variants(cfg: dict, bundle: ModelBundle, data: dict[str, VolumeSet], d
     variants = [Variant("aggregated VAE, DEV", main, "dev", best.get("dev", default))]
     if bundle.paired_latents:
         variants.append(Variant("aggregated VAE, k-NN DEV", main, "knn", best.get("knn", default)))
+    # The bundle's default method first: it is the primary variant of the γ sweep.
+    variants.sort(key=lambda v: v.method != bundle.completion_options.get("method", "dev"))
     variants.append(Variant("aggregated VAE, DEV + refine", main, "refine", best.get("refine", default)))
+    # The same decode, with the implant cut out of it as decoded-minus-input bone (the paper's way, implant.py).
+    primary_method = bundle.completion_options.get("method", "dev")
+    primary = next(v for v in variants if v.method == primary_method)
+    variants.append(dataclasses.replace(primary, name=f"{primary.name}, decode extraction", extraction="decode"))
     cache = expand_path(cfg["data"]["cache"]) if cfg["data"].get("cache") else None
     val_cases = model_grid_cases(data["val"], cache, cfg["aggregate"].get("val_cases_per_type"))
     gammas = [float(g) for g in cfg["aggregate"]["gamma_grid"]]
@@ -150,18 +158,63 @@ def evaluate_cases(variants: list[Variant], test: VolumeSet, gammas: list[float]
         tick = time.perf_counter()
         encoded = primary.completer.encode(case["defective"], case["ijk_to_ras"], name=case_id)
         encode_s = time.perf_counter() - tick
+        region = test.entries[index]["case"].get("subtype", kind)
         runs = [(primary, g, "sweep") for g in gammas]
         runs += [(v, v.gamma.get(kind, 1.0), "variant") for v in variants]
         for variant, gamma, role in runs:
-            enc = encoded if variant is primary else reuse_encoding(encoded, variant.completer, variant.own_encoder)
+            enc = encoded if variant.completer is primary.completer else reuse_encoding(
+                encoded, variant.completer, variant.own_encoder)
             tick = time.perf_counter()
-            result = variant.completer.complete(enc, gamma=gamma, defect_type=kind, method=variant.method)
+            result = variant.completer.complete(enc, gamma=gamma, defect_type=kind, method=variant.method,
+                                                extraction=variant.extraction)
             seconds = time.perf_counter() - tick
             scores = implant_metrics(result.implant, case["implant"], case["defective"], spacing)
-            rows.append({"case_id": case_id, "type": kind, "variant": variant.name, "role": role, "gamma": gamma,
-                         "method": variant.method, **scores, "implant_ml": result.implant_volume_ml,
-                         "detected": enc.detected_type, "seconds": round(seconds + encode_s, 2)})
+            rows.append({"case_id": case_id, "type": kind, "region": region, "variant": variant.name, "role": role,
+                         "gamma": gamma, "method": variant.method, "extraction": result.extraction, **scores,
+                         "implant_ml": result.implant_volume_ml, "detected": enc.detected_type,
+                         "seconds": round(seconds + encode_s, 2), "message": result.message})
     return rows
+
+
+def natural_openings_check(completer: SkullCompleter, test: VolumeSet) -> list[dict[str, Any]]:
+    """Complete (defect-free) test skulls completed as cranial: every implant voxel here fills a natural opening."""
+    rows = []
+    for index in [i for i, label in enumerate(test.labels) if label == "complete"]:
+        case = full_resolution_case(test.entries[index])
+        encoded = completer.encode(case["defective"], case["ijk_to_ras"], name=test.case_ids[index])
+        for extraction in EXTRACTION_CHOICES:
+            result = completer.complete(encoded, defect_type="cranial", extraction=extraction)
+            rows.append({"case_id": test.case_ids[index], "extraction": extraction,
+                         "implant_ml": round(result.implant_volume_ml, 2), "message": result.message})
+    return rows
+
+
+def resolution_check(completer: SkullCompleter, test: VolumeSet, spacing_mm: float = 0.48) -> dict[str, Any] | None:
+    """One cranial test case at its own resolution and resampled to ``spacing_mm``: the same implant DSC?"""
+    index = next((i for i, label in enumerate(test.labels) if label == "cranial"), None)
+    if index is None:
+        return None
+    case = full_resolution_case(test.entries[index])
+    matrix = np.asarray(case["ijk_to_ras"], float)
+    factors = np.linalg.norm(matrix[:3, :3], axis=0) / spacing_mm
+    fine = {name: np.asfortranarray(ndimage.zoom(np.asarray(case[name], np.float32), factors, order=1) > 0.5)
+            for name in ("defective", "implant")}
+    # zoom maps the first and last voxel centres onto each other: the new spacing follows from the sizes.
+    scale = (np.asarray(case["defective"].shape) - 1) / (np.asarray(fine["defective"].shape) - 1)
+    fine_matrix = matrix.copy()
+    fine_matrix[:3, :3] = matrix[:3, :3] * scale
+    out = {"case_id": test.case_ids[index]}
+    for label, defective, truth, ijk_to_ras in (("original", case["defective"], case["implant"], matrix),
+                                                ("resampled", fine["defective"], fine["implant"], fine_matrix)):
+        tick = time.perf_counter()
+        result = completer.run(defective, ijk_to_ras, defect_type="cranial")
+        spacing = np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
+        scores = implant_metrics(result.implant, truth, defective, spacing)
+        out[label] = {"shape": list(defective.shape), "spacing_mm": [round(float(v), 3) for v in spacing],
+                      **{k: round(float(v), 4) for k, v in scores.items()},
+                      "seconds": round(time.perf_counter() - tick, 2)}
+    out["dsc_difference"] = round(abs(out["original"]["dsc"] - out["resampled"]["dsc"]), 4)
+    return out
 
 
 def detection_accuracy(completer: SkullCompleter, test: VolumeSet) -> dict[str, Any]:
@@ -373,11 +426,14 @@ def evaluate_real_skull(bundle: ModelBundle, path: Path, out: Path, device: str)
     mask, matrix, _ = read_mask(path)
     mask = (np.asarray(mask) > 0).astype(np.uint8)
     completer = SkullCompleter(bundle, device=device)
-    result = completer.run(mask, matrix)
+    encoded = completer.encode(mask, matrix, name=str(path))
+    result = completer.complete(encoded)
+    decoded = completer.complete(encoded, extraction="decode")
     info: dict[str, Any] = {"file": str(path), "defect_type": result.defect_type, "detected": result.detected_type,
                             "confidence": round(result.confidence, 3), "gamma": result.gamma, "method": result.method,
-                            "implant_ml": round(result.implant_volume_ml, 2),
-                            "seconds": round(result.timings.get("total", 0.0), 2)}
+                            "extraction": result.extraction, "implant_ml": round(result.implant_volume_ml, 2),
+                            "decode_extraction_implant_ml": round(decoded.implant_volume_ml, 2),
+                            "seconds": round(sum(result.timings.values()) - result.timings.get("total", 0.0), 2)}
     reference_path = template_paths()["implant"]
     spacing = np.linalg.norm(matrix[:3, :3], axis=0)
     reference = None
@@ -385,13 +441,15 @@ def evaluate_real_skull(bundle: ModelBundle, path: Path, out: Path, device: str)
         reference, ref_matrix, _ = read_mask(reference_path)
         reference = np.asarray(reference) > 0
         if reference.shape == mask.shape and np.allclose(ref_matrix, matrix, atol=1e-3):
-            scores = implant_metrics(result.implant, reference, mask, spacing)
-            info.update({f"symmetric_reference_{k}": round(v, 4) for k, v in scores.items()})
+            for prefix, implant in (("symmetric_reference", result.implant),
+                                    ("decode_extraction_symmetric_reference", decoded.implant)):
+                scores = implant_metrics(implant, reference, mask, spacing)
+                info.update({f"{prefix}_{k}": round(v, 4) for k, v in scores.items()})
             info["reference_ml"] = round(float(reference.sum() * np.prod(spacing) / 1000), 2)
         else:
             log.warning("the mirrored reference implant is on another grid than %s; no symmetric Dice", path)
             reference = None
-    rows = [("bundled model", result.implant)]
+    rows = [("rim-fitted implant (default)", result.implant), ("decode extraction (the paper's way)", decoded.implant)]
     if reference is not None:
         rows.append(("mirrored healthy side (reference)", reference.astype(np.uint8)))
     skull = _ras_ordered(mask, matrix)
@@ -436,9 +494,17 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
              f"Test split: {results['n_test_cases']} defective cases ({results['cases_per_type']}), measured at each "
              "case's own resolution through `SkullCompleter` with the true defect type. γ and the method were "
              "chosen on the validation split (model grid), never on the test split. Mean ± sd; HD95 over cases with "
-             "a non-empty implant ('empty' counts empty predictions).", "",
-             "## γ sweep (aggregated VAE, DEV)", "", "| type | γ | n | DSC | bDSC | HD95 (mm) | empty |",
-             "|---|---|---|---|---|---|---|"]
+             "a non-empty implant ('empty' counts empty predictions). Implants are cut from the decode by the "
+             "rim-conforming stage (`rim.py`) unless the variant says 'decode extraction' (decoded minus input "
+             "bone, `implant.py`, the paper's way); facial defects always use the decode extraction.", ""]
+    lines += ["## Per defect region (each variant at its validation-chosen γ)", "",
+              "| model / method | region | n | DSC | bDSC | HD95 (mm) | empty |", "|---|---|---|---|---|---|---|"]
+    primary = results["primary_variant"]
+    for e in sorted(results["regions"], key=lambda e: (e["variant"], e["region"])):
+        if e["variant"].startswith(primary):
+            lines.append(f"| {e['variant']} | {e['region']} | {e['n']} | {_fmt(e)} | {e['empty']} |")
+    lines += ["", f"## γ sweep ({primary})", "", "| type | γ | n | DSC | bDSC | HD95 (mm) | empty |",
+              "|---|---|---|---|---|---|---|"]
     for e in sorted(results["sweep"], key=lambda e: (e["type"], e["gamma"])):
         lines.append(f"| {e['type']} | {e['gamma']:g} | {e['n']} | {_fmt(e)} | {e['empty']} |")
     lines += ["", "## Models and completion methods (each at its validation-chosen γ)", "",
@@ -457,6 +523,24 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         d = results["detection_small_beta"]
         lines += ["", f"Small-β VAE's latents: accuracy {d['accuracy']:.3f}."]
     lines += ["", "## Default completion method", "", results["method_note"], ""]
+    openings = results.get("natural_openings") or []
+    if openings:
+        lines += ["## Complete test skulls (natural openings must stay open)", "",
+                  "Defect-free test skulls completed as cranial: any implant fills a natural opening or the field of "
+                  "view's edge.", "", "| skull | extraction | implant (ml) | message |", "|---|---|---|---|"]
+        lines += [f"| {r['case_id']} | {r['extraction']} | {r['implant_ml']} | {r['message']} |" for r in openings]
+        lines.append("")
+    check = results.get("resolution_check")
+    if check:
+        lines += ["## Resolution check", "",
+                  f"Test case {check['case_id']} at its own resolution and resampled (trilinear, threshold 0.5):", "",
+                  "| version | shape | spacing (mm) | DSC | bDSC | HD95 (mm) | seconds |",
+                  "|---|---|---|---|---|---|---|"]
+        for label in ("original", "resampled"):
+            c = check[label]
+            lines.append(f"| {label} | {c['shape']} | {c['spacing_mm']} | {c['dsc']:.3f} | {c['bdsc']:.3f} | "
+                         f"{c['hd95']:.2f} | {c['seconds']} |")
+        lines += ["", f"DSC difference {check['dsc_difference']:.3f}.", ""]
     real = results.get("real_skull")
     if real:
         lines += ["## The real patient skull (Cranium)", "",
@@ -469,7 +553,10 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
             lines += ["", f"Against the mirrored healthy side (reference implant {real['reference_ml']} ml, "
                       "`training/template.py`): "
                       f"DSC {real['symmetric_reference_dsc']:.3f}, bDSC {real['symmetric_reference_bdsc']:.3f}, "
-                      f"HD95 {real['symmetric_reference_hd95']:.1f} mm."]
+                      f"HD95 {real['symmetric_reference_hd95']:.1f} mm (decode extraction: DSC "
+                      f"{real['decode_extraction_symmetric_reference_dsc']:.3f}, "
+                      f"HD95 {real['decode_extraction_symmetric_reference_hd95']:.1f} mm, "
+                      f"{real['decode_extraction_implant_ml']} ml)."]
         lines += ["", "**Caveat:** this skull is not an unseen test case: its mirror-repaired version is the template "
                   "the whole training population was generated from.", "", f"![real skull]({real['figure']})", ""]
         if real.get("render"):
@@ -497,6 +584,7 @@ def evaluate(cfg: dict, bundle_dir: Path | None = None, out: Path | None = None,
         writer.writerows(rows)
     sweep = summarise([r for r in rows if r["role"] == "sweep"], ("type", "gamma"))
     variant_summary = summarise([r for r in rows if r["role"] == "variant"], ("variant", "type", "gamma"))
+    region_summary = summarise([r for r in rows if r["role"] == "variant"], ("variant", "region"))
     figures = [figure_losses(cfg, out).name, figure_metrics_vs_gamma(sweep, out).name]
     models: dict[str, torch.nn.Module] = {f"bundled encoder (stage 1, β = {cfg['stage1']['beta']:g})": bundle.model}
     for variant in variants:
@@ -515,7 +603,10 @@ def evaluate(cfg: dict, bundle_dir: Path | None = None, out: Path | None = None,
         "n_test_cases": len({r["case_id"] for r in rows}),
         "cases_per_type": ", ".join(f"{k} {len({r['case_id'] for r in rows if r['type'] == k})}"
                                     for k in ("cranial", "facial")),
-        "sweep": sweep, "variants": variant_summary,
+        "sweep": sweep, "variants": variant_summary, "regions": region_summary,
+        "primary_variant": variants[0].name,
+        "natural_openings": natural_openings_check(variants[0].completer, data["test"]),
+        "resolution_check": resolution_check(variants[0].completer, data["test"]),
         "detection": detection_accuracy(variants[0].completer, data["test"]),
         "detection_small_beta": detection_accuracy(small.completer, data["test"]) if small else None,
         "method_note": (f"The bundle's default method is **{method}** with γ = {bundle.default_gamma}: the best mean "

@@ -17,7 +17,14 @@ from pathlib import Path
 
 from . import __version__
 from .bundle import load_bundle
-from .completion import DEFECT_CHOICES, DEVICE_CHOICES, EXTRACTION_CHOICES, PRECISION_CHOICES, SkullCompleter
+from .completion import (
+    DEFECT_CHOICES,
+    DEVICE_CHOICES,
+    EXTRACTION_CHOICES,
+    METHOD_CHOICES,
+    PRECISION_CHOICES,
+    SkullCompleter,
+)
 from .design import DesignOptions, apply_design
 from .errors import SkullVAEError
 from .fit import fit_report, summary_record
@@ -56,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="float16 is for CUDA only; auto uses it after checking it agrees with float32",
     )
     parser.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the bundled model)")
-    parser.add_argument("--method", choices=("dev", "knn", "refine"), default=None, help="default: the model's")
+    parser.add_argument("--method", choices=METHOD_CHOICES, default=None,
+                        help="dev/knn/refine: the decoder with a latent shift (default: the model's); "
+                        "mirror: the healthy side mirrored about the mid-sagittal plane (unilateral defects)")
     parser.add_argument(
         "--extraction",
         choices=EXTRACTION_CHOICES,
@@ -206,9 +215,6 @@ def run_summary(path: Path, args: argparse.Namespace, completer: SkullCompleter,
             smoothing=not args.no_smoothing,
             max_triangles=args.max_triangles,
             stl_coordinates=args.stl_coordinates,
-            extraction=result.extraction,
-            message=result.message,
-            holes=[{"kind": hole.kind, "area_mm2": round(hole.area_mm2, 1)} for hole in result.holes],
         ),
         "outputs": {key: target.name for key, target in written.items()},
         "engine_version": __version__,

@@ -22,8 +22,9 @@ import torch
 
 from .bundle import DEFECT_TYPES, ModelBundle, load_bundle
 from .errors import CancelledError, DeviceError, InputError
-from .geometry import GridMapping, plan_mapping, to_input_grid, to_model_grid
+from .geometry import GridMapping, plan_mapping, refined_mapping, to_input_grid, to_model_grid
 from .implant import distance_to_input_bone, implant_at_input_resolution, implant_region
+from .mirror import check_unilateral, mirror_implant, mirror_skull
 from .networks import bone_probability
 from .rim import RimOptions, fit_implant
 from .validation import validate_mask
@@ -37,9 +38,13 @@ PRECISION_CHOICES = ("float32", "auto", "float16")
 # How the implant is cut from the decode: "rim" fits its surfaces to the patient's intact bone (rim.py);
 # "decode" takes decoded-minus-input bone at the decode's own resolution (implant.py, the paper's way).
 EXTRACTION_CHOICES = ("rim", "decode")
+# Where the expected skull comes from: the decoder with a latent shift (dev: class DEV, knn: DEV of the nearest
+# training pairs, refine: + latent refinement), or the patient's own healthy side mirrored (mirror.py).
+METHOD_CHOICES = ("dev", "knn", "refine", "mirror")
 DEFAULT_EXTRACTION = "rim"
 HALF_PRECISION_MIN_DICE = 0.995  # "auto" uses float16 only if its decoded skull agrees this well with float32
 DECODE_CACHE_SIZE = 8
+MIRROR_GRID_MM = 2.0  # grid of the mirror method's expected skull
 UNCERTAINTY_SEED = 20220929  # fixed: the same input gives the same uncertainty map
 
 
@@ -55,6 +60,7 @@ class EncodedSkull:
     class_probabilities: dict[str, float]
     decode_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
     distance_mm: np.ndarray | None = field(default=None, repr=False)  # to the input bone; γ-independent, cached
+    mirrored: tuple | None = field(default=None, repr=False)  # (input ∪ its mirror image, its grid); cached
 
     def distance_to_bone(self) -> np.ndarray:
         if self.distance_mm is None:
@@ -272,15 +278,29 @@ class SkullCompleter:
             raise InputError(f"gamma must be a finite number, got {gamma}")
         options = self.bundle.completion_options
         method = method or options.get("method", "dev")
+        if method not in METHOD_CHOICES:
+            raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHOD_CHOICES)}")
         extraction = extraction or options.get("extraction", DEFAULT_EXTRACTION)
         if extraction not in EXTRACTION_CHOICES:
             raise InputError(f"unknown extraction {extraction!r}; choose one of {', '.join(EXTRACTION_CHOICES)}")
-        _report(progress, 0.4, f"Decoding ({chosen}, γ = {gamma:.2f}, {method})")
-        probability = self._decode_cached(encoded, chosen, gamma, method, options)
+        if method == "mirror":
+            _report(progress, 0.4, "Mirroring the healthy side")
+            probability, expected_mapping = mirrored_expectation(encoded)
+        else:
+            _report(progress, 0.4, f"Decoding ({chosen}, γ = {gamma:.2f}, {method})")
+            probability = self._decode_cached(encoded, chosen, gamma, method, options)
         timings["decode"] = time.perf_counter() - start
         _report(progress, 0.7, "Fitting the implant to the rim" if extraction == "rim" else "Extracting the implant")
         tick = time.perf_counter()
-        implant, message, holes = extract_implant(encoded, probability, extraction, options, smoothing)
+        if extraction == "rim" and chosen == "facial":
+            # Rays from the cranial centre do not parameterise the face (several layers of bone on each ray).
+            extraction = "decode"
+            logger.info("facial defect: the implant is the decoded bone (the rim fit is for the cranial vault)")
+        if method == "mirror" and extraction == "decode":
+            implant, message, holes = mirror_implant(encoded.defective, encoded.mapping.ijk_to_ras)[0], "", []
+        else:
+            implant, message, holes = extract_implant(encoded, probability, extraction, options, smoothing,
+                                                      expected_mapping if method == "mirror" else None)
         if message:
             logger.info("%s", message)
         defective = encoded.defective
@@ -423,12 +443,32 @@ class SkullCompleter:
         return full
 
 
+def mirrored_expectation(encoded: EncodedSkull) -> tuple[np.ndarray, GridMapping]:
+    """The expected skull of the mirror method: the input and its mirror image (cached), on the model grid's
+    placement refined to :data:`MIRROR_GRID_MM` (it is the patient's own bone: no need to blur it to the model's).
+
+    :raises InputError: when the defect crosses the mid-sagittal plane (its mirror image is missing too).
+    """
+    if encoded.mirrored is None:
+        bone = encoded.defective
+        mirror = mirror_skull(bone, encoded.mapping.ijk_to_ras)
+        check_unilateral(bone, encoded.mapping.ijk_to_ras, mirror.plane)
+        fine = refined_mapping(encoded.mapping, MIRROR_GRID_MM)
+        encoded.mirrored = (to_model_grid(bone | mirror.mirrored.astype(bool), fine), fine)
+    return encoded.mirrored
+
+
 def extract_implant(
-    encoded: EncodedSkull, probability: np.ndarray, extraction: str, options: dict, smoothing: bool = True
+    encoded: EncodedSkull, probability: np.ndarray, extraction: str, options: dict, smoothing: bool = True,
+    expected_mapping: GridMapping | None = None,
 ) -> tuple[np.ndarray, str, list]:
-    """The implant (uint8, input grid) cut from a decoded skull, a message when it is empty or partial, the holes."""
+    """The implant (uint8, input grid) cut from an expected skull, a message when it is empty or partial, the holes.
+
+    ``probability``: the expected skull on the model grid (or on ``expected_mapping``'s grid, for "rim").
+    """
     if extraction == "rim":
-        fit = fit_implant(probability, encoded.defective, encoded.mapping, RimOptions.from_dict(options.get("rim")))
+        fit = fit_implant(probability, encoded.defective, expected_mapping or encoded.mapping,
+                          RimOptions.from_dict(options.get("rim")))
         return fit.implant, fit.message, fit.holes
     spacing = encoded.mapping.grid.spacing_mm
     region = implant_region(probability, encoded.model_input, spacing, encoded.distance_to_bone())

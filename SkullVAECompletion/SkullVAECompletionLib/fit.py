@@ -184,6 +184,10 @@ def summary_record(result: Any, model_id: str, model_version: str, options: Any,
         "defect_class": result.defect_type,
         "gamma": round(float(result.gamma), 4),
         "method": getattr(result, "method", None),
+        "extraction": getattr(result, "extraction", None),
+        "message": getattr(result, "message", ""),  # why the implant is empty or partial ("" when all went well)
+        "holes": [{"kind": hole.kind, "area_mm2": round(float(hole.area_mm2), 1)}
+                  for hole in getattr(result, "holes", [])],
         "implant_volume_ml": round(float(getattr(result, "implant_volume_ml", 0.0)), 3),
         "model_id": model_id,
         "model_version": model_version,

@@ -13,7 +13,7 @@ thresholds at 0.5, so the full-resolution surface is smooth and overlays the inp
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -201,6 +201,18 @@ def plan_mapping_from_occupancy(
         ijk_to_ras=np.asarray(ijk_to_ras, dtype=float),
         model_to_ras=model_to_ras,
     )
+
+
+def refined_mapping(mapping: GridMapping, spacing_mm: float) -> GridMapping:
+    """The same placement of the model grid with a finer spacing (same origin and extent); unchanged if not finer."""
+    factor = mapping.grid.spacing_mm / spacing_mm
+    if factor <= 1.0:
+        return mapping
+    grid = replace(mapping.grid, shape=tuple(int(np.ceil(n * factor)) for n in mapping.grid.shape),
+                   spacing_mm=spacing_mm)
+    model_to_ras = mapping.model_to_ras.copy()
+    model_to_ras[:3, :3] = np.eye(3) * spacing_mm
+    return replace(mapping, grid=grid, model_to_ras=model_to_ras)
 
 
 def to_model_grid(mask: np.ndarray, mapping: GridMapping) -> np.ndarray:

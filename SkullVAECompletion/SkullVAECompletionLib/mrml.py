@@ -327,10 +327,11 @@ class CompletionSummary:
         thickness = ""
         if self.fit is not None and self.fit.thickness_mm is not None:
             thickness = f", thickness {self.fit.thickness_mm['median']:.1f} mm"
+        message = getattr(self.result, "message", "")
         return (
             f"Detected: {detected} ({100 * self.confidence:.0f}% confidence); completed as "
             f"{self.defectType} with γ = {self.gamma:.2f}; implant {self.implantVolumeMl:.1f} ml{thickness}; "
-            f"{self.seconds:.1f} s on {self.device}."
+            f"{self.seconds:.1f} s on {self.device}." + (f" {message[0].upper()}{message[1:]}." if message else "")
         )
 
 
@@ -442,6 +443,9 @@ def setResultAttributes(node: Any, summary: CompletionSummary, inputMask: InputM
         "Confidence": f"{summary.confidence:.4f}",
         "Gamma": f"{summary.gamma:.4f}",
         "ImplantVolumeMl": f"{summary.implantVolumeMl:.3f}",
+        "Method": getattr(summary.result, "method", ""),
+        "Extraction": getattr(summary.result, "extraction", ""),
+        "Message": getattr(summary.result, "message", ""),
     }
     if inputMask is not None:
         values["InputNodeID"] = inputMask.nodeId or ""

@@ -64,7 +64,6 @@ class RimOptions:
     max_hole_fraction: float = 0.5  # a "hole" over this fraction of the expected shell: the input is not this skull
     max_patch_half_angle_deg: float = 80.0
     min_elevation_deg: float = -35.0  # directions further below the horizontal point at the skull base and face
-    min_decode_confidence: float = 0.8  # mean peak bone probability of the decode over a hole's directions
     max_mirrored_fraction: float = 0.5  # a region whose mirror image is another bone-free region is a natural pair
     shape_smoothing_mm: float = 12.0  # smoothing of the decode's surfaces: its shape stays, its voxels' ripple goes
     shape: str = "decode"  # "decode": decoded surfaces + rim offsets; "rim": the rim's radii interpolated alone
@@ -205,18 +204,15 @@ def _segment_ends(profile: np.ndarray, radii: np.ndarray, threshold: float = 0.5
 
 
 def expected_shell(frame: Frame, directions: np.ndarray, radial_step_mm: float,
-                   radii_mm: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Outer and inner radius (mm) of the expected skull's outermost bone along each direction (NaN: none), and
-    the peak bone probability along the direction (how sure the decode is that there is bone).
+                   radii_mm: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Outer and inner radius (mm) of the expected skull's outermost bone along each direction (NaN: none).
 
     ``radii_mm``: the range of radii to search (default: from the centre to the farthest expected bone).
     """
     low, high = radii_mm if radii_mm is not None else (0.0, frame.reach_mm)
     radii = np.arange(low, high + radial_step_mm, radial_step_mm, dtype=np.float32)
     points = frame.centre + directions[:, None, :] * radii[None, :, None]
-    profile = _sample_model(frame, points)
-    outer, inner = _segment_ends(profile, radii)
-    return outer, inner, profile.max(axis=1)
+    return _segment_ends(_sample_model(frame, points), radii)
 
 
 @dataclass
@@ -279,7 +275,7 @@ class HoleSeeds:
 def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
     """Directions where the expected skull has shell and the input has no bone near it, grouped into holes."""
     directions = fibonacci_directions(options.detection_step_deg)
-    outer, inner, peak = expected_shell(frame, directions, options.detection_radial_step_mm)
+    outer, inner = expected_shell(frame, directions, options.detection_radial_step_mm)
     # Straight below the cranial cavity lie the skull base's openings (foramen magnum, jugular foramina):
     # never an implant site, and often cut by the field of view.
     has_shell = np.isfinite(outer) & (directions[:, 2] >= math.sin(math.radians(options.min_elevation_deg)))
@@ -308,11 +304,8 @@ def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
     ray_area = 4.0 * math.pi / len(directions) * outer[chosen] ** 2  # mm² per direction at the shell
     area = np.bincount(component, weights=ray_area, minlength=count)
     has_core = np.bincount(component, weights=core[chosen], minlength=count) > 0
-    # The decode blurs over natural openings (orbits, canals) with hesitant bone; over a defect it is sure.
-    confidence = np.bincount(component, weights=peak[chosen], minlength=count) / np.bincount(component)
     symmetric = mirrored_fraction(directions, open_ray, graph, chosen, component, count)
-    keep = np.flatnonzero((area >= options.min_hole_mm2) & has_core & (confidence >= options.min_decode_confidence)
-                          & (symmetric < options.max_mirrored_fraction))
+    keep = np.flatnonzero((area >= options.min_hole_mm2) & has_core & (symmetric < options.max_mirrored_fraction))
     relabel = np.full(count, -1)
     relabel[keep] = np.arange(len(keep))
     labels[chosen] = relabel[component]
@@ -435,7 +428,7 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
     seed_outer = seeds.expected_outer[members]
     search = (max(0.0, float(np.nanmin(seed_outer)) - options.patch_margin_mm - 30.0),
               float(np.nanmax(seed_outer)) + options.patch_margin_mm + 10.0)
-    exp_outer, exp_inner, _ = expected_shell(frame, directions, options.detection_radial_step_mm, search)
+    exp_outer, exp_inner = expected_shell(frame, directions, options.detection_radial_step_mm, search)
     exp_outer, exp_inner = exp_outer.reshape(shape), exp_inner.reshape(shape)
     # Where the decode has no shell on a ray, carry its surfaces over from the neighbours.
     has_shell = np.isfinite(exp_outer)

@@ -1,0 +1,84 @@
+"""The rim-conforming stage inside the engine and the CLI: options, γ re-runs, facial fallback, mirror method."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from SkullVAECompletionLib.cli import main
+from SkullVAECompletionLib.completion import SkullCompleter
+from SkullVAECompletionLib.errors import InputError
+from SkullVAECompletionLib.io import write_mask
+from SkullVAECompletionLib.metrics import dice
+from SkullVAECompletionLib.synthetic import centred_ijk_to_ras, cranial_defect, skull_shell
+
+
+@pytest.fixture(scope="module")
+def completer(tiny_bundle):
+    return SkullCompleter(tiny_bundle, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def encoded(completer, synthetic_case):
+    return completer.encode(synthetic_case["defective"], synthetic_case["ijk_to_ras"])
+
+
+@pytest.mark.parametrize("extraction", ["rim", "decode"])
+def test_both_extractions_give_an_implant_beside_the_input(completer, encoded, synthetic_case, extraction):
+    result = completer.complete(encoded, gamma=1.0, defect_type="cranial", extraction=extraction)
+    defective = synthetic_case["defective"].astype(bool)
+    assert result.extraction == extraction
+    assert result.implant.dtype == np.uint8 and result.implant.shape == defective.shape
+    assert not np.any(result.implant.astype(bool) & defective)
+    assert np.array_equal(result.completed.astype(bool), defective | result.implant.astype(bool))
+    assert result.implant.any() or result.message, "an empty implant always comes with a message"
+
+
+def test_rim_is_the_default_and_a_gamma_step_reuses_the_encoding(completer, encoded):
+    first = completer.complete(encoded, gamma=0.5, defect_type="cranial")
+    second = completer.complete(encoded, gamma=1.5, defect_type="cranial")
+    assert first.extraction == second.extraction == "rim"
+    assert {(key[0], key[1]) for key in encoded.decode_cache} >= {("cranial", 0.5), ("cranial", 1.5)}
+    again = completer.complete(encoded, gamma=0.5, defect_type="cranial")
+    assert np.array_equal(again.implant, first.implant), "the same γ gives the same implant (cached decode)"
+
+
+def test_facial_defects_use_the_decode_extraction(completer, encoded):
+    assert completer.complete(encoded, defect_type="facial").extraction == "decode"
+
+
+def test_unknown_options_are_refused_clearly(completer, encoded):
+    with pytest.raises(InputError, match="unknown extraction"):
+        completer.complete(encoded, extraction="magic")
+    with pytest.raises(InputError, match="unknown method"):
+        completer.complete(encoded, method="magic")
+
+
+def test_cli_extraction_is_recorded_in_the_summary(tmp_path, tiny_bundle, synthetic_case):
+    path = write_mask(tmp_path / "skull.nrrd", synthetic_case["defective"], synthetic_case["ijk_to_ras"])
+    for extraction in ("rim", "decode"):
+        out = tmp_path / extraction
+        args = [str(path), "-o", str(out), "--model", str(tiny_bundle), "--defect-type", "cranial", "--no-preview",
+                "--no-stl", "--no-distance-map", "--extraction", extraction]
+        assert main(args) == 0
+        summary = json.loads((out / "skull_summary.json").read_text())
+        assert summary["extraction"] == extraction
+        assert "message" in summary and isinstance(summary["holes"], list)
+
+
+def test_mirror_method_completes_a_unilateral_defect(completer):
+    shape, spacing = (100, 124, 116), (1.5, 1.5, 1.5)
+    matrix = centred_ijk_to_ras(shape, spacing)
+    complete = skull_shell(shape, matrix)
+    hole = cranial_defect(shape, matrix, centre_ras=(55.0, 10.0, 40.0), radius_mm=22.0)
+    defective = complete & ~hole
+    encoded = completer.encode(defective.astype(np.uint8), matrix)
+    result = completer.complete(encoded, method="mirror")
+    assert result.method == "mirror"
+    assert dice(result.implant, complete & hole) >= 0.6
+    across = cranial_defect(shape, matrix, centre_ras=(0.0, 20.0, 70.0), radius_mm=25.0)
+    crossing = completer.encode((complete & ~across).astype(np.uint8), matrix)
+    with pytest.raises(InputError, match="crosses the mid-sagittal plane"):
+        completer.complete(crossing, method="mirror")
