@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.spatial import cKDTree
+from vtkmodules.util import numpy_support
 
 from SkullVAECompletionLib.geometry import GridMapping, GridSpec, plan_mapping, to_model_grid
+from SkullVAECompletionLib.io import mask_to_surface, surface_topology
 from SkullVAECompletionLib.metrics import dice, hd95
 from SkullVAECompletionLib.rim import RimOptions, fit_implant, interpolate_surface
 from SkullVAECompletionLib.synthetic import ShellSpec, centred_ijk_to_ras, ras_grid, skull_shell
@@ -129,3 +132,17 @@ def test_harmonic_interpolation_reproduces_a_plane():
     known[8:20, 10:30] = False  # a hole inside the known pixels: a plane is harmonic, so it is reproduced
     assert np.allclose(interpolate_surface(plane, known), plane, atol=1e-6)
     assert np.isnan(interpolate_surface(plane, np.zeros(plane.shape, bool))).all()
+
+
+def test_stl_follows_the_fitted_surfaces_and_is_closed(shell):
+    defective, truth = holes_case(shell, ((-1.0, 0.1, 0.3), 24.0))
+    fit = run(defective, shell[0], shell[1])
+    surface = mask_to_surface(fit.implant, shell[1], field=(fit.field_block, fit.field_lo))
+    topology = surface_topology(surface)
+    assert topology["boundary_edges"] == 0 and topology["non_manifold_edges"] == 0
+    # The surface wraps the implant's voxels: every vertex lies within a voxel of an implant voxel centre.
+    points = numpy_support.vtk_to_numpy(surface.GetPoints().GetData())
+    inverse = np.linalg.inv(shell[1])
+    ijk = points @ inverse[:3, :3].T + inverse[:3, 3]
+    distance, _ = cKDTree(np.argwhere(fit.implant)).query(ijk)
+    assert distance.max() <= 1.0

@@ -26,7 +26,8 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from SkullVAECompletionLib.bundle import ModelBundle, load_bundle, save_bundle
-from SkullVAECompletionLib.completion import EXTRACTION_CHOICES, EncodedSkull, SkullCompleter
+from SkullVAECompletionLib.completion import EXTRACTION_CHOICES, CompletionResult, EncodedSkull, SkullCompleter
+from SkullVAECompletionLib.errors import InputError
 from SkullVAECompletionLib.implant import implant_region
 from SkullVAECompletionLib.metrics import implant_metrics
 from SkullVAECompletionLib.networks import bone_probability
@@ -98,6 +99,8 @@ def build_variants(cfg: dict, bundle: ModelBundle, data: dict[str, VolumeSet], d
     primary_method = bundle.completion_options.get("method", "dev")
     primary = next(v for v in variants if v.method == primary_method)
     variants.append(dataclasses.replace(primary, name=f"{primary.name}, decode extraction", extraction="decode"))
+    # Baseline without the network: the patient's healthy side mirrored (unilateral defects only).
+    variants.append(Variant("mirrored healthy side (no network)", main, "mirror", default))
     cache = expand_path(cfg["data"]["cache"]) if cfg["data"].get("cache") else None
     val_cases = model_grid_cases(data["val"], cache, cfg["aggregate"].get("val_cases_per_type"))
     gammas = [float(g) for g in cfg["aggregate"]["gamma_grid"]]
@@ -165,8 +168,11 @@ def evaluate_cases(variants: list[Variant], test: VolumeSet, gammas: list[float]
             enc = encoded if variant.completer is primary.completer else reuse_encoding(
                 encoded, variant.completer, variant.own_encoder)
             tick = time.perf_counter()
-            result = variant.completer.complete(enc, gamma=gamma, defect_type=kind, method=variant.method,
-                                                extraction=variant.extraction)
+            try:
+                result = variant.completer.complete(enc, gamma=gamma, defect_type=kind, method=variant.method,
+                                                    extraction=variant.extraction)
+            except InputError as error:  # e.g. the mirror method on a defect across the midline
+                result = empty_result(case["defective"], kind, gamma, variant, str(error))
             seconds = time.perf_counter() - tick
             scores = implant_metrics(result.implant, case["implant"], case["defective"], spacing)
             rows.append({"case_id": case_id, "type": kind, "region": region, "variant": variant.name, "role": role,
@@ -174,6 +180,14 @@ def evaluate_cases(variants: list[Variant], test: VolumeSet, gammas: list[float]
                          "implant_ml": result.implant_volume_ml, "detected": enc.detected_type,
                          "seconds": round(seconds + encode_s, 2), "message": result.message})
     return rows
+
+
+def empty_result(defective: np.ndarray, kind: str, gamma: float, variant: Variant, message: str) -> CompletionResult:
+    """What a refused completion counts as in the tables: an empty implant (DSC 0), with the reason."""
+    empty = np.zeros(defective.shape, np.uint8)
+    return CompletionResult(completed=np.asarray(defective, np.uint8), implant=empty, defect_type=kind,
+                            detected_type=kind, confidence=0.0, gamma=gamma, method=variant.method,
+                            extraction=variant.extraction or "rim", message=message)
 
 
 def natural_openings_check(completer: SkullCompleter, test: VolumeSet) -> list[dict[str, Any]]:
@@ -501,7 +515,7 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
               "| model / method | region | n | DSC | bDSC | HD95 (mm) | empty |", "|---|---|---|---|---|---|---|"]
     primary = results["primary_variant"]
     for e in sorted(results["regions"], key=lambda e: (e["variant"], e["region"])):
-        if e["variant"].startswith(primary):
+        if e["variant"].startswith((primary, "mirrored healthy side")):
             lines.append(f"| {e['variant']} | {e['region']} | {e['n']} | {_fmt(e)} | {e['empty']} |")
     lines += ["", f"## γ sweep ({primary})", "", "| type | γ | n | DSC | bDSC | HD95 (mm) | empty |",
               "|---|---|---|---|---|---|---|"]

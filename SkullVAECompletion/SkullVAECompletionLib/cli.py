@@ -165,8 +165,10 @@ def complete_file(completer: SkullCompleter, path: Path, args: argparse.Namespac
     written["completed"] = write_like(targets["completed"], result.completed, meta, args.overwrite)
     written["implant"] = write_like(targets["implant"], result.implant, meta, args.overwrite)
     if not args.no_stl and result.implant.any():
+        # The rim stage's own surfaces, unless a design option reshaped the implant after it.
+        surface_field = None if options.changes_shape else result.implant_field
         written["stl"] = write_stl(targets["stl"], result.implant, ijk_to_ras, args.stl_coordinates, args.overwrite,
-                                   max_triangles=args.max_triangles)
+                                   max_triangles=args.max_triangles, field=surface_field)
     elif not result.implant.any():
         logger.warning("  %s: the implant is empty (%s; γ = %.2f); no STL written", meta.stem,
                        result.message or "no defect found", result.gamma)

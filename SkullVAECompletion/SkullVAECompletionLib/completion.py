@@ -87,6 +87,8 @@ class CompletionResult:
     extraction: str = DEFAULT_EXTRACTION
     message: str = ""  # why the implant is empty or partial (e.g. "no defect found"); "" when all went well
     holes: list = field(default_factory=list)  # rim.Hole per defect found by the rim stage
+    # The rim stage's signed field (block, lo corner), > 0 exactly on the implant's voxels: its surface is the STL's.
+    implant_field: tuple | None = field(default=None, repr=False)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -297,10 +299,11 @@ class SkullCompleter:
             extraction = "decode"
             logger.info("facial defect: the implant is the decoded bone (the rim fit is for the cranial vault)")
         if method == "mirror" and extraction == "decode":
-            implant, message, holes = mirror_implant(encoded.defective, encoded.mapping.ijk_to_ras)[0], "", []
+            implant = mirror_implant(encoded.defective, encoded.mapping.ijk_to_ras)[0]
+            message, holes, surface_field = "", [], None
         else:
-            implant, message, holes = extract_implant(encoded, probability, extraction, options, smoothing,
-                                                      expected_mapping if method == "mirror" else None)
+            implant, message, holes, surface_field = extract_implant(
+                encoded, probability, extraction, options, smoothing, expected_mapping if method == "mirror" else None)
         if message:
             logger.info("%s", message)
         defective = encoded.defective
@@ -331,6 +334,7 @@ class SkullCompleter:
             extraction=extraction,
             message=message,
             holes=holes,
+            implant_field=surface_field,
         )
 
     def run(
@@ -461,20 +465,22 @@ def mirrored_expectation(encoded: EncodedSkull) -> tuple[np.ndarray, GridMapping
 def extract_implant(
     encoded: EncodedSkull, probability: np.ndarray, extraction: str, options: dict, smoothing: bool = True,
     expected_mapping: GridMapping | None = None,
-) -> tuple[np.ndarray, str, list]:
-    """The implant (uint8, input grid) cut from an expected skull, a message when it is empty or partial, the holes.
+) -> tuple[np.ndarray, str, list, tuple | None]:
+    """The implant (uint8, input grid) cut from an expected skull, a message when it is empty or partial, the holes
+    and the rim stage's signed field (block, lo) when there is one.
 
     ``probability``: the expected skull on the model grid (or on ``expected_mapping``'s grid, for "rim").
     """
     if extraction == "rim":
         fit = fit_implant(probability, encoded.defective, expected_mapping or encoded.mapping,
                           RimOptions.from_dict(options.get("rim")))
-        return fit.implant, fit.message, fit.holes
+        surface_field = (fit.field_block, fit.field_lo) if fit.field_block is not None else None
+        return fit.implant, fit.message, fit.holes, surface_field
     spacing = encoded.mapping.grid.spacing_mm
     region = implant_region(probability, encoded.model_input, spacing, encoded.distance_to_bone())
     implant = implant_at_input_resolution(probability, region, encoded.defective, encoded.mapping, smoothing)
     message = "" if implant.any() else "no defect found: the decoded skull adds no bone away from the input's bone"
-    return implant, message, []
+    return implant, message, [], None
 
 
 def check_cancel(cancelled: Callable[[], bool]) -> ProgressCallback:

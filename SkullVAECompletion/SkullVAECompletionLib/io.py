@@ -244,35 +244,51 @@ def write_like(path: str | os.PathLike, array: np.ndarray, meta: VolumeMeta, ove
     return write_mask(path, array, meta.ijk_to_ras, overwrite, meta.header if meta.format == "nifti" else None)
 
 
-def mask_to_surface(mask: np.ndarray, ijk_to_ras: np.ndarray, smoothing_iterations: int = 20):
-    """Closed triangle surface (vtkPolyData, RAS mm) of a binary mask, smoothed without shrinking."""
+def mask_to_surface(mask: np.ndarray, ijk_to_ras: np.ndarray, smoothing_iterations: int = 20,
+                    field: tuple[np.ndarray, np.ndarray] | None = None):
+    """Closed triangle surface (vtkPolyData, RAS mm) of a binary mask, smoothed without shrinking.
+
+    ``field``: (block, lo corner) of a signed field that is > 0 exactly on the mask's voxels inside the block (the
+    rim-conforming stage's, :class:`~.rim.RimFit`): the surface is then its zero level set, sub-voxel and unsmoothed,
+    so the STL follows the same surfaces the voxels were cut from.
+    """
     # The VTK modules this needs, not the `vtk` umbrella package: that import alone costs ~0.5 s per CLI call.
     from vtkmodules.util import numpy_support
     from vtkmodules.vtkCommonDataModel import vtkImageData
     from vtkmodules.vtkCommonMath import vtkMatrix4x4
     from vtkmodules.vtkCommonTransforms import vtkTransform
-    from vtkmodules.vtkFiltersCore import vtkPolyDataNormals, vtkWindowedSincPolyDataFilter
+    from vtkmodules.vtkFiltersCore import vtkFlyingEdges3D, vtkPolyDataNormals, vtkWindowedSincPolyDataFilter
     from vtkmodules.vtkFiltersGeneral import vtkDiscreteFlyingEdges3D, vtkTransformPolyDataFilter
 
     bounds = nonzero_bounds(mask)
     if bounds is None:
         raise InputError("the implant is empty; there is no surface to export")
-    lo = np.maximum(bounds[0] - 2, 0)
-    hi = np.minimum(bounds[1] + 2, mask.shape)
-    # Pad by one voxel so the surface closes at the crop border.
-    block = np.pad(np.asarray(mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], dtype=np.uint8), 1)
+    if field is not None:
+        lo = np.asarray(field[1], dtype=int)
+        # Pad with "outside" so the surface closes at the block's border.
+        block = np.pad(np.asarray(field[0], dtype=np.float32), 1, constant_values=-1.0)
+    else:
+        lo = np.maximum(bounds[0] - 2, 0)
+        hi = np.minimum(bounds[1] + 2, mask.shape)
+        # Pad by one voxel so the surface closes at the crop border.
+        block = np.pad(np.asarray(mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], dtype=np.uint8), 1)
     image = vtkImageData()
     image.SetDimensions(*block.shape)
     image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(block.ravel(order="F"), deep=True))
-    surface = vtkDiscreteFlyingEdges3D()
+    if field is not None:
+        surface = vtkFlyingEdges3D()
+        surface.SetValue(0, 0.0)
+        last = surface
+    else:
+        surface = vtkDiscreteFlyingEdges3D()
+        surface.SetValue(0, 1)
+        last = vtkWindowedSincPolyDataFilter()
+        last.SetInputConnection(surface.GetOutputPort())
+        last.SetNumberOfIterations(smoothing_iterations)
+        last.SetPassBand(0.1)
+        last.NormalizeCoordinatesOn()
+        last.BoundarySmoothingOff()
     surface.SetInputData(image)
-    surface.SetValue(0, 1)
-    smoother = vtkWindowedSincPolyDataFilter()
-    smoother.SetInputConnection(surface.GetOutputPort())
-    smoother.SetNumberOfIterations(smoothing_iterations)
-    smoother.SetPassBand(0.1)
-    smoother.NormalizeCoordinatesOn()
-    smoother.BoundarySmoothingOff()
     # Block index → input index (undo crop and pad) → RAS.
     shift = np.eye(4)
     shift[:3, 3] = lo - 1
@@ -283,7 +299,7 @@ def mask_to_surface(mask: np.ndarray, ijk_to_ras: np.ndarray, smoothing_iteratio
     transform = vtkTransform()
     transform.SetMatrix(matrix)
     to_ras = vtkTransformPolyDataFilter()
-    to_ras.SetInputConnection(smoother.GetOutputPort())
+    to_ras.SetInputConnection(last.GetOutputPort())
     to_ras.SetTransform(transform)
     normals = vtkPolyDataNormals()  # consistent outward normals even when the matrix flips axes
     normals.SetInputConnection(to_ras.GetOutputPort())
@@ -414,11 +430,13 @@ def write_stl(
     coordinate_system: str = "LPS",
     overwrite: bool = False,
     max_triangles: int | None = None,
+    field: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
     """Binary STL of the mask's surface in mm; LPS by default, as Slicer writes STL files.
 
     The surface is closed and manifold; ``max_triangles`` decimates it while it stays within
-    :data:`DECIMATION_TOLERANCE_MM` of the full surface (see :func:`decimate_surface`).
+    :data:`DECIMATION_TOLERANCE_MM` of the full surface (see :func:`decimate_surface`). ``field``: the implant's
+    signed field, see :func:`mask_to_surface`.
     """
     from vtkmodules.vtkIOGeometry import vtkSTLWriter
 
@@ -427,7 +445,7 @@ def write_stl(
     matrix = np.asarray(ijk_to_ras, dtype=float)
     if coordinate_system == "LPS":
         matrix = LPS_TO_RAS @ matrix
-    surface = mask_to_surface(mask, matrix)
+    surface = mask_to_surface(mask, matrix, field=field)
     if max_triangles:
         surface = decimate_surface(surface, max_triangles).surface
     path = Path(path)
