@@ -673,14 +673,7 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
                     progress: mrml.ProgressCallback | None = None,
                     updateUncertainty: bool = True) -> mrml.CompletionSummary:
         """Re-decode with another γ (cached encoding) and replace the segments of ``segmentationNode`` in place."""
-        nodeId = segmentationNode.GetID() if segmentationNode is not None else None
-        session = self._sessions.get(nodeId) if nodeId else None
-        if session is None or segmentationNode.GetScene() is None:
-            raise InputError(
-                f"{mrml.describeNode(segmentationNode)} has no cached encoding (it was not created by this module "
-                "in this session, or the scene was closed): run the completion (Apply) again.")
-        if self.isRunning:
-            raise RuntimeError("A completion is already running; wait for it or cancel it.")
+        session = self._session(segmentationNode)
         start = time.perf_counter()
         self.isRunning = True
         self._cancelRequested = False
@@ -761,7 +754,7 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
         session = self._sessions.get(nodeId) if nodeId else None
         if session is None or segmentationNode.GetScene() is None:
             raise InputError(
-                f"{mrml.describeNode(segmentationNode)} has no cached completion (it was not created by this module "
+                f"{mrml.describeNode(segmentationNode)} has no cached encoding (it was not created by this module "
                 "in this session, or the scene was closed): run the completion (Apply) again.")
         if self.isRunning:
             raise RuntimeError("A completion is already running; wait for it or cancel it.")

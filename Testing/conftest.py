@@ -35,3 +35,17 @@ def synthetic_case() -> dict[str, np.ndarray]:
 
     complete, defective, matrix = defective_pair("cranial")
     return {"complete": complete, "defective": defective, "implant": complete & ~defective, "ijk_to_ras": matrix}
+
+
+@pytest.fixture(scope="module")
+def completer(tiny_bundle: Path):
+    """The engine on the tiny bundle, CPU (one per test module)."""
+    from SkullVAECompletionLib.completion import SkullCompleter
+
+    return SkullCompleter(tiny_bundle, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def encoded(completer, synthetic_case: dict[str, np.ndarray]):
+    """The synthetic cranial case encoded by ``completer`` (its decode cache is shared within a module)."""
+    return completer.encode(synthetic_case["defective"], synthetic_case["ijk_to_ras"])

@@ -10,16 +10,6 @@ from SkullVAECompletionLib.errors import CancelledError, DeviceError, InputError
 from SkullVAECompletionLib.synthetic import cranial_defect, defective_pair
 
 
-@pytest.fixture(scope="module")
-def completer(tiny_bundle):
-    return SkullCompleter(tiny_bundle, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def encoded(completer, synthetic_case):
-    return completer.encode(synthetic_case["defective"], synthetic_case["ijk_to_ras"])
-
-
 def test_outputs_are_binary_masks_on_the_input_grid(completer, encoded, synthetic_case):
     result = completer.complete(encoded, gamma=1.0, defect_type="cranial")
     defective = synthetic_case["defective"].astype(bool)

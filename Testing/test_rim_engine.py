@@ -8,21 +8,10 @@ import numpy as np
 import pytest
 
 from SkullVAECompletionLib.cli import main
-from SkullVAECompletionLib.completion import SkullCompleter
 from SkullVAECompletionLib.errors import InputError
 from SkullVAECompletionLib.io import write_mask
 from SkullVAECompletionLib.metrics import dice
 from SkullVAECompletionLib.synthetic import centred_ijk_to_ras, cranial_defect, skull_shell
-
-
-@pytest.fixture(scope="module")
-def completer(tiny_bundle):
-    return SkullCompleter(tiny_bundle, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def encoded(completer, synthetic_case):
-    return completer.encode(synthetic_case["defective"], synthetic_case["ijk_to_ras"])
 
 
 @pytest.mark.parametrize("extraction", ["rim", "decode"])
