@@ -146,3 +146,12 @@ def test_stl_follows_the_fitted_surfaces_and_is_closed(shell):
     ijk = points @ inverse[:3, :3].T + inverse[:3, 3]
     distance, _ = cKDTree(np.argwhere(fit.implant)).query(ijk)
     assert distance.max() <= 1.0
+
+
+def test_rim_only_shape_interpolates_the_patients_radii(shell):
+    """shape="rim": no decoded shape at all, the intact bone's radii interpolated across the hole."""
+    defective, truth = holes_case(shell, ((0.0, 0.0, 1.0), 28.0))
+    fit = run(defective, shell[0], shell[1], shape="rim")
+    assert dice(fit.implant, truth) >= 0.95
+    with pytest.raises(ValueError, match="rim shape"):
+        RimOptions(shape="magic")

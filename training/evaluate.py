@@ -190,6 +190,40 @@ def empty_result(defective: np.ndarray, kind: str, gamma: float, variant: Varian
                             extraction=variant.extraction or "rim", message=message)
 
 
+def template_mirror_check(completer: SkullCompleter, radius_mm: float = 25.0) -> dict[str, Any] | None:
+    """The undeformed sample skull (the repaired Cranium template) with a unilateral synthetic parietal defect:
+    the mirror method against the model, both through the rim-conforming stage, and the mirror's decode extraction."""
+    from SkullVAECompletionLib.io import read_mask
+    from training.template import template_paths
+
+    path = template_paths()["complete"]
+    if not path.exists():
+        log.warning("template %s not found; no mirror check on the sample skull", path)
+        return None
+    complete, matrix, _ = read_mask(path)
+    complete = np.asarray(complete) > 0
+    ras = np.argwhere(complete) @ matrix[:3, :3].T + matrix[:3, 3]
+    centre = 0.5 * (ras.min(axis=0) + ras.max(axis=0))
+    direction = np.array([-0.8, -0.2, 0.55])  # patient's right (the template's original side), parietal
+    direction /= np.linalg.norm(direction)
+    along = (ras - centre) @ direction
+    near_ray = np.linalg.norm((ras - centre) - along[:, None] * direction, axis=1) < 3.0
+    surface = ras[near_ray][np.argmax(along[near_ray])]
+    index = np.indices(complete.shape).reshape(3, -1).T @ matrix[:3, :3].T + matrix[:3, 3]
+    ball = (np.linalg.norm(index - surface, axis=1) <= radius_mm).reshape(complete.shape)
+    defective, truth = complete & ~ball, complete & ball
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    encoded = completer.encode(defective, matrix, name="template with a synthetic defect")
+    out: dict[str, Any] = {"defect": f"ball of {radius_mm:g} mm on the right parietal outer surface",
+                           "truth_ml": round(float(truth.sum() * np.prod(spacing) / 1000), 2)}
+    for label, method, extraction in (("mirror, rim", "mirror", "rim"), ("mirror, decode extraction", "mirror",
+                                      "decode"), ("model, rim", None, "rim")):
+        result = completer.complete(encoded, defect_type="cranial", method=method, extraction=extraction)
+        out[label] = {k: round(float(v), 4) for k, v in implant_metrics(result.implant, truth, defective,
+                                                                         spacing).items()}
+    return out
+
+
 def natural_openings_check(completer: SkullCompleter, test: VolumeSet) -> list[dict[str, Any]]:
     """Complete (defect-free) test skulls completed as cranial: every implant voxel here fills a natural opening."""
     rows = []
@@ -443,6 +477,7 @@ def evaluate_real_skull(bundle: ModelBundle, path: Path, out: Path, device: str)
     encoded = completer.encode(mask, matrix, name=str(path))
     result = completer.complete(encoded)
     decoded = completer.complete(encoded, extraction="decode")
+    mirrored = completer.complete(encoded, method="mirror")
     info: dict[str, Any] = {"file": str(path), "defect_type": result.defect_type, "detected": result.detected_type,
                             "confidence": round(result.confidence, 3), "gamma": result.gamma, "method": result.method,
                             "extraction": result.extraction, "implant_ml": round(result.implant_volume_ml, 2),
@@ -456,14 +491,17 @@ def evaluate_real_skull(bundle: ModelBundle, path: Path, out: Path, device: str)
         reference = np.asarray(reference) > 0
         if reference.shape == mask.shape and np.allclose(ref_matrix, matrix, atol=1e-3):
             for prefix, implant in (("symmetric_reference", result.implant),
-                                    ("decode_extraction_symmetric_reference", decoded.implant)):
+                                    ("decode_extraction_symmetric_reference", decoded.implant),
+                                    ("mirror_method_symmetric_reference", mirrored.implant)):
                 scores = implant_metrics(implant, reference, mask, spacing)
                 info.update({f"{prefix}_{k}": round(v, 4) for k, v in scores.items()})
             info["reference_ml"] = round(float(reference.sum() * np.prod(spacing) / 1000), 2)
         else:
             log.warning("the mirrored reference implant is on another grid than %s; no symmetric Dice", path)
             reference = None
-    rows = [("rim-fitted implant (default)", result.implant), ("decode extraction (the paper's way)", decoded.implant)]
+    rows = [("model + rim fit (default)", result.implant), ("model, decode extraction (the paper's way)",
+                                                             decoded.implant),
+            ("mirror method + rim fit", mirrored.implant)]
     if reference is not None:
         rows.append(("mirrored healthy side (reference)", reference.astype(np.uint8)))
     skull = _ras_ordered(mask, matrix)
@@ -544,6 +582,15 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
                   "view's edge.", "", "| skull | extraction | implant (ml) | message |", "|---|---|---|---|"]
         lines += [f"| {r['case_id']} | {r['extraction']} | {r['implant_ml']} | {r['message']} |" for r in openings]
         lines.append("")
+    template = results.get("template_mirror_check")
+    if template:
+        lines += ["## Mirror method on the undeformed sample skull", "",
+                  f"The repaired Cranium template with a synthetic unilateral defect ({template['defect']}, "
+                  f"{template['truth_ml']} ml):", "", "| method | DSC | bDSC | HD95 (mm) |", "|---|---|---|---|"]
+        for label in ("mirror, rim", "mirror, decode extraction", "model, rim"):
+            m = template[label]
+            lines.append(f"| {label} | {m['dsc']:.3f} | {m['bdsc']:.3f} | {m['hd95']:.2f} |")
+        lines.append("")
     check = results.get("resolution_check")
     if check:
         lines += ["## Resolution check", "",
@@ -570,7 +617,9 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
                       f"HD95 {real['symmetric_reference_hd95']:.1f} mm (decode extraction: DSC "
                       f"{real['decode_extraction_symmetric_reference_dsc']:.3f}, "
                       f"HD95 {real['decode_extraction_symmetric_reference_hd95']:.1f} mm, "
-                      f"{real['decode_extraction_implant_ml']} ml)."]
+                      f"{real['decode_extraction_implant_ml']} ml; mirror method: DSC "
+                      f"{real['mirror_method_symmetric_reference_dsc']:.3f}, "
+                      f"HD95 {real['mirror_method_symmetric_reference_hd95']:.1f} mm)."]
         lines += ["", "**Caveat:** this skull is not an unseen test case: its mirror-repaired version is the template "
                   "the whole training population was generated from.", "", f"![real skull]({real['figure']})", ""]
         if real.get("render"):
@@ -621,6 +670,7 @@ def evaluate(cfg: dict, bundle_dir: Path | None = None, out: Path | None = None,
         "primary_variant": variants[0].name,
         "natural_openings": natural_openings_check(variants[0].completer, data["test"]),
         "resolution_check": resolution_check(variants[0].completer, data["test"]),
+        "template_mirror_check": template_mirror_check(variants[0].completer),
         "detection": detection_accuracy(variants[0].completer, data["test"]),
         "detection_small_beta": detection_accuracy(small.completer, data["test"]) if small else None,
         "method_note": (f"The bundle's default method is **{method}** with γ = {bundle.default_gamma}: the best mean "

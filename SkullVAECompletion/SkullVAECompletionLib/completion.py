@@ -297,7 +297,7 @@ class SkullCompleter:
         if extraction == "rim" and chosen == "facial":
             # Rays from the cranial centre do not parameterise the face (several layers of bone on each ray).
             extraction = "decode"
-            logger.info("facial defect: the implant is the decoded bone (the rim fit is for the cranial vault)")
+            logger.debug("facial defect: the implant is the decoded bone (the rim fit is for the cranial vault)")
         if method == "mirror" and extraction == "decode":
             implant = mirror_implant(encoded.defective, encoded.mapping.ijk_to_ras)[0]
             message, holes, surface_field = "", [], None
