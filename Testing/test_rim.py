@@ -137,7 +137,7 @@ def test_harmonic_interpolation_reproduces_a_plane():
 def test_stl_follows_the_fitted_surfaces_and_is_closed(shell):
     defective, truth = holes_case(shell, ((-1.0, 0.1, 0.3), 24.0))
     fit = run(defective, shell[0], shell[1])
-    surface = mask_to_surface(fit.implant, shell[1], field=(fit.field_block, fit.field_lo))
+    surface = mask_to_surface(fit.implant, shell[1], field=fit.fields)
     topology = surface_topology(surface)
     assert topology["boundary_edges"] == 0 and topology["non_manifold_edges"] == 0
     # The surface wraps the implant's voxels: every vertex lies within a voxel of an implant voxel centre.

@@ -87,8 +87,8 @@ class CompletionResult:
     extraction: str = DEFAULT_EXTRACTION
     message: str = ""  # why the implant is empty or partial (e.g. "no defect found"); "" when all went well
     holes: list = field(default_factory=list)  # rim.Hole per defect found by the rim stage
-    # The rim stage's signed field (block, lo corner), > 0 exactly on the implant's voxels: its surface is the STL's.
-    implant_field: tuple | None = field(default=None, repr=False)
+    # The rim stage's signed fields [(block, lo corner)], > 0 exactly on the implant's voxels: the STL's surfaces.
+    implant_field: list | None = field(default=None, repr=False)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -465,17 +465,16 @@ def mirrored_expectation(encoded: EncodedSkull) -> tuple[np.ndarray, GridMapping
 def extract_implant(
     encoded: EncodedSkull, probability: np.ndarray, extraction: str, options: dict, smoothing: bool = True,
     expected_mapping: GridMapping | None = None,
-) -> tuple[np.ndarray, str, list, tuple | None]:
+) -> tuple[np.ndarray, str, list, list | None]:
     """The implant (uint8, input grid) cut from an expected skull, a message when it is empty or partial, the holes
-    and the rim stage's signed field (block, lo) when there is one.
+    and the rim stage's signed fields [(block, lo)] when there are any.
 
     ``probability``: the expected skull on the model grid (or on ``expected_mapping``'s grid, for "rim").
     """
     if extraction == "rim":
         fit = fit_implant(probability, encoded.defective, expected_mapping or encoded.mapping,
                           RimOptions.from_dict(options.get("rim")))
-        surface_field = (fit.field_block, fit.field_lo) if fit.field_block is not None else None
-        return fit.implant, fit.message, fit.holes, surface_field
+        return fit.implant, fit.message, fit.holes, fit.fields or None
     spacing = encoded.mapping.grid.spacing_mm
     region = implant_region(probability, encoded.model_input, spacing, encoded.distance_to_bone())
     implant = implant_at_input_resolution(probability, region, encoded.defective, encoded.mapping, smoothing)

@@ -245,37 +245,54 @@ def write_like(path: str | os.PathLike, array: np.ndarray, meta: VolumeMeta, ove
 
 
 def mask_to_surface(mask: np.ndarray, ijk_to_ras: np.ndarray, smoothing_iterations: int = 20,
-                    field: tuple[np.ndarray, np.ndarray] | None = None):
+                    field: list[tuple[np.ndarray, np.ndarray]] | None = None):
     """Closed triangle surface (vtkPolyData, RAS mm) of a binary mask, smoothed without shrinking.
 
-    ``field``: (block, lo corner) of a signed field that is > 0 exactly on the mask's voxels inside the block (the
-    rim-conforming stage's, :class:`~.rim.RimFit`): the surface is then its zero level set, sub-voxel and unsmoothed,
-    so the STL follows the same surfaces the voxels were cut from.
+    ``field``: [(block, lo corner)] of signed fields that are > 0 exactly on the mask's voxels inside each block (the
+    rim-conforming stage's, :class:`~.rim.RimFit`): the surface is then their zero level set, sub-voxel and
+    unsmoothed, so the STL follows the same surfaces the voxels were cut from.
     """
+    from vtkmodules.vtkFiltersCore import vtkAppendPolyData, vtkPolyDataNormals
+
+    if nonzero_bounds(mask) is None:
+        raise InputError("the implant is empty; there is no surface to export")
+    if field:
+        # Pad with "outside" so each surface closes at its block's border.
+        parts = [_block_surface(np.pad(np.asarray(block, np.float32), 1, constant_values=-1.0), lo, ijk_to_ras, None)
+                 for block, lo in field]
+    else:
+        bounds = nonzero_bounds(mask)
+        lo = np.maximum(bounds[0] - 2, 0)
+        hi = np.minimum(bounds[1] + 2, mask.shape)
+        # Pad by one voxel so the surface closes at the crop border.
+        block = np.pad(np.asarray(mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], dtype=np.uint8), 1)
+        parts = [_block_surface(block, lo, ijk_to_ras, smoothing_iterations)]
+    append = vtkAppendPolyData()
+    for part in parts:
+        append.AddInputData(part)
+    normals = vtkPolyDataNormals()  # consistent outward normals even when the matrix flips axes
+    normals.SetInputConnection(append.GetOutputPort())
+    normals.ConsistencyOn()
+    normals.AutoOrientNormalsOn()
+    normals.SplittingOff()
+    normals.Update()
+    return normals.GetOutput()
+
+
+def _block_surface(block: np.ndarray, lo: np.ndarray, ijk_to_ras: np.ndarray, smoothing_iterations: int | None):
+    """Surface of a padded block in RAS: a 0/1 mask smoothed (``smoothing_iterations``), or a float field's 0 level."""
     # The VTK modules this needs, not the `vtk` umbrella package: that import alone costs ~0.5 s per CLI call.
     from vtkmodules.util import numpy_support
     from vtkmodules.vtkCommonDataModel import vtkImageData
     from vtkmodules.vtkCommonMath import vtkMatrix4x4
     from vtkmodules.vtkCommonTransforms import vtkTransform
-    from vtkmodules.vtkFiltersCore import vtkFlyingEdges3D, vtkPolyDataNormals, vtkWindowedSincPolyDataFilter
+    from vtkmodules.vtkFiltersCore import vtkFlyingEdges3D, vtkWindowedSincPolyDataFilter
     from vtkmodules.vtkFiltersGeneral import vtkDiscreteFlyingEdges3D, vtkTransformPolyDataFilter
 
-    bounds = nonzero_bounds(mask)
-    if bounds is None:
-        raise InputError("the implant is empty; there is no surface to export")
-    if field is not None:
-        lo = np.asarray(field[1], dtype=int)
-        # Pad with "outside" so the surface closes at the block's border.
-        block = np.pad(np.asarray(field[0], dtype=np.float32), 1, constant_values=-1.0)
-    else:
-        lo = np.maximum(bounds[0] - 2, 0)
-        hi = np.minimum(bounds[1] + 2, mask.shape)
-        # Pad by one voxel so the surface closes at the crop border.
-        block = np.pad(np.asarray(mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], dtype=np.uint8), 1)
     image = vtkImageData()
     image.SetDimensions(*block.shape)
     image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(block.ravel(order="F"), deep=True))
-    if field is not None:
+    if smoothing_iterations is None:
         surface = vtkFlyingEdges3D()
         surface.SetValue(0, 0.0)
         last = surface
@@ -291,7 +308,7 @@ def mask_to_surface(mask: np.ndarray, ijk_to_ras: np.ndarray, smoothing_iteratio
     surface.SetInputData(image)
     # Block index → input index (undo crop and pad) → RAS.
     shift = np.eye(4)
-    shift[:3, 3] = lo - 1
+    shift[:3, 3] = np.asarray(lo) - 1
     matrix = vtkMatrix4x4()
     for row, values in enumerate(np.asarray(ijk_to_ras, dtype=float) @ shift):
         for column, value in enumerate(values):
@@ -301,13 +318,8 @@ def mask_to_surface(mask: np.ndarray, ijk_to_ras: np.ndarray, smoothing_iteratio
     to_ras = vtkTransformPolyDataFilter()
     to_ras.SetInputConnection(last.GetOutputPort())
     to_ras.SetTransform(transform)
-    normals = vtkPolyDataNormals()  # consistent outward normals even when the matrix flips axes
-    normals.SetInputConnection(to_ras.GetOutputPort())
-    normals.ConsistencyOn()
-    normals.AutoOrientNormalsOn()
-    normals.SplittingOff()
-    normals.Update()
-    return normals.GetOutput()
+    to_ras.Update()
+    return to_ras.GetOutput()
 
 
 DECIMATION_TOLERANCE_MM = 0.2  # a decimated surface stays this close (two-way Hausdorff) to the full one
@@ -430,13 +442,13 @@ def write_stl(
     coordinate_system: str = "LPS",
     overwrite: bool = False,
     max_triangles: int | None = None,
-    field: tuple[np.ndarray, np.ndarray] | None = None,
+    field: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Path:
     """Binary STL of the mask's surface in mm; LPS by default, as Slicer writes STL files.
 
     The surface is closed and manifold; ``max_triangles`` decimates it while it stays within
     :data:`DECIMATION_TOLERANCE_MM` of the full surface (see :func:`decimate_surface`). ``field``: the implant's
-    signed field, see :func:`mask_to_surface`.
+    signed fields, see :func:`mask_to_surface`.
     """
     from vtkmodules.vtkIOGeometry import vtkSTLWriter
 

@@ -40,6 +40,7 @@ from .geometry import GridMapping
 logger = logging.getLogger(__name__)
 
 SHAPE_SOURCES = ("decode", "rim")
+DETECTION_PRESENCE = 0.25  # thin bone broken into sub-voxel cracks (thin CT slices, resampling) still counts as bone
 VAULT_LEVEL = 0.4  # the vault: bone above this fraction of the skull's height
 
 
@@ -48,7 +49,8 @@ class RimOptions:
     """Parameters of the rim-conforming stage (stored in a bundle's ``completion_options["rim"]``)."""
 
     detection_step_deg: float = 2.0  # spacing of the directions that look for holes
-    detection_radial_step_mm: float = 1.0  # along the decode's 2–3 mm voxels; crossings are interpolated
+    detection_radial_step_mm: float = 0.5  # along the input's bone: thin bone is not stepped over
+    decode_step_mm: float = 1.0  # along the decode's 2–3 mm voxels (its surface crossings are interpolated)
     window_mm: float = 6.0  # bone is searched this far inside and outside the expected shell
     detection_depth_mm: float = 20.0  # a hole is bone-free from this far inside the expected shell outwards
     patch_step_mm: float = 0.8  # spacing of a hole's rays, as arc length at the shell
@@ -97,8 +99,8 @@ class RimFit:
     implant: np.ndarray  # uint8 (i, j, k), Fortran order, like the input
     holes: list[Hole] = field(default_factory=list)
     message: str = ""  # why the implant is empty or partial; "" when all went well
-    field_block: np.ndarray | None = None  # signed distance-like field (> 0 inside) on [field_lo, field_lo + shape)
-    field_lo: np.ndarray | None = None
+    # Per hole: a signed field (> 0 exactly on implant voxels) on its box, and the box's lo corner (input index).
+    fields: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
 @dataclass
@@ -227,10 +229,11 @@ class RayProfile:
 
 def input_profile(
     frame: Frame, directions: np.ndarray, expected_outer: np.ndarray, expected_inner: np.ndarray, window_mm: float,
-    radial_step_mm: float, order: int = 1, inward_mm: float | None = None,
+    radial_step_mm: float, order: int = 1, inward_mm: float | None = None, presence: float = 0.5,
 ) -> RayProfile:
     """The input's bone along each ray between ``expected_inner − inward`` and ``expected_outer + window``
-    (``inward`` defaults to ``window``)."""
+    (``inward`` defaults to ``window``). ``presence``: the interpolated bone fraction that counts as bone there (below
+    0.5 bridges cracks thinner than a voxel)."""
     start = np.nan_to_num(expected_inner, nan=0.0) - (window_mm if inward_mm is None else inward_mm)
     stop = np.nan_to_num(expected_outer, nan=0.0) + window_mm
     length = float(np.max(stop - start)) if len(start) else 0.0
@@ -240,7 +243,7 @@ def input_profile(
     values = _sample_input(frame, points, order)
     values[radii > stop[:, None]] = 0.0
     above = values >= 0.5
-    present = above.any(axis=1)
+    present = (values >= presence).any(axis=1) if presence < 0.5 else above.any(axis=1)
     # Outer table: the outermost crossing; inner table: the innermost one (the whole bone within the window).
     n_samples = values.shape[1]
     rows = np.arange(len(values))
@@ -275,7 +278,7 @@ class HoleSeeds:
 def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
     """Directions where the expected skull has shell and the input has no bone near it, grouped into holes."""
     directions = fibonacci_directions(options.detection_step_deg)
-    outer, inner = expected_shell(frame, directions, options.detection_radial_step_mm)
+    outer, inner = expected_shell(frame, directions, options.decode_step_mm)
     # Straight below the cranial cavity lie the skull base's openings (foramen magnum, jugular foramina):
     # never an implant site, and often cut by the field of view.
     has_shell = np.isfinite(outer) & (directions[:, 2] >= math.sin(math.radians(options.min_elevation_deg)))
@@ -285,7 +288,8 @@ def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
     # A hole in the vault lets a ray pass from the cranial cavity into the open; natural openings seen from the
     # centre (orbits, canals) have bone behind them, deeper along the ray.
     profile = input_profile(frame, directions[has_shell], outer[has_shell], inner[has_shell], options.window_mm,
-                            options.detection_radial_step_mm, order=0, inward_mm=options.detection_depth_mm)
+                            options.detection_radial_step_mm, inward_mm=options.detection_depth_mm,
+                            presence=DETECTION_PRESENCE)
     # Defects are found where bone is missing; sunken bone next to them (a depressed fracture) joins them in
     # fit_hole, measured against the rim. Sunken bone alone is no evidence: a decode may lie millimetres off.
     open_ray = np.zeros(len(directions), bool)
@@ -428,7 +432,7 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
     seed_outer = seeds.expected_outer[members]
     search = (max(0.0, float(np.nanmin(seed_outer)) - options.patch_margin_mm - 30.0),
               float(np.nanmax(seed_outer)) + options.patch_margin_mm + 10.0)
-    exp_outer, exp_inner = expected_shell(frame, directions, options.detection_radial_step_mm, search)
+    exp_outer, exp_inner = expected_shell(frame, directions, options.decode_step_mm, search)
     exp_outer, exp_inner = exp_outer.reshape(shape), exp_inner.reshape(shape)
     # Where the decode has no shell on a ray, carry its surfaces over from the neighbours.
     has_shell = np.isfinite(exp_outer)
@@ -514,40 +518,35 @@ def _bilinear(grid: np.ndarray, coordinates: np.ndarray) -> np.ndarray:
                                    mode="nearest")
 
 
-def voxelise(frame: Frame, fits: list[PatchFit]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Implant voxels of all fitted holes on the input grid: (implant block, its signed field, block lo corner).
+def voxelise(frame: Frame, fit: PatchFit) -> tuple[np.ndarray, np.ndarray]:
+    """One hole's implant on the input grid as a signed field on its own box: (field block, box lo corner).
 
-    The field is > 0 inside: min(r − inner, outer − r, distance into the filled directions), in mm; input bone
-    is outside the implant.
+    The field is > 0 exactly on implant voxels: min(r − inner, outer − r, distance into the filled directions) in
+    mm, and negative on the input's bone. Each hole gets its own box, so distant holes never span the volume.
     """
-    corners = []
-    for fit in fits:
-        directions = fit.patch.directions()[fit.fill]
-        for radius in (np.nanmin(fit.inner[fit.fill]) - 2.0, np.nanmax(fit.outer[fit.fill]) + 2.0):
-            corners.append(_to_input_index(frame, frame.centre + directions * radius))
-    corners = np.concatenate(corners)
+    directions = fit.patch.directions()[fit.fill]
+    low = float(np.nanmin(fit.inner[fit.fill])) - 1.0
+    high = float(np.nanmax(fit.outer[fit.fill])) + 1.0
+    corners = np.concatenate([_to_input_index(frame, frame.centre + directions * radius) for radius in
+                              (low - 1.0, high + 1.0)])
     limit = frame.input_shape.astype(int)
     lo = np.clip(np.floor(corners.min(axis=0)).astype(int) - 1, 0, limit)
     hi = np.clip(np.ceil(corners.max(axis=0)).astype(int) + 2, 0, limit)
     shape = tuple(int(v) for v in np.maximum(hi - lo, 0))
     block_field = np.full(shape, -1.0, np.float32, order="F")
     if 0 in shape:
-        return np.zeros(shape, np.uint8, order="F"), block_field, lo
+        return block_field, lo
     input_to_mm = np.linalg.inv(frame.mm_to_input)
     axes = [np.arange(lo[a], hi[a], dtype=np.float32) for a in range(3)]
-    # Vector from the centre for every voxel of the block, built separably (no index meshgrid).
+    # Vector from the centre for every voxel of the box, built separably (no index meshgrid).
     vector = [
         input_to_mm[row, 0] * axes[0][:, None, None] + input_to_mm[row, 1] * axes[1][None, :, None]
-        + input_to_mm[row, 2] * axes[2][None, None, :] + (input_to_mm[row, 3] - frame.centre[row])
+        + input_to_mm[row, 2] * axes[2][None, None, :] + np.float32(input_to_mm[row, 3] - frame.centre[row])
         for row in range(3)
     ]
     radius = np.sqrt(vector[0] ** 2 + vector[1] ** 2 + vector[2] ** 2)
-    for fit in fits:
-        low = float(np.nanmin(fit.inner[fit.fill])) - 1.0
-        high = float(np.nanmax(fit.outer[fit.fill])) + 1.0
-        candidates = np.flatnonzero(((radius >= low) & (radius <= high)).ravel(order="F"))
-        if candidates.size == 0:
-            continue
+    candidates = np.flatnonzero(((radius >= low) & (radius <= high)).ravel(order="F"))
+    if candidates.size:
         index = np.unravel_index(candidates, shape, order="F")
         points = np.stack([v[index] for v in vector], axis=1)
         grid = fit.patch.grid_coordinates(points)
@@ -556,11 +555,10 @@ def voxelise(frame: Frame, fits: list[PatchFit]) -> tuple[np.ndarray, np.ndarray
         fill_depth = (_bilinear(fit.fill.astype(np.float32), grid) - 0.5) * pixel_mm
         value = np.minimum(np.minimum(r - _bilinear(fit.inner, grid), _bilinear(fit.outer, grid) - r), fill_depth)
         value[np.any((grid < 0) | (grid > fit.patch.size - 1), axis=1)] = -1.0
-        current = block_field[index]
-        block_field[index] = np.maximum(current, value)
+        block_field[index] = value
     bone = frame.defective[lo[0]: hi[0], lo[1]: hi[1], lo[2]: hi[2]].astype(bool)
     block_field[bone] = np.minimum(block_field[bone], -0.5)
-    return np.asfortranarray((block_field > 0).astype(np.uint8)), block_field, lo
+    return block_field, lo
 
 
 # ----------------------------------------------------------------------------------------------- the stage
@@ -601,9 +599,10 @@ def fit_implant(expected: np.ndarray, defective: np.ndarray, mapping: GridMappin
             messages.append(outcome)
     if not fits:
         return RimFit(implant, message="; ".join(messages) or "no defect found")
-    block, block_field, lo = voxelise(frame, fits)
-    hi = lo + np.asarray(block.shape)
-    implant[lo[0]: hi[0], lo[1]: hi[1], lo[2]: hi[2]] = block
+    fields = [voxelise(frame, fit) for fit in fits]
+    for block_field, lo in fields:
+        hi = lo + np.asarray(block_field.shape)
+        implant[lo[0]: hi[0], lo[1]: hi[1], lo[2]: hi[2]] |= (block_field > 0).view(np.uint8)
     holes = [fit.hole for fit in fits]
     logger.debug("rim fit: %d hole(s), areas %s mm²", len(holes), [round(h.area_mm2) for h in holes])
-    return RimFit(implant, holes, "; ".join(messages), block_field, lo)
+    return RimFit(implant, holes, "; ".join(messages), fields)
