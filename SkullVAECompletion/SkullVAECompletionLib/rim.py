@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -78,9 +78,6 @@ class RimOptions:
     def from_dict(cls, data: dict[str, Any] | None) -> RimOptions:
         return build_config(cls, data or {}, "rim options")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
 
 @dataclass
 class Hole:
@@ -88,8 +85,8 @@ class Hole:
 
     direction: np.ndarray  # unit vector (model frame) through the hole's middle
     area_mm2: float  # at the expected outer surface
-    kind: str = "missing"  # "missing" bone, or "depressed" bone joined to it
-    depressed_mm2: float = 0.0
+    kind: str = "missing"  # "missing" bone, or "depressed": sunken bone (≥ min_hole_mm2) inside the defect
+    sunken_mm2: float = 0.0  # area of the directions where the defect still has (sunken) bone
 
 
 @dataclass
@@ -113,7 +110,7 @@ class Frame:
     defective: np.ndarray  # input grid, uint8 view
     mm_to_input: np.ndarray  # 4×4: model mm → input index
     input_shape: np.ndarray
-    reach_mm: float = 0.0  # distance from the centre to the farthest expected bone
+    reach_mm: float  # distance from the centre to the farthest expected bone
 
 
 # ----------------------------------------------------------------------------------------------- directions
@@ -129,12 +126,12 @@ def fibonacci_directions(step_deg: float) -> np.ndarray:
 
 
 def neighbour_graph(directions: np.ndarray, step_deg: float) -> sparse.csr_matrix:
-    """Directions closer than 1.6 steps are neighbours."""
+    """Symmetric adjacency of the directions closer than 1.6 steps."""
     reach = 2.0 * math.sin(math.radians(1.6 * step_deg) / 2.0)
     pairs = cKDTree(directions).query_pairs(reach, output_type="ndarray")
     n = len(directions)
-    ones = np.ones(len(pairs), dtype=np.int8)
-    return sparse.coo_matrix((ones, (pairs[:, 0], pairs[:, 1])), shape=(n, n)).tocsr()
+    rows, cols = np.r_[pairs[:, 0], pairs[:, 1]], np.r_[pairs[:, 1], pairs[:, 0]]
+    return sparse.coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n)).tocsr()
 
 
 # ----------------------------------------------------------------------------------------------- profiles
@@ -298,7 +295,6 @@ def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
     if not open_ray.any():
         return HoleSeeds(directions, labels, outer, 0, shell_fraction)
     graph = neighbour_graph(directions, options.detection_step_deg)
-    graph = graph + graph.T
     # A defect has a core: directions whose neighbours are all bone-free. Slivers where the decode's surface is
     # merely offset from the patient's, or where it blurs over a natural opening's edge, have none.
     closed_neighbours = graph @ (~open_ray).astype(np.int32)
