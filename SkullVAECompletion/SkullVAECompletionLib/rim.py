@@ -48,13 +48,13 @@ VAULT_LEVEL = 0.4  # the vault: bone above this fraction of the skull's height
 class RimOptions:
     """Parameters of the rim-conforming stage (stored in a bundle's ``completion_options["rim"]``)."""
 
-    detection_step_deg: float = 2.0  # spacing of the directions that look for holes
+    detection_step_deg: float = 2.5  # spacing of the directions that look for holes
     detection_radial_step_mm: float = 0.5  # along the input's bone: thin bone is not stepped over
-    decode_step_mm: float = 1.0  # along the decode's 2–3 mm voxels (its surface crossings are interpolated)
+    decode_step_mm: float = 2.0  # along the decode's 2–3 mm voxels (its surface crossings are interpolated)
     window_mm: float = 6.0  # bone is searched this far inside and outside the expected shell
     detection_depth_mm: float = 20.0  # a hole is bone-free from this far inside the expected shell outwards
-    patch_step_mm: float = 0.8  # spacing of a hole's rays, as arc length at the shell
-    radial_step_mm: float = 0.25  # sampling step along a hole's rays (sub-voxel radii by interpolation)
+    patch_step_mm: float = 1.0  # spacing of a hole's rays, as arc length at the shell
+    radial_step_mm: float = 0.5  # sampling step along a hole's rays (sub-sample radii by interpolated crossings)
     patch_margin_mm: float = 12.0  # intact bone measured around each hole
     rim_band_mm: float = 1.5  # the implant reaches this far past the bone-free directions, into the rim's bevel
     rim_skip_mm: float = 3.0  # rays this close to a hole may graze its edge: their radii are re-estimated
@@ -208,7 +208,8 @@ def expected_shell(frame: Frame, directions: np.ndarray, radial_step_mm: float,
 
     ``radii_mm``: the range of radii to search (default: from the centre to the farthest expected bone).
     """
-    low, high = radii_mm if radii_mm is not None else (0.0, frame.reach_mm)
+    # No bone lies in the middle of the cranial cavity: start a quarter of the way out.
+    low, high = radii_mm if radii_mm is not None else (0.25 * frame.reach_mm, frame.reach_mm)
     radii = np.arange(low, high + radial_step_mm, radial_step_mm, dtype=np.float32)
     points = frame.centre + directions[:, None, :] * radii[None, :, None]
     return _segment_ends(_sample_model(frame, points), radii)
@@ -282,15 +283,19 @@ def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
     labels = np.full(len(directions), -1)
     if not has_shell.any():
         return HoleSeeds(directions, labels, outer, 0, 0.0)
-    # A hole in the vault lets a ray pass from the cranial cavity into the open; natural openings seen from the
-    # centre (orbits, canals) have bone behind them, deeper along the ray.
-    profile = input_profile(frame, directions[has_shell], outer[has_shell], inner[has_shell], options.window_mm,
-                            options.detection_radial_step_mm, inward_mm=options.detection_depth_mm,
-                            presence=DETECTION_PRESENCE)
     # Defects are found where bone is missing; sunken bone next to them (a depressed fracture) joins them in
     # fit_hole, measured against the rim. Sunken bone alone is no evidence: a decode may lie millimetres off.
+    candidates = np.flatnonzero(has_shell)
+    profile = input_profile(frame, directions[candidates], outer[candidates], inner[candidates], options.window_mm,
+                            options.detection_radial_step_mm, presence=DETECTION_PRESENCE)
+    candidates = candidates[~profile.present & profile.in_view]
+    # A hole in the vault lets a ray pass from the cranial cavity into the open; natural openings seen from the
+    # centre (orbits, canals) have bone behind them, deeper along the ray (checked on the few bone-free rays only).
+    deep = input_profile(frame, directions[candidates], outer[candidates], inner[candidates], options.window_mm,
+                         options.detection_radial_step_mm, inward_mm=options.detection_depth_mm,
+                         presence=DETECTION_PRESENCE)
     open_ray = np.zeros(len(directions), bool)
-    open_ray[np.flatnonzero(has_shell)[~profile.present & profile.in_view]] = True
+    open_ray[candidates[~deep.present]] = True
     shell_fraction = float(open_ray.sum() / max(1, has_shell.sum()))
     if not open_ray.any():
         return HoleSeeds(directions, labels, outer, 0, shell_fraction)
