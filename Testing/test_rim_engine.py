@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from SkullVAECompletionLib.cli import main
+from SkullVAECompletionLib.completion import SkullCompleter
+from SkullVAECompletionLib.design import DesignOptions, apply_design
 from SkullVAECompletionLib.errors import InputError
-from SkullVAECompletionLib.io import write_mask
+from SkullVAECompletionLib.io import mask_to_surface, read_mask, surface_topology, write_mask
 from SkullVAECompletionLib.metrics import dice
 from SkullVAECompletionLib.synthetic import centred_ijk_to_ras, cranial_defect, skull_shell
 
@@ -71,3 +73,32 @@ def test_mirror_method_completes_a_unilateral_defect(completer):
     crossing = completer.encode((complete & ~across).astype(np.uint8), matrix)
     with pytest.raises(InputError, match="crosses the mid-sagittal plane"):
         completer.complete(crossing, method="mirror")
+
+
+@pytest.fixture(scope="module")
+def real_skull_completion():
+    """The shipped real skull (Cranium sample) completed by the bundled model with the defaults."""
+    from SkullVAECompletionLib.bundle import resources_dir
+
+    mask, matrix, _ = read_mask(resources_dir() / "SampleData" / "CraniumSkull.nrrd")
+    bone = np.asarray(mask) > 0
+    return bone, matrix, SkullCompleter(device="cpu").run(bone, matrix, defect_type="cranial")
+
+
+def test_real_skull_gets_one_rim_fitted_implant_in_its_defect(real_skull_completion):
+    bone, matrix, result = real_skull_completion
+    assert result.extraction == "rim" and len(result.holes) == 1, result.message
+    assert 4.0 < result.implant_volume_ml < 20.0
+    # The real defect is fronto-temporal on the low-x (patient's right) side, index z ≈ 50–85, y ≈ 163–205.
+    centre = np.argwhere(result.implant).mean(axis=0)
+    assert centre[0] < bone.shape[0] / 2 and 150 < centre[1] < 215 and 45 < centre[2] < 95
+
+
+@pytest.mark.parametrize("options", [{}, {"flange_mm": 5.0}, {"thickness_mm": 3.0}, {"clearance_mm": 1.0}])
+def test_real_skull_stl_is_closed_and_manifold_with_each_design_option(real_skull_completion, options):
+    bone, matrix, result = real_skull_completion
+    designed, _ = apply_design(result, bone, matrix, DesignOptions(**options))
+    surface_field = None if DesignOptions(**options).changes_shape else designed.implant_field
+    topology = surface_topology(mask_to_surface(designed.implant, matrix, field=surface_field))
+    assert topology["triangles"] > 1000
+    assert topology["boundary_edges"] == 0 and topology["non_manifold_edges"] == 0, options
