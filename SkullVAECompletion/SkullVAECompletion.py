@@ -453,7 +453,8 @@ class SkullVAECompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         if self.logic.isRunning or self._outputNode is None or self._outputNode.GetScene() is None:
             return
         with slicer.util.tryWithErrorDisplay(_("Preview failed."), waitCursor=True):
-            self.logic.updateGamma(self._outputNode, self.ui.gammaSliderWidget.value, updateUncertainty=False)
+            self.logic.updateGamma(self._outputNode, self.ui.gammaSliderWidget.value, updateUncertainty=False,
+                                   measureFit=False)
             self.ui.statusLabel.text = self.logic.lastResult.statusText()
 
 
@@ -671,8 +672,12 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
 
     def updateGamma(self, segmentationNode: Any, gamma: float, defectType: str | None = None,
                     progress: mrml.ProgressCallback | None = None,
-                    updateUncertainty: bool = True) -> mrml.CompletionSummary:
-        """Re-decode with another γ (cached encoding) and replace the segments of ``segmentationNode`` in place."""
+                    updateUncertainty: bool = True, measureFit: bool = True) -> mrml.CompletionSummary:
+        """Re-decode with another γ (cached encoding) and replace the segments of ``segmentationNode`` in place.
+
+        ``measureFit=False`` (the γ slider's live preview) skips the fit report and the distance map, which cost
+        more than the completion itself on sub-millimetre scans; they are measured again by the next full update.
+        """
         session = self._session(segmentationNode)
         start = time.perf_counter()
         self.isRunning = True
@@ -686,14 +691,19 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
                     uncertainty_samples=samples, progress=engineProgress, method=session.method,
                     extraction=session.extraction)
                 return completion, _designAndFit(completion, session.design, session.inputMask.ijkToRas,
-                                                 session.distanceModelId is not None)
+                                                 session.distanceModelId is not None, measureFit)
 
             completion, (result, fit, surface) = mrml.runBlocking(
                 work, progress, lambda: self._cancelRequested, _processEvents(), self.useWorkerThread)
             mrml.updateResultSegments(segmentationNode, result, session.inputMask.ijkToRas)
             session.defectType = chosenType
             session.completion = completion
-            distanceNode = self._updateDistanceModel(segmentationNode, session, surface)
+            if measureFit:
+                distanceNode = self._updateDistanceModel(segmentationNode, session, surface)
+            else:  # hidden until measured again: it describes the previous implant
+                distanceNode = segmentationNode.GetScene().GetNodeByID(session.distanceModelId or "")
+                if distanceNode is not None and distanceNode.GetDisplayNode() is not None:
+                    distanceNode.GetDisplayNode().SetVisibility(False)
             uncertaintyNode = None
             if session.uncertaintyNodeId:
                 uncertaintyNode = segmentationNode.GetScene().GetNodeByID(session.uncertaintyNodeId)
@@ -776,6 +786,8 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
             session.distanceModelId = node.GetID()
         else:
             node.SetAndObservePolyData(surface)
+            if node.GetDisplayNode() is not None:
+                node.GetDisplayNode().SetVisibility(True)  # a γ preview may have hidden it
         return node
 
     @staticmethod
@@ -818,11 +830,11 @@ def _processEvents() -> Any:
 
 
 def _designAndFit(completion: Any, design: DesignOptions | None, ijkToRas: np.ndarray,
-                  withSurface: bool) -> tuple[Any, Any, Any]:
+                  withSurface: bool, measure: bool = True) -> tuple[Any, Any, Any]:
     """Engine side of the design step (no MRML: it may run in the worker thread).
 
     Returns the designed result (completed = input ∪ designed implant), its fit report and, if asked for, the
-    implant surface carrying the distance-to-skull array (None for an empty implant).
+    implant surface carrying the distance-to-skull array (both None for an empty implant or without ``measure``).
     """
     from SkullVAECompletionLib.design import DesignOptions, apply_design  # noqa: PLC0415
     from SkullVAECompletionLib.fit import fit_report  # noqa: PLC0415
@@ -830,7 +842,7 @@ def _designAndFit(completion: Any, design: DesignOptions | None, ijkToRas: np.nd
 
     defective = completion.completed.astype(bool) & ~completion.implant.astype(bool)
     result, _ = apply_design(completion, defective, ijkToRas, design or DesignOptions())
-    if not np.any(result.implant):
+    if not measure or not np.any(result.implant):
         return result, None, None
     surface = mask_to_surface(result.implant, ijkToRas) if withSurface else None
     fit = fit_report(result.implant, defective, ijkToRas, defect=completion.implant, surface=surface)

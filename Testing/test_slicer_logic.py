@@ -324,3 +324,16 @@ def test_method_and_extraction_reach_the_engine_and_the_node(scene, fake_logic, 
     node = real_logic.process(addLabelmap(scene, defective, ijkToRas, name="rim"), defectType="cranial")
     assert node.GetAttribute("SkullVAECompletion.Extraction") == "rim"
     assert real_logic.lastResult.result.implant.any() or node.GetAttribute("SkullVAECompletion.Message")
+
+
+def test_gamma_preview_skips_the_fit_and_hides_the_stale_distance_map(scene, fake_logic):
+    shape, ijkToRas = GEOMETRIES["ras_3mm"]
+    defective, _ = module.makeSyntheticSkull(shape, ijkToRas)
+    result = fake_logic.process(addLabelmap(scene, defective, ijkToRas), gamma=1.0)
+    distance = fake_logic.lastResult.distanceModelNode
+    assert distance is not None and fake_logic.lastResult.fit is not None
+    preview = fake_logic.updateGamma(result, 0.7, updateUncertainty=False, measureFit=False)
+    assert preview.fit is None and "fit not measured" in preview.statusText()
+    assert not distance.GetDisplayNode().GetVisibility(), "the distance map of the previous implant is hidden"
+    full = fake_logic.updateGamma(result, 0.7)
+    assert full.fit is not None and distance.GetDisplayNode().GetVisibility()

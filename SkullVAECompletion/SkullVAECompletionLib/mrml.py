@@ -327,6 +327,8 @@ class CompletionSummary:
         thickness = ""
         if self.fit is not None and self.fit.thickness_mm is not None:
             thickness = f", thickness {self.fit.thickness_mm['median']:.1f} mm"
+        elif self.fit is None and self.implantVolumeMl > 0:
+            thickness = " (fit not measured)"
         message = getattr(self.result, "message", "")
         return (
             f"Detected: {detected} ({100 * self.confidence:.0f}% confidence); completed as "
