@@ -23,8 +23,11 @@ All geometry is in "model millimetres": the model grid's index times its spacing
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 SHAPE_SOURCES = ("decode", "rim")
 DETECTION_PRESENCE = 0.25  # thin bone broken into sub-voxel cracks (thin CT slices, resampling) still counts as bone
+SAMPLING_THREADS = max(1, min(4, os.cpu_count() or 1))
 VAULT_LEVEL = 0.4  # the vault: bone above this fraction of the skull's height
 
 
@@ -115,6 +119,14 @@ class Frame:
 
 # ----------------------------------------------------------------------------------------------- directions
 
+@functools.lru_cache(maxsize=4)
+def detection_sphere(step_deg: float) -> tuple[np.ndarray, sparse.csr_matrix]:
+    """The detection directions and their neighbour graph (the same for every skull and γ: built once)."""
+    directions = fibonacci_directions(step_deg)
+    directions.flags.writeable = False
+    return directions, neighbour_graph(directions, step_deg)
+
+
 def fibonacci_directions(step_deg: float) -> np.ndarray:
     """Nearly uniform unit vectors about ``step_deg`` apart (Fibonacci sphere)."""
     count = max(64, int(round(4.0 * math.pi / math.radians(step_deg) ** 2)))
@@ -153,10 +165,25 @@ def cranial_centre(expected: np.ndarray, spacing: float) -> np.ndarray | None:
     return np.clip(solution[:3], points.min(axis=0), points.max(axis=0))
 
 
+def sample(volume: np.ndarray, coordinates: np.ndarray, order: int = 1, mode: str = "constant") -> np.ndarray:
+    """``ndimage.map_coordinates`` (float32 out; 0 outside in the default mode) over chunks in parallel threads.
+
+    scipy releases the GIL while it interpolates, so the rays' samples (10⁵–10⁶ points) are split across the cores.
+    """
+    chunks = np.array_split(coordinates, min(SAMPLING_THREADS, max(1, coordinates.shape[1] // 50_000)), axis=1)
+
+    def run(chunk: np.ndarray) -> np.ndarray:
+        return ndimage.map_coordinates(volume, chunk, order=order, mode=mode, cval=0, output=np.float32)
+
+    if len(chunks) == 1:
+        return run(coordinates)
+    with ThreadPoolExecutor(len(chunks)) as pool:
+        return np.concatenate(list(pool.map(run, chunks)))
+
+
 def _sample_model(frame: Frame, points_mm: np.ndarray) -> np.ndarray:
     coordinates = (points_mm / frame.spacing).reshape(-1, 3).T
-    values = ndimage.map_coordinates(frame.expected, coordinates, order=1, mode="constant", cval=0.0)
-    return values.reshape(points_mm.shape[:-1])
+    return sample(frame.expected, coordinates).reshape(points_mm.shape[:-1])
 
 
 def _to_input_index(frame: Frame, points_mm: np.ndarray) -> np.ndarray:
@@ -166,9 +193,7 @@ def _to_input_index(frame: Frame, points_mm: np.ndarray) -> np.ndarray:
 
 def _sample_input(frame: Frame, points_mm: np.ndarray, order: int) -> np.ndarray:
     coordinates = _to_input_index(frame, points_mm).reshape(-1, 3).T
-    values = ndimage.map_coordinates(frame.defective, coordinates, order=order, mode="constant", cval=0,
-                                     output=np.float32)
-    return values.reshape(points_mm.shape[:-1])
+    return sample(frame.defective, coordinates, order).reshape(points_mm.shape[:-1])
 
 
 def _inside_input(frame: Frame, points_mm: np.ndarray) -> np.ndarray:
@@ -275,7 +300,7 @@ class HoleSeeds:
 
 def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
     """Directions where the expected skull has shell and the input has no bone near it, grouped into holes."""
-    directions = fibonacci_directions(options.detection_step_deg)
+    directions, graph = detection_sphere(options.detection_step_deg)
     outer, inner = expected_shell(frame, directions, options.decode_step_mm)
     # Straight below the cranial cavity lie the skull base's openings (foramen magnum, jugular foramina):
     # never an implant site, and often cut by the field of view.
@@ -299,7 +324,6 @@ def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
     shell_fraction = float(open_ray.sum() / max(1, has_shell.sum()))
     if not open_ray.any():
         return HoleSeeds(directions, labels, outer, 0, shell_fraction)
-    graph = neighbour_graph(directions, options.detection_step_deg)
     # A defect has a core: directions whose neighbours are all bone-free. Slivers where the decode's surface is
     # merely offset from the patient's, or where it blurs over a natural opening's edge, have none.
     closed_neighbours = graph @ (~open_ray).astype(np.int32)
@@ -515,8 +539,7 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
 # ----------------------------------------------------------------------------------------------- voxels
 
 def _bilinear(grid: np.ndarray, coordinates: np.ndarray) -> np.ndarray:
-    return ndimage.map_coordinates(np.nan_to_num(grid, nan=0.0).astype(np.float32), coordinates.T, order=1,
-                                   mode="nearest")
+    return sample(np.nan_to_num(grid, nan=0.0).astype(np.float32), coordinates.T, mode="nearest")
 
 
 def voxelise(frame: Frame, fit: PatchFit) -> tuple[np.ndarray, np.ndarray]:
