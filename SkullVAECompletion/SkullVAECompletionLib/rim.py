@@ -432,6 +432,13 @@ def interpolate_surface(values: np.ndarray, known: np.ndarray) -> np.ndarray:
     return result.reshape(values.shape)
 
 
+def components_touching(mask: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """The connected components of ``mask`` that have at least one pixel in ``region``."""
+    labels, _ = ndimage.label(mask)
+    touching = np.unique(labels[region & mask])
+    return np.isin(labels, touching[touching > 0])
+
+
 @dataclass
 class PatchFit:
     """Surfaces over one hole, on its patch."""
@@ -443,8 +450,26 @@ class PatchFit:
     hole: Hole
 
 
-def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) -> PatchFit | str:
-    """Measure the rim around one hole and interpolate the implant's surfaces across it (or say why not)."""
+@dataclass
+class PatchProfile:
+    """What the rays of a hole's patch see: the expected shell and the input's bone, on the (lat, lon) grid."""
+
+    patch: Patch
+    radius: float  # typical outer radius of the expected shell here (mm)
+    expected_outer: np.ndarray  # the decode's outer surface, smoothed (mm)
+    present: np.ndarray  # the input has bone near the expected shell
+    in_view: np.ndarray
+    outer: np.ndarray  # the input's outer and inner table radii (mm, NaN without bone)
+    inner: np.ndarray
+    hole: np.ndarray  # the defect's bone-free directions (and the bone they enclose)
+
+    @property
+    def pixel_mm(self) -> float:
+        return self.patch.step * self.radius
+
+
+def measure_patch(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) -> PatchProfile | str:
+    """Rays over one coarse hole and its intact surroundings: the expected shell, the input's tables, the hole."""
     members = seeds.labels == label
     radius = float(np.nanmedian(seeds.expected_outer[members]))
     patch = patch_for(seeds.directions[members], radius, options)
@@ -457,8 +482,8 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
     seed_outer = seeds.expected_outer[members]
     search = (max(0.0, float(np.nanmin(seed_outer)) - options.patch_margin_mm - 30.0),
               float(np.nanmax(seed_outer)) + options.patch_margin_mm + 10.0)
-    exp_outer, exp_inner = expected_shell(frame, directions, options.decode_step_mm, search)
-    exp_outer, exp_inner = exp_outer.reshape(shape), exp_inner.reshape(shape)
+    exp_outer, exp_inner = (values.reshape(shape) for values in
+                            expected_shell(frame, directions, options.decode_step_mm, search))
     # Where the decode has no shell on a ray, carry its surfaces over from the neighbours.
     has_shell = np.isfinite(exp_outer)
     if not has_shell.any():
@@ -475,25 +500,31 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
         exp_inner = ndimage.gaussian_filter(exp_inner, sigma, mode="nearest")
     profile = input_profile(frame, directions, exp_outer.ravel(), exp_inner.ravel(), options.window_mm,
                             options.radial_step_mm)
-    present = profile.present.reshape(shape)
-    in_view = profile.in_view.reshape(shape)
-    outer = profile.outer.reshape(shape)
-    inner = profile.inner.reshape(shape)
+    present, in_view = profile.present.reshape(shape), profile.in_view.reshape(shape)
     # The hole on the patch: bone-free, in view, connected to this hole's coarse directions.
-    open_ray = ~present & in_view & defined
     seed = np.zeros(shape, bool)
     coordinates = np.rint(patch.grid_coordinates(seeds.directions[members])).astype(int)
     inside = np.all((coordinates >= 0) & (coordinates < patch.size), axis=1)
     seed[coordinates[inside, 0], coordinates[inside, 1]] = True
     seed = ndimage.binary_dilation(seed, iterations=max(1, int(round(
         math.radians(options.detection_step_deg) * radius / pixel_mm))))
-    labels, _ = ndimage.label(open_ray)
-    hole = np.isin(labels, np.unique(labels[seed & open_ray])) & open_ray
-    if not hole.any():
-        return ""
+    hole = components_touching(~present & in_view & defined, seed)
     # Bone enclosed by missing bone (a depressed or loose fragment, a bridge) lies inside the defect: the surfaces
     # are fitted to the rim outside it; the fragment itself stays as it is (the implant never covers input bone).
     hole = ndimage.binary_fill_holes(hole)
+    return PatchProfile(patch, radius, exp_outer, present, in_view, profile.outer.reshape(shape),
+                        profile.inner.reshape(shape), hole)
+
+
+def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) -> PatchFit | str:
+    """Measure the rim around one hole and interpolate the implant's surfaces across it (or say why not)."""
+    measured = measure_patch(frame, seeds, label, options)
+    if isinstance(measured, str):
+        return measured
+    if not measured.hole.any():
+        return ""
+    present, outer, inner, hole = measured.present, measured.outer, measured.inner, measured.hole
+    pixel_mm = measured.pixel_mm
     thickness = outer - inner
     plausible = present & (thickness >= options.min_thickness_mm) & (thickness <= options.max_thickness_mm)
     band = max(1, int(round(options.rim_band_mm / pixel_mm)))
@@ -501,12 +532,12 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
     smoothing = options.shape_smoothing_mm / pixel_mm
     # The decode's outer surface carries the shape across the hole; its inner surface does not (a blurred decode
     # is thin where it fills a hole), so the bone's thickness is carried over from the rim instead.
-    base_outer = exp_outer if options.shape == "decode" else np.zeros(shape)
-    depressed = np.zeros(shape, bool)
+    base_outer = measured.expected_outer if options.shape == "decode" else np.zeros(hole.shape)
+    depressed = np.zeros(hole.shape, bool)
     reliable = plausible
     for _ in range(2):  # second pass: depressed bone joins the defect, outliers are re-estimated
         defect = hole | depressed
-        known = reliable & ~ndimage.binary_dilation(defect, iterations=skip) & in_view
+        known = reliable & ~ndimage.binary_dilation(defect, iterations=skip) & measured.in_view
         if not known.any():
             return "no intact bone around a bone-free region to fit the implant to"
         fit_outer = interpolate_surface(outer - base_outer, known) + base_outer
@@ -518,22 +549,19 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
             np.abs(thickness - smooth_thickness) <= options.outlier_mm)
         sunken = present & (outer < smooth_outer - options.depression_mm)
         # Sunken bone next to the missing bone (a depressed fracture's fragments) joins the defect.
-        sunken_labels, _ = ndimage.label(sunken)
-        touching = np.unique(sunken_labels[ndimage.binary_dilation(hole, iterations=skip + 1) & sunken])
-        depressed = np.isin(sunken_labels, touching[touching > 0])
+        depressed = components_touching(sunken, ndimage.binary_dilation(hole, iterations=skip + 1))
     fit_inner = fit_outer - fit_thickness
     defect = hole | depressed
     # Rays next to the defect that cross only part of the bone (a cut oblique to the rays, a bevel) get the rest.
     partial = present & ((outer < fit_outer - options.outlier_mm) | (inner > fit_inner + options.outlier_mm))
-    partial_labels, _ = ndimage.label(partial)
-    touching = np.unique(partial_labels[ndimage.binary_dilation(defect, iterations=skip + 1) & partial])
-    fill = ndimage.binary_dilation(defect, iterations=band) | np.isin(partial_labels, touching[touching > 0])
+    fill = ndimage.binary_dilation(defect, iterations=band) | components_touching(
+        partial, ndimage.binary_dilation(defect, iterations=skip + 1))
     fill &= np.isfinite(fit_outer) & np.isfinite(fit_inner)
     fit_inner = np.minimum(fit_inner, fit_outer)
     area = float(defect.sum()) * pixel_mm**2
     sunken_area = float((defect & present).sum()) * pixel_mm**2  # bone inside the defect: sunken fragments
     kind = "depressed" if sunken_area >= options.min_hole_mm2 else "missing"
-    return PatchFit(patch, fill, fit_outer, fit_inner, Hole(patch.axes[0], area, kind, sunken_area))
+    return PatchFit(measured.patch, fill, fit_outer, fit_inner, Hole(measured.patch.axes[0], area, kind, sunken_area))
 
 
 # ----------------------------------------------------------------------------------------------- voxels
