@@ -709,12 +709,7 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
                 uncertaintyNode = segmentationNode.GetScene().GetNodeByID(session.uncertaintyNodeId)
                 if uncertaintyNode is not None and result.uncertainty is not None:
                     mrml.updateUncertaintyVolume(uncertaintyNode, result.uncertainty, session.inputMask.ijkToRas)
-            summary = self._summary(session.completer, result, segmentationNode, uncertaintyNode, start, fit,
-                                    session.design, distanceNode)
-            mrml.setResultAttributes(segmentationNode, summary)
-            mrml.setDesignAttributes(segmentationNode, self._record(summary, session.maxTriangles))
-            self.lastResult = summary
-            return summary
+            return self._publish(segmentationNode, session, result, fit, uncertaintyNode, distanceNode, start)
         finally:
             self.isRunning = False
 
@@ -735,14 +730,19 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
             distanceNode = self._updateDistanceModel(segmentationNode, session, surface if distanceMap else None)
             uncertaintyNode = segmentationNode.GetScene().GetNodeByID(session.uncertaintyNodeId) \
                 if session.uncertaintyNodeId else None
-            summary = self._summary(session.completer, result, segmentationNode, uncertaintyNode, start, fit,
-                                    design, distanceNode)
-            mrml.setResultAttributes(segmentationNode, summary)
-            mrml.setDesignAttributes(segmentationNode, self._record(summary, session.maxTriangles))
-            self.lastResult = summary
-            return summary
+            return self._publish(segmentationNode, session, result, fit, uncertaintyNode, distanceNode, start)
         finally:
             self.isRunning = False
+
+    def _publish(self, segmentationNode: Any, session: _Session, result: Any, fit: Any, uncertaintyNode: Any,
+                 distanceNode: Any, start: float) -> mrml.CompletionSummary:
+        """Record an in-place update (γ or design) on the result node and as ``lastResult``."""
+        summary = self._summary(session.completer, result, segmentationNode, uncertaintyNode, start, fit,
+                                session.design, distanceNode)
+        mrml.setResultAttributes(segmentationNode, summary)
+        mrml.setDesignAttributes(segmentationNode, self._record(summary, session.maxTriangles))
+        self.lastResult = summary
+        return summary
 
     def skullFromCT(self, volumeNode: Any, threshold: float = 300.0, name: str | None = None) -> Any:
         """Extract the skull of a CT (bone ≥ ``threshold`` HU, largest connected piece) into a NEW segmentation
