@@ -177,6 +177,17 @@ def inputMaskFromNode(node: Any, segmentId: str | None = None) -> InputMask:
     return data
 
 
+def _checkVolumeImage(node: Any, whenEmpty: str, whenMultiComponent: str) -> None:
+    """InputError unless the volume node has voxels of a single component and a size the engine accepts."""
+    image = node.GetImageData()
+    if image is None or image.GetPointData().GetScalars() is None:
+        raise InputError(f"{describeNode(node)} has no voxels; {whenEmpty}.")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise InputError(f"{describeNode(node)} has {image.GetNumberOfScalarComponents()} components per voxel; "
+                         f"{whenMultiComponent}.")
+    _checkSize(image.GetDimensions(), describeNode(node))
+
+
 def _checkSize(dimensions: tuple[int, ...], name: str) -> None:
     from .validation import check_volume_size  # noqa: PLC0415
 
@@ -200,13 +211,7 @@ def _transformInfo(node: Any) -> tuple[str | None, np.ndarray]:
 
 def _maskFromLabelmap(node: Any) -> InputMask:
     slicer = _slicer()
-    image = node.GetImageData()
-    if image is None or image.GetPointData().GetScalars() is None:
-        raise InputError(f"{describeNode(node)} has no voxels; load or create the skull labelmap first.")
-    if image.GetNumberOfScalarComponents() != 1:
-        raise InputError(f"{describeNode(node)} has {image.GetNumberOfScalarComponents()} components per voxel; "
-                         "a single-component labelmap is needed.")
-    _checkSize(image.GetDimensions(), describeNode(node))
+    _checkVolumeImage(node, "load or create the skull labelmap first", "a single-component labelmap is needed")
     mask = slicer.util.arrayFromVolume(node).transpose(2, 1, 0)  # (k, j, i) view → (i, j, k) view
     matrix = _vtk().vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
@@ -637,13 +642,7 @@ def ctArrayFromNode(node: Any) -> tuple[np.ndarray, np.ndarray]:
     if not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode"):
         raise InputError(f"{describeNode(node)} is a {node.GetClassName()}, not a CT: choose a scalar volume "
                          "(a labelmap or segmentation is a mask already; complete it directly).")
-    image = node.GetImageData()
-    if image is None or image.GetPointData().GetScalars() is None:
-        raise InputError(f"{describeNode(node)} has no voxels; load the CT first.")
-    if image.GetNumberOfScalarComponents() != 1:
-        raise InputError(f"{describeNode(node)} has {image.GetNumberOfScalarComponents()} components per voxel "
-                         "(a colour image?); a CT has one.")
-    _checkSize(image.GetDimensions(), describeNode(node))
+    _checkVolumeImage(node, "load the CT first", "(a colour image?) a CT has one")
     matrix = _vtk().vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
     return slicer.util.arrayFromVolume(node).transpose(2, 1, 0), matrixToArray(matrix)
