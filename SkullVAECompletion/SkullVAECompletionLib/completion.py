@@ -60,6 +60,7 @@ class EncodedSkull:
     class_probabilities: dict[str, float]
     decode_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
     distance_mm: np.ndarray | None = field(default=None, repr=False)  # to the input bone; γ-independent, cached
+    mirror: Any = field(default=None, repr=False)  # mirror.MirrorResult of the input; γ-independent, cached
     mirrored: tuple | None = field(default=None, repr=False)  # (input ∪ its mirror image, its grid); cached
 
     def distance_to_bone(self) -> np.ndarray:
@@ -285,21 +286,24 @@ class SkullCompleter:
         extraction = extraction or options.get("extraction", DEFAULT_EXTRACTION)
         if extraction not in EXTRACTION_CHOICES:
             raise InputError(f"unknown extraction {extraction!r}; choose one of {', '.join(EXTRACTION_CHOICES)}")
+        if extraction == "rim" and chosen == "facial":
+            # Rays from the cranial centre do not parameterise the face (several layers of bone on each ray).
+            extraction = "decode"
+            logger.debug("facial defect: the implant is the decoded bone (the rim fit is for the cranial vault)")
         if method == "mirror":
             _report(progress, 0.4, "Mirroring the healthy side")
-            probability, expected_mapping = mirrored_expectation(encoded)
+            if encoded.mirror is None:
+                encoded.mirror = mirror_skull(encoded.defective, encoded.mapping.ijk_to_ras)
+            if extraction == "rim":
+                probability, expected_mapping = mirrored_expectation(encoded)
         else:
             _report(progress, 0.4, f"Decoding ({chosen}, γ = {gamma:.2f}, {method})")
             probability = self._decode_cached(encoded, chosen, gamma, method, options)
         timings["decode"] = time.perf_counter() - start
         _report(progress, 0.7, "Fitting the implant to the rim" if extraction == "rim" else "Extracting the implant")
         tick = time.perf_counter()
-        if extraction == "rim" and chosen == "facial":
-            # Rays from the cranial centre do not parameterise the face (several layers of bone on each ray).
-            extraction = "decode"
-            logger.debug("facial defect: the implant is the decoded bone (the rim fit is for the cranial vault)")
         if method == "mirror" and extraction == "decode":
-            implant = mirror_implant(encoded.defective, encoded.mapping.ijk_to_ras)[0]
+            implant = mirror_implant(encoded.defective, encoded.mapping.ijk_to_ras, encoded.mirror)[0]
             message, holes, surface_field = "", [], None
         else:
             implant, message, holes, surface_field = extract_implant(
@@ -455,10 +459,11 @@ def mirrored_expectation(encoded: EncodedSkull) -> tuple[np.ndarray, GridMapping
     """
     if encoded.mirrored is None:
         bone = encoded.defective
-        mirror = mirror_skull(bone, encoded.mapping.ijk_to_ras)
-        check_unilateral(bone, encoded.mapping.ijk_to_ras, mirror.plane)
+        if encoded.mirror is None:
+            encoded.mirror = mirror_skull(bone, encoded.mapping.ijk_to_ras)
+        check_unilateral(bone, encoded.mapping.ijk_to_ras, encoded.mirror.plane)
         fine = refined_mapping(encoded.mapping, MIRROR_GRID_MM)
-        encoded.mirrored = (to_model_grid(bone | mirror.mirrored.astype(bool), fine), fine)
+        encoded.mirrored = (to_model_grid(bone | encoded.mirror.mirrored.astype(bool), fine), fine)
     return encoded.mirrored
 
 

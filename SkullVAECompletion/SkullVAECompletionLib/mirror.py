@@ -122,14 +122,17 @@ def mirror_skull(mask: np.ndarray, ijk_to_ras: np.ndarray, plane: Plane | None =
     return MirrorResult(mirrored, plane, residual)
 
 
-def mirror_implant(defective: np.ndarray, ijk_to_ras: np.ndarray) -> tuple[np.ndarray, MirrorResult]:
+def mirror_implant(defective: np.ndarray, ijk_to_ras: np.ndarray,
+                   result: MirrorResult | None = None) -> tuple[np.ndarray, MirrorResult]:
     """The implant from the mirrored healthy side: mirrored bone where the patient has none (uint8, input grid).
+
+    ``result``: the skull's :func:`mirror_skull`, if already computed (the plane's registration is the costly part).
 
     :raises InputError: when the defect crosses the mid-sagittal plane (its mirror image is missing too), or when
         mirroring finds no defect.
     """
     bone = np.asarray(defective).astype(bool)
-    result = mirror_skull(bone, ijk_to_ras)
+    result = result or mirror_skull(bone, ijk_to_ras)
     check_unilateral(bone, ijk_to_ras, result.plane)
     candidate = result.mirrored.astype(bool) & ~bone
     # Asymmetry leaves thin slivers along all of the bone: open them away, then grow the defect back.
