@@ -104,7 +104,10 @@ from SkullVAECompletionLib.errors import CancelledError, InputError, SkullVAEErr
 MODULE_DIR = Path(__file__).resolve().parent
 SAMPLE_DATA_FILE = "SampleData/CraniumSkull.nrrd"  # relative to Resources/
 SAMPLE_DATA_SHA256 = "bbf16d94657c9b3eabb3c3e9b089eaec0c15e21acb6f5b781a357bdb46e73466"
-DEFECT_TYPES = ["auto", "cranial", "facial"]
+# "auto" = the class the model detects; the bundled model's region classes (regions.DEFECT_CLASSES); "cranial" for
+# models of format 1. The Logic checks the choice against the model in use.
+DEFECT_TYPES = ["auto", "frontal", "frontoorbital", "parietotemporal_left", "parietotemporal_right", "occipital",
+                "vertex", "facial", "cranial"]
 METHODS = ["auto", "dev", "knn", "refine", "mirror"]  # "auto" = the model's default; see completion.METHOD_CHOICES
 EXTRACTIONS = ["rim", "decode"]  # see completion.EXTRACTION_CHOICES
 DEVICES = ["auto", "cpu"]  # "auto" = CUDA when available; "cuda" is accepted by the Logic for scripts
@@ -144,7 +147,8 @@ the completed skull minus the input.</p>
 <p><b>Use:</b> select the skull (a segment of a segmentation, or a labelmap volume), keep the bundled model or
 choose a model folder you trained, and click Apply. A new segmentation with the segments "Completed skull" and
 "Implant" is created next to the input. Move γ to preview other completions (0 reconstructs the input, 1 is the
-default); the status line shows the detected defect type (cranial or facial) and its confidence.
+default); the status line shows the detected defect class (the region: frontal, frontoorbital, parietotemporal
+left/right, occipital, vertex, facial, or no defect) and its confidence; choose another class to override it.
 Advanced: implant smoothing, an uncertainty map, STL export of the implant.</p>
 <p><b>Limits:</b> research software, not a medical device. The bundled model was trained on a synthetic population
 derived from ONE real head CT (deformed copies with generated cranial and facial defects), on a coarse model grid;
@@ -581,7 +585,8 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
 
         :param inputNode: segmentation node (skull segment ``segmentId``, or its only segment) or labelmap volume.
         :param gamma: latent shift factor; None uses the model's default for the defect type.
-        :param defectType: "auto" (nearest class centroid), "cranial" or "facial".
+        :param defectType: "auto" (the class the model detects) or one of the model's defect classes (bundled
+            model: frontal, frontoorbital, parietotemporal_left, parietotemporal_right, occipital, vertex, facial).
         :param device: "auto" (CUDA when available), "cpu" or "cuda" (DeviceError when absent).
         :param progress: ``progress(fraction, message)``; may raise CancelledError to cancel.
         :param modelPath: model bundle folder; None uses ``self.modelPath`` or the bundled model.
@@ -818,7 +823,9 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
         bundle = getattr(completer, "bundle", None)
         return mrml.CompletionSummary(
             segmentationNode=segmentationNode, uncertaintyNode=uncertaintyNode, defectType=result.defect_type,
-            detectedType=result.detected_type, confidence=float(result.confidence), gamma=float(result.gamma),
+            detectedType=result.detected_type,
+            confidence=float(getattr(result, "class_probabilities", {}).get(result.detected_type, result.confidence)),
+            gamma=float(result.gamma),
             modelId=getattr(bundle, "model_id", "unknown"), modelVersion=getattr(bundle, "version", "unknown"),
             device=str(getattr(completer, "device", "cpu")), seconds=mrml.elapsed(start),
             implantVolumeMl=float(getattr(result, "implant_volume_ml", 0.0)), timings=dict(result.timings),
@@ -932,7 +939,7 @@ class SkullVAECompletionTest(ScriptedLoadableModuleTest):
         self.assertTrue(np.array_equal(before, slicer.util.arrayFromVolume(inputNode)), "input was changed")
         mask, ijkToRas = makeSyntheticSkull()
         self._checkResult(result, mask, ijkToRas)
-        self.assertIn(logic.lastResult.detectedType, ("complete", "cranial", "facial"))
+        self.assertIn(logic.lastResult.detectedType, logic.lastResult.result.class_probabilities)
         self.delayDisplay("Labelmap input passed")
 
     def test_SegmentationInputAndGamma(self) -> None:

@@ -29,6 +29,12 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def region_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny bundle built like the bundled model 2.x: region classes, a class head, the shift-aware decoder."""
+    return build_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny-region-model", region_classes=True)
+
+
+@pytest.fixture(scope="session")
 def synthetic_case() -> dict[str, np.ndarray]:
     """A synthetic skull with a cranial defect: complete, defective, implant and IJK→RAS."""
     from SkullVAECompletionLib.synthetic import defective_pair

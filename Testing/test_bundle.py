@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 
+from SkullVAECompletionLib import regions
 from SkullVAECompletionLib.bundle import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -42,6 +43,38 @@ def test_load_round_trip(tiny_bundle):
     assert not bundle.model.training
     manifest = read_manifest(tiny_bundle)
     assert manifest["format_version"] == FORMAT_VERSION and len(manifest["files"][WEIGHTS_NAME]) == 64
+
+
+def test_format_1_bundle_still_loads(bundle_copy):
+    """A bundle written by model 1.x (format 1: classes cranial/facial, no defect_classes, no class head) loads,
+    detects by centroids and completes with its two defect classes."""
+    from SkullVAECompletionLib.completion import SkullCompleter
+    from SkullVAECompletionLib.synthetic import defective_pair
+
+    edit_manifest(bundle_copy, lambda m: m.update(format_version=1))
+    bundle = load_bundle(bundle_copy)
+    assert bundle.defect_classes == ["cranial", "facial"] and bundle.model.classifier is None
+    completer = SkullCompleter(bundle, device="cpu")
+    assert completer.defect_choices == ("auto", "cranial", "facial")
+    _, defective, matrix = defective_pair("cranial")
+    result = completer.run(defective, matrix, defect_type="cranial")
+    assert result.defect_type == "cranial" and set(result.class_probabilities) == {"complete", "cranial", "facial"}
+
+
+def test_region_bundle_manifest(region_bundle, tmp_path):
+    """Format 2: region classes, their DEVs and a class head whose size matches the class names."""
+    bundle = load_bundle(region_bundle)
+    assert bundle.class_names == list(regions.CLASS_NAMES) and bundle.model.classifier is not None
+    assert "facial" in bundle.defect_classes and set(bundle.defect_classes) == set(bundle.dev)
+    copy = tmp_path / "bad"
+    shutil.copytree(region_bundle, copy)
+    edit_manifest(copy, lambda m: m.update(class_names=m["class_names"][:-1]))
+    with pytest.raises(BundleError, match="class head has 8 outputs"):
+        load_bundle(copy)
+    edit_manifest(copy, lambda m: m.update(class_names=list(regions.CLASS_NAMES),
+                                           defect_classes=[*m["defect_classes"], "occipital_typo"]))
+    with pytest.raises(BundleError, match="'occipital_typo' has no DEV"):
+        load_bundle(copy)
 
 
 def test_corrupted_weights_are_refused(bundle_copy):

@@ -81,8 +81,33 @@ def test_auto_defect_type_and_override(completer, encoded):
     assert sum(encoded.class_probabilities.values()) == pytest.approx(1.0)
     facial = completer.complete(encoded, defect_type="facial")
     assert facial.defect_type == "facial"
-    with pytest.raises(InputError, match="unknown defect type"):
+    with pytest.raises(InputError, match="unknown defect class 'dental' .* choose one of auto, cranial, facial"):
         completer.complete(encoded, defect_type="dental")
+
+
+def test_region_classes_detection_and_override(region_bundle, synthetic_case):
+    """A model with region classes: the class head's probabilities over every class, the detected class, a chosen
+    class, the decoded skull at γ = 0 and at the default γ, and an error naming the model's classes."""
+    from SkullVAECompletionLib import regions
+    from SkullVAECompletionLib.completion import SkullCompleter
+
+    completer = SkullCompleter(region_bundle, device="cpu")
+    assert completer.defect_choices == ("auto", *completer.bundle.defect_classes)
+    encoded = completer.encode(synthetic_case["defective"], synthetic_case["ijk_to_ras"])
+    assert list(encoded.class_probabilities) == list(regions.CLASS_NAMES)
+    assert sum(encoded.class_probabilities.values()) == pytest.approx(1.0)
+    auto = completer.complete(encoded)
+    assert auto.defect_type in completer.bundle.defect_classes
+    assert auto.class_probabilities == encoded.class_probabilities
+    chosen = completer.complete(encoded, defect_type="facial")
+    assert chosen.defect_type == "facial" and chosen.confidence == pytest.approx(encoded.class_probabilities["facial"])
+    at_zero = completer.expected_skull(encoded, gamma=0.0)
+    shifted = completer.expected_skull(encoded)
+    assert at_zero.shape == shifted.shape == completer.bundle.grid.shape and not np.array_equal(at_zero, shifted)
+    with pytest.raises(InputError, match="choose one of auto, "):
+        completer.complete(encoded, defect_type="cranial")
+    with pytest.raises(InputError, match="no decoded skull"):
+        completer.expected_skull(encoded, method="mirror")
 
 
 @pytest.mark.parametrize("method", ["dev", "knn", "refine"])

@@ -92,6 +92,8 @@ def test_cli_design_options_summary_and_distance_map(tmp_path, synthetic_case, m
     bundle = SimpleNamespace(model_id="stand-in", version="0.0.1")
 
     class StandIn:
+        defect_choices = ("auto", "cranial", "facial")
+
         def __init__(self, *args, **kwargs):
             self.bundle, self.device = bundle, "cpu"
 

@@ -127,6 +127,9 @@ def test_cli_bad_inputs_exit_non_zero_with_a_message(tmp_path, tiny_bundle, caps
     assert "no such file or folder" in capsys.readouterr().err
     assert main([str(empty), "-o", str(out), "--model", str(tmp_path)]) == 2
     assert "manifest.json is missing" in capsys.readouterr().err
+    assert main([str(empty), "-o", str(out), "--model", str(tiny_bundle), "--defect-type", "vertex"]) == 2
+    assert "--defect-type vertex: model tiny-test-model 0.0.1 has no such class; choose one of auto, cranial, facial" \
+        in capsys.readouterr().err
 
 
 def test_cli_read_only_output_folder(case_files, tmp_path, tiny_bundle, capsys, monkeypatch):

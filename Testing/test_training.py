@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from SkullVAECompletionLib import regions
 from SkullVAECompletionLib.bundle import load_bundle
 from SkullVAECompletionLib.completion import SkullCompleter
 from SkullVAECompletionLib.synthetic import defective_pair
@@ -66,6 +67,10 @@ def test_stage1_cli_checkpoint_and_resume(smoke_cfg: dict, workdir: Path) -> Non
     assert {"model", "optimiser", "rng", "config", "history"} <= set(state)
     rows = _log_rows(checkpoint.parent / train.LOG_NAME)
     assert len(rows) == state["epoch"] and {"train_dice_loss", "train_kld", "val_dice_loss", "val_kld"} <= set(rows[0])
+    # The defect band and the class head are trained and measured (smoke.yaml inherits the bundled weights).
+    assert float(rows[0]["train_defect"]) > 0 and float(rows[0]["train_classification"]) > 0
+    assert 0 <= float(rows[-1]["val_hole_kept"]) <= 1 and 0 <= float(rows[-1]["val_class_accuracy"]) <= 1
+    assert any(k.startswith("classifier.") for k in state["model"])
     with pytest.raises(SystemExit):  # a second run must not silently overwrite the checkpoint
         train.main(["stage1", "--config", str(SMOKE)])
     # Resume with one more epoch: continues at the stored epoch, keeps the history.
@@ -85,7 +90,10 @@ def test_stage2_freezes_encoder_and_baseline_trains(smoke_cfg: dict, smoke_data:
     encoder_keys = [k for k in state if k.startswith("vae.encode") or k.startswith("vae.mu") or "logvar" in k]
     assert encoder_keys and all(torch.equal(state[k].cpu(), stage1["model"][k]) for k in encoder_keys)
     assert any(not torch.equal(state[k].cpu(), stage1["model"][k]) for k in state if k.startswith("decoder."))
-    assert _log_rows(train.stage_dir(smoke_cfg, "stage2") / train.LOG_NAME)
+    rows = _log_rows(train.stage_dir(smoke_cfg, "stage2") / train.LOG_NAME)
+    assert rows and float(rows[0]["train_shift"]) > 0 and float(rows[0]["train_defect"]) > 0
+    stage2 = train.load_checkpoint(train.stage_dir(smoke_cfg, "stage2") / train.CHECKPOINT_NAME)
+    assert "facial" in stage2["dev"] and stage2["class_names"] == list(regions.CLASS_NAMES)
     train.main(["baseline", "--config", str(SMOKE), "--overwrite"])
     baseline = train.load_checkpoint(train.stage_dir(smoke_cfg, "baseline") / train.CHECKPOINT_NAME)
     assert baseline["epoch"] == smoke_cfg["baseline"]["epochs"]
@@ -95,14 +103,19 @@ def test_export_load_complete_round_trip(smoke_cfg: dict, workdir: Path) -> None
     folder = aggregate(smoke_cfg)
     bundle = load_bundle(folder)
     assert bundle.model_id == smoke_cfg["name"]
-    assert set(bundle.dev) == {"cranial", "facial"} and set(bundle.default_gamma) == {"cranial", "facial"}
+    # Region classes: the synthetic shells' cranial defect lies in one region; facial is its own class.
+    assert "facial" in bundle.dev and len(bundle.dev) == 2 and set(bundle.default_gamma) == set(bundle.dev)
+    assert bundle.defect_classes == [c for c in regions.DEFECT_CLASSES if c in bundle.dev]
+    assert bundle.class_names == list(regions.CLASS_NAMES) and bundle.model.classifier is not None
     assert bundle.paired_latents["defective"].shape == bundle.paired_latents["delta"].shape
     manifest = bundle.manifest
     assert manifest["completion"]["method"] in ("dev", "knn", "refine")
+    assert len(manifest["training_config_sha256"]) == 64 and "synthetic" in manifest["data_description"]
     expected = {"data", "config", "seed", "git_commit", "date", "provenance", "stage1", "stage2"}
     assert expected <= set(manifest["training"])
     complete, defective, matrix = defective_pair("cranial")
-    result = SkullCompleter(bundle, device="cpu").run(defective, matrix, gamma=1.0, defect_type="cranial")
+    cranial = next(c for c in bundle.defect_classes if c != "facial")
+    result = SkullCompleter(bundle, device="cpu").run(defective, matrix, gamma=1.0, defect_type=cranial)
     assert result.completed.shape == defective.shape and result.implant.dtype == np.uint8
     assert not np.any(result.implant & defective)
 
@@ -115,8 +128,63 @@ def test_bundled_model_loads_and_completes() -> None:
     if not (folder / "manifest.json").exists():
         pytest.skip("the bundled model has not been exported yet")
     bundle = load_bundle(folder)
-    assert bundle.model_id == DEFAULT_MODEL_NAME and set(bundle.class_names) == {"complete", "cranial", "facial"}
+    assert bundle.model_id == DEFAULT_MODEL_NAME and bundle.class_names == list(regions.CLASS_NAMES)
+    assert bundle.defect_classes == list(regions.DEFECT_CLASSES) and bundle.model.classifier is not None
     assert sum(f.stat().st_size for f in folder.iterdir()) < 50 * 2**20
     complete, defective, matrix = defective_pair("cranial")
     result = SkullCompleter(bundle, device="cpu").run(defective, matrix)
     assert result.completed.shape == defective.shape and result.method == bundle.completion_options["method"]
+
+
+def test_flip_swaps_left_and_right_classes(smoke_data: dict) -> None:
+    """A left-right flipped training item carries the mirrored region class; the defect moves with it."""
+    volume = torch.rand((1, 1, 8, 6, 4)).half()  # not left-right symmetric: a flip is visible
+    volume_set = train.VolumeSet(volume, ["cranial"], ["x"], implants=volume.clone(), completes=volume.clone(),
+                                 classes=["parietotemporal_left"])
+    dataset = train.AugmentedVolumes(volume_set, regions.CLASS_NAMES, {"flip_lr": True})
+    original = volume_set.volumes[0].float()
+    seen = set()
+    torch.manual_seed(0)
+    for _ in range(12):
+        item = dataset[0]
+        name = regions.CLASS_NAMES[int(item["class_index"])]
+        flipped = torch.equal(item["input"], torch.flip(original, dims=(1,)))
+        assert name == ("parietotemporal_right" if flipped else "parietotemporal_left")
+        assert torch.equal(item["input"], torch.flip(original, dims=(1,)) if flipped else original)
+        assert item["implant"].shape == item["input"].shape == item["complete"].shape
+        seen.add(name)
+    assert len(seen) == 2
+
+
+def test_balanced_sampling_weights() -> None:
+    """Every class (left and right pooled) gets the same total sampling weight."""
+    classes = ["complete"] * 6 + ["vertex"] * 3 + ["parietotemporal_left"] + ["parietotemporal_right"] * 2
+    weights = train.balanced_weights(classes, regions.CLASS_NAMES).numpy()
+    totals = {}
+    for name, weight in zip(classes, weights, strict=True):
+        key = name.replace("_left", "_right")
+        totals[key] = totals.get(key, 0.0) + weight
+    assert np.allclose(list(totals.values()), 1.0)
+
+
+def test_warm_start_from_a_bundle(tiny_bundle: Path) -> None:
+    """A model with a new class head starts from a bundle's weights; a different network is refused clearly."""
+    import dataclasses
+
+    from tiny_model import TINY_NETWORK
+
+    from SkullVAECompletionLib.networks import AggregatedVAE
+
+    model = AggregatedVAE(dataclasses.replace(TINY_NETWORK, num_classes=len(regions.CLASS_NAMES)))
+    train.warm_start(model, tiny_bundle)
+    source = load_bundle(tiny_bundle).model.state_dict()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in source.items())
+    other = AggregatedVAE(dataclasses.replace(TINY_NETWORK, latent_size=4))
+    with pytest.raises(SystemExit, match="init_from: null"):
+        train.warm_start(other, tiny_bundle)
+
+
+def test_eta_respects_the_time_budget() -> None:
+    history = [{"time_s": 30.0}] * 3
+    assert train.eta_text(history, 3, 13, elapsed_s=90.0, limit_s=float("inf")) == "ETA 5.0 min"
+    assert train.eta_text(history, 3, 13, elapsed_s=90.0, limit_s=150.0) == "ETA 1.0 min"

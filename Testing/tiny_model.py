@@ -6,17 +6,22 @@ It uses the same training steps as ``training/`` (``training.stages``).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from SkullVAECompletionLib.bundle import DEFECT_TYPES, save_bundle
+from SkullVAECompletionLib import regions
+from SkullVAECompletionLib.bundle import LEGACY_DEFECT_CLASSES, save_bundle
 from SkullVAECompletionLib.geometry import GridSpec, plan_mapping, to_model_grid
 from SkullVAECompletionLib.networks import AggregatedVAE, NetworkConfig
 from SkullVAECompletionLib.synthetic import ShellSpec, cranial_defect, facial_defect, skull_shell
 from training.stages import (
+    Batch,
+    Stage1Weights,
     class_centroids,
+    dev_table,
     deviation_vectors,
     encode_volumes,
     freeze_encoder,
@@ -49,31 +54,62 @@ def synthetic_population(count: int, seed: int) -> list[tuple[str, np.ndarray, n
     return cases
 
 
-def build_tiny_bundle(folder: Path, steps: int = 100, seed: int = 0, beta: float = 0.01, lr: float = 5e-3) -> Path:
-    """Train stage 1 and stage 2 briefly on synthetic shells and export a bundle to ``folder``."""
+def build_tiny_bundle(folder: Path, steps: int = 100, seed: int = 0, beta: float = 0.01, lr: float = 5e-3,
+                      region_classes: bool = False) -> Path:
+    """Train stage 1 and stage 2 briefly on synthetic shells and export a bundle to ``folder``.
+
+    By default the classes are the format-1 ones (complete / cranial / facial, centroid detection). With
+    ``region_classes`` the bundle is built like the bundled model 2.x: region classes (regions.py), a class head
+    on μ, the defect-weighted losses and the shift-aware decoder.
+    """
     torch.manual_seed(seed)
     cases = synthetic_population(4, seed)
-    labels, volumes = [], []
-    for kind, _, defective, matrix in cases:
+    labels, volumes, implants, completes = [], [], [], []
+    for kind, complete, defective, matrix in cases:
         mapping = plan_mapping(defective, matrix, TINY_GRID)
         volumes.append(torch.from_numpy(to_model_grid(defective, mapping))[None])
+        hole = complete & ~defective
+        implant = to_model_grid(hole.astype(np.uint8), mapping) if hole.any() else np.zeros(TINY_GRID.shape, np.float32)
+        implants.append(torch.from_numpy(implant)[None])
+        completes.append(torch.from_numpy(to_model_grid(complete, mapping))[None])
         labels.append(kind)
-    data = torch.stack(volumes)
-    model = AggregatedVAE(TINY_NETWORK)
+    data, implant_data, complete_data = torch.stack(volumes), torch.stack(implants), torch.stack(completes)
+    if region_classes:
+        labels = [regions.defect_class(label, implant[0].numpy() >= 0.5 if label == "cranial" else None,
+                                       complete[0].numpy())
+                  for label, implant, complete in zip(labels, implant_data, complete_data, strict=True)]
+        class_names = list(regions.CLASS_NAMES)
+        network = dataclasses.replace(TINY_NETWORK, num_classes=len(class_names))
+        weights = Stage1Weights(beta=beta, defect_weight=10.0, class_weight=5.0)
+    else:
+        class_names = ["complete", "cranial", "facial"]
+        network, weights = TINY_NETWORK, Stage1Weights(beta=beta)
+    class_index = torch.tensor([class_names.index(name) for name in labels])
+    model = AggregatedVAE(network)
     model.train()
-    optimiser = torch.optim.Adam(model.vae.parameters(), lr=lr)
+    parameters = list(model.vae.parameters()) + (list(model.classifier.parameters()) if model.classifier else [])
+    optimiser = torch.optim.Adam(parameters, lr=lr)
+
+    def batch_of(indices: torch.Tensor) -> Batch:
+        return Batch(data[indices], implant_data[indices], complete_data[indices], class_index[indices])
+
     for _step in range(steps):
-        batch = data[torch.randperm(len(data))[:6]]
-        stage1_step(model, batch, optimiser, beta=beta, dice_weight=80.0)
+        stage1_step(model, batch_of(torch.randperm(len(data))[:6]), optimiser, weights)
     optimiser = torch.optim.Adam(freeze_encoder(model), lr=lr)
+    table = None
+    if region_classes:
+        table = dev_table(deviation_vectors(class_centroids(encode_volumes(model, data), labels)), class_names,
+                          network.latent_size)
     model.decoder.train()
     for _step in range(steps):
-        batch = data[torch.randperm(len(data))[:6]]
-        stage2_step(model, batch, optimiser, sample_latent=False)
+        stage2_step(model, batch_of(torch.randperm(len(data))[:6]), optimiser, sample_latent=False,
+                    defect_weight=1.0 if region_classes else 0.0, shift_weight=1.0 if region_classes else 0.0,
+                    dev_table=table)
     model.eval()
     latents = encode_volumes(model, data)
     centroids = class_centroids(latents, labels)
     dev = deviation_vectors(centroids)
+    defect_classes = [n for n in dict.fromkeys((*regions.DEFECT_CLASSES, *LEGACY_DEFECT_CLASSES)) if n in dev]
     complete_latents = latents[np.asarray(labels) == "complete"]
     defective_mask = np.asarray(labels) != "complete"
     # Each defective case's complete counterpart is the "complete" case of the same skull (same index // 3).
@@ -83,17 +119,19 @@ def build_tiny_bundle(folder: Path, steps: int = 100, seed: int = 0, beta: float
         "model_id": "tiny-test-model",
         "version": "0.0.1",
         "geometry": TINY_GRID.to_dict(),
-        "class_names": ["complete", "cranial", "facial"],
+        "class_names": class_names,
         "centroids": {k: v.tolist() for k, v in centroids.items()},
         "dev": {k: v.tolist() for k, v in dev.items()},
-        "default_gamma": {"cranial": 1.0, "facial": 1.0},
+        "default_gamma": dict.fromkeys(dev, 1.0),
         "completion": {"method": "dev", "knn_k": 3, "refine_steps": 5},
         "training": {"data": "synthetic ellipsoidal shells (tests only)", "steps": steps, "seed": seed},
         "evaluation": {},
     }
+    if region_classes:
+        manifest["defect_classes"] = defect_classes
     latent_table = {
         "defective": latents[pairs].astype(np.float32),
         "delta": deltas.astype(np.float32),
-        "type_index": np.asarray([DEFECT_TYPES.index(labels[i]) for i in pairs], dtype=np.int64),
+        "type_index": np.asarray([defect_classes.index(labels[i]) for i in pairs], dtype=np.int64),
     }
     return save_bundle(folder, model, manifest, paired_latents=latent_table)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import logging
 import subprocess
@@ -28,7 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from SkullVAECompletionLib.bundle import DEFECT_TYPES, ModelBundle, save_bundle
+from SkullVAECompletionLib import regions
+from SkullVAECompletionLib.bundle import ModelBundle, save_bundle
 from SkullVAECompletionLib.completion import EncodedSkull, SkullCompleter
 from SkullVAECompletionLib.geometry import GridMapping, GridSpec
 from SkullVAECompletionLib.metrics import boundary_dice, dice
@@ -68,6 +70,10 @@ class Stage1Decoding(nn.Module):
         super().__init__()
         self.inner = model
         self.config = model.config
+        self.classifier = getattr(model, "classifier", None)  # same encoder, same class head
+
+    def classify(self, mu: torch.Tensor) -> torch.Tensor:
+        return self.inner.classify(mu)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.inner.encode(x)
@@ -90,15 +96,18 @@ def encode_set(model: nn.Module, volumes: torch.Tensor, batch_size: int = 8) -> 
     return np.concatenate(mus), np.concatenate(logvars)
 
 
-def paired_latents(latents: np.ndarray, labels: list[str], groups: list[str]) -> dict[str, np.ndarray]:
-    """Defective latents and complete-minus-defective deltas of cases whose complete skull is in the set."""
-    complete = {g: latents[i] for i, (label, g) in enumerate(zip(labels, groups, strict=True)) if label == "complete"}
-    rows = [i for i, (label, g) in enumerate(zip(labels, groups, strict=True)) if label != "complete" and g in complete]
+def paired_latents(latents: np.ndarray, classes: list[str], groups: list[str],
+                   defect_classes: list[str]) -> dict[str, np.ndarray]:
+    """Defective latents and complete-minus-defective deltas of cases whose complete skull is in the set;
+    ``type_index`` is the case's position in ``defect_classes`` (the bundle's order)."""
+    pairs = list(zip(classes, groups, strict=True))
+    complete = {g: latents[i] for i, (name, g) in enumerate(pairs) if name == regions.COMPLETE}
+    rows = [i for i, (name, g) in enumerate(pairs) if name in defect_classes and g in complete]
     if not rows:
         return {}
     defective = latents[rows]
     delta = np.stack([complete[groups[i]] for i in rows]) - defective
-    type_index = np.asarray([DEFECT_TYPES.index(labels[i]) for i in rows], dtype=np.int64)
+    type_index = np.asarray([defect_classes.index(classes[i]) for i in rows], dtype=np.int64)
     return {"defective": defective.astype(np.float32), "delta": delta.astype(np.float32), "type_index": type_index}
 
 
@@ -125,16 +134,38 @@ def git_commit() -> str:
         return "unknown (no commit yet)"
 
 
+def config_sha256(cfg: dict) -> str:
+    """The training config's hash (canonical JSON of every setting; run-time flags left out)."""
+    settings = {k: v for k, v in cfg.items() if k not in ("overwrite", "config_files")}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def class_names_of(cfg: dict, centroids: dict[str, np.ndarray]) -> list[str]:
+    """The manifest's class order: the class head's output order when the network has one."""
+    if int(cfg["network"].get("num_classes", 0)):
+        missing = [n for n in regions.CLASS_NAMES if n not in centroids]
+        if missing:
+            log.warning("the training split has no case of the classes %s: no DEV for them", missing)
+        return list(regions.CLASS_NAMES)
+    return [n for n in dict.fromkeys((*regions.CLASS_NAMES, *LABELS)) if n in centroids]
+
+
+def defect_classes_of(dev: dict[str, np.ndarray]) -> list[str]:
+    return [n for n in dict.fromkeys((*regions.DEFECT_CLASSES, *LABELS)) if n in dev]
+
+
 def build_manifest(cfg: dict, stats: dict[str, Any], default_gamma: dict[str, float], method: str,
                    training: dict[str, Any], evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every manifest key :func:`save_bundle` expects from the caller."""
     agg = cfg.get("aggregate", {})
-    names = [n for n in LABELS if n in stats["centroids"]]
     return {
         "model_id": cfg["name"],
         "version": str(cfg.get("version", "0.0.0")),
         "geometry": grid_spec(cfg).to_dict(),
-        "class_names": names,
+        "class_names": class_names_of(cfg, stats["centroids"]),
+        "defect_classes": defect_classes_of(stats["dev"]),
+        "training_config_sha256": config_sha256(cfg),
+        "data_description": training.get("data", {}).get("description", ""),
         "centroids": {k: np.asarray(v, float).tolist() for k, v in stats["centroids"].items()},
         "dev": {k: np.asarray(v, float).tolist() for k, v in stats["dev"].items()},
         "default_gamma": {k: float(default_gamma.get(k, 1.0)) for k in stats["dev"]},
@@ -169,7 +200,7 @@ def model_grid_encoded(completer: SkullCompleter, volume: np.ndarray, model_to_r
                         class_probabilities=completer.class_probabilities(mu[0].numpy()))
 
 
-def pick_cases(labels: list[str], per_type: int | None, kinds: Iterable[str] = DEFECT_TYPES) -> list[int]:
+def pick_cases(labels: list[str], per_type: int | None, kinds: Iterable[str] = regions.DEFECT_CLASSES) -> list[int]:
     """Indices of up to ``per_type`` cases of each kind, evenly spread over the split (so over many skulls)."""
     chosen = []
     for kind in kinds:
@@ -183,8 +214,8 @@ def pick_cases(labels: list[str], per_type: int | None, kinds: Iterable[str] = D
 def model_grid_cases(volume_set: VolumeSet, cache: Path | None, per_type: int | None) -> list[dict[str, Any]]:
     """Defective cases with their model-grid implants (up to ``per_type`` of each defect type)."""
     cases = []
-    for index in pick_cases(volume_set.labels, per_type):
-        label, entry = volume_set.labels[index], volume_set.entries[index]
+    for index in pick_cases(volume_set.classes, per_type):
+        label, entry = volume_set.classes[index], volume_set.entries[index]
         implant = entry_volume(entry, cache, "implant")
         if implant is None or not (implant >= 0.5).any():
             continue
@@ -240,6 +271,16 @@ def choose_defaults(rows: list[dict[str, Any]]) -> tuple[str, dict[str, float], 
     return winner, {t: g for t, (g, _) in best[winner].items()}, summary
 
 
+def fill_missing_gammas(rows: list[dict[str, Any]], method: str, chosen: dict[str, float],
+                        classes: Iterable[str]) -> dict[str, float]:
+    """γ for classes without validation cases: the best γ of all cranial validation cases pooled
+    (the facial class, when missing, gets the paper's γ = 1)."""
+    pooled = {g: v for (m, g), v in mean_by([r for r in rows if regions.is_cranial(r["type"])],
+                                             ("method", "gamma")).items() if m == method}
+    fallback = max(pooled, key=lambda g: (pooled[g], -abs(g - 1.0))) if pooled else 1.0
+    return {name: chosen.get(name, fallback if regions.is_cranial(name) else 1.0) for name in classes}
+
+
 def select_on_validation(completer: SkullCompleter, cases: list[dict[str, Any]], gammas: list[float],
                          refine: bool = True) -> tuple[str, dict[str, float], dict[str, Any], list[dict]]:
     """γ sweeps of the DEV and k-NN shifts, then refinement at the DEV's best γ; returns the winner."""
@@ -250,7 +291,9 @@ def select_on_validation(completer: SkullCompleter, cases: list[dict[str, Any]],
         for kind, gamma in summary["best_gamma"]["dev"].items():
             rows += sweep_model_grid(completer, [c for c in cases if c["type"] == kind], [gamma], ["refine"])
     method, gamma, summary = choose_defaults(rows)
-    return method, gamma, summary, rows
+    classes = completer.bundle.defect_classes
+    summary["best_gamma"] = {m: fill_missing_gammas(rows, m, g, classes) for m, g in summary["best_gamma"].items()}
+    return method, summary["best_gamma"][method], summary, rows
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -281,8 +324,8 @@ def aggregate(cfg: dict, out: Path | None = None) -> Path:
     data = load_volumes(cfg, ("train", "val"))
     train = data["train"]
     latents, _ = encode_set(model, train.volumes)
-    stats = latent_statistics(latents, train.labels)
-    pairs = paired_latents(latents, train.labels, train.groups)
+    stats = latent_statistics(latents, train.classes)
+    pairs = paired_latents(latents, train.classes, train.groups, defect_classes_of(stats["dev"]))
     log.info("latents: %s; |DEV| %s", stats["counts"], {k: round(v, 3) for k, v in stats["dev_norm"].items()})
     agg = cfg.get("aggregate", {})
     data_summary = {"description": DATA_DESCRIPTION if cfg["data"].get("layout") != "synthetic" else "synthetic",

@@ -25,6 +25,7 @@ import torch
 from scipy import ndimage
 from tqdm import tqdm
 
+from SkullVAECompletionLib import regions
 from SkullVAECompletionLib.bundle import ModelBundle, load_bundle, save_bundle
 from SkullVAECompletionLib.completion import EXTRACTION_CHOICES, CompletionResult, EncodedSkull, SkullCompleter
 from SkullVAECompletionLib.errors import InputError
@@ -33,6 +34,7 @@ from SkullVAECompletionLib.metrics import implant_metrics
 from SkullVAECompletionLib.networks import bone_probability
 from training.aggregate import (
     Stage1Decoding,
+    defect_classes_of,
     encode_set,
     latent_statistics,
     memory_bundle,
@@ -45,6 +47,7 @@ from training.train import (
     CHECKPOINT_NAME,
     LOG_NAME,
     VolumeSet,
+    entry_volume,
     expand_path,
     full_resolution_case,
     load_config,
@@ -75,11 +78,27 @@ class Variant:
 def comparison_completer(model: torch.nn.Module, train: VolumeSet, manifest: dict, device: str) -> SkullCompleter:
     """A completer whose centroids/DEV come from ``model``'s own encoder on the training split."""
     latents, _ = encode_set(model, train.volumes)
-    stats = latent_statistics(latents, train.labels)
-    pairs = paired_latents(latents, train.labels, train.groups)
+    stats = latent_statistics(latents, train.classes)
+    pairs = paired_latents(latents, train.classes, train.groups, defect_classes_of(stats["dev"]))
     patched = {**manifest, "centroids": {k: v.tolist() for k, v in stats["centroids"].items()},
-               "dev": {k: v.tolist() for k, v in stats["dev"].items()}}
+               "dev": {k: v.tolist() for k, v in stats["dev"].items()},
+               "defect_classes": defect_classes_of(stats["dev"])}
     return SkullCompleter(memory_bundle(model, patched, pairs), device=device)
+
+
+def case_class(bundle: ModelBundle, volume_set: VolumeSet, index: int) -> str:
+    """The true class of a case in ``bundle``'s terms: its region class, or cranial/facial for a format-1 bundle."""
+    if volume_set.classes and volume_set.classes[index] in bundle.defect_classes + [regions.COMPLETE]:
+        return volume_set.classes[index]
+    return volume_set.labels[index]
+
+
+def defect_coverage(probability: np.ndarray, defect: np.ndarray | None) -> float:
+    """Share of the true defect (model grid) that the decoded skull fills with bone (probability > 0.5)."""
+    if defect is None or not (defect >= 0.5).any():
+        return float("nan")
+    inside = defect >= 0.5
+    return float(np.count_nonzero((probability > 0.5) & inside) / np.count_nonzero(inside))
 
 
 def build_variants(cfg: dict, bundle: ModelBundle, data: dict[str, VolumeSet], device: str) -> list[Variant]:
@@ -147,38 +166,49 @@ def reuse_encoding(encoded: EncodedSkull, completer: SkullCompleter, own_encoder
 
 # ----------------------------------------------------------------------------- test-split evaluation
 
-def evaluate_cases(variants: list[Variant], test: VolumeSet, gammas: list[float],
-                   per_type: int | None) -> list[dict[str, Any]]:
-    """Full-resolution metrics: the γ sweep for the primary variant, each variant at its chosen γ."""
+def evaluate_cases(variants: list[Variant], test: VolumeSet, gammas: list[float], per_type: int | None,
+                   cache: Path | None = None) -> list[dict[str, Any]]:
+    """Full-resolution metrics: the γ sweep for the primary variant (with the share of the true defect its decode
+    fills, on the model grid), each variant at its chosen γ with the true class, and the primary variant with the
+    class it detects itself ("auto", what a user gets)."""
     rows = []
     primary = variants[0]
-    for index in tqdm(pick_cases(test.labels, per_type), desc="test cases"):
+    bundle = primary.completer.bundle
+    for index in tqdm(pick_cases(test.classes, per_type), desc="test cases"):
         case = full_resolution_case(test.entries[index])
-        kind, case_id = test.labels[index], test.case_ids[index]
+        kind, case_id = case_class(bundle, test, index), test.case_ids[index]
         if not np.any(case["implant"]):
             continue
+        model_defect = entry_volume(test.entries[index], cache, "implant")
         spacing = np.linalg.norm(np.asarray(case["ijk_to_ras"])[:3, :3], axis=0)
         tick = time.perf_counter()
         encoded = primary.completer.encode(case["defective"], case["ijk_to_ras"], name=case_id)
         encode_s = time.perf_counter() - tick
         region = test.entries[index]["case"].get("subtype", kind)
-        runs = [(primary, g, "sweep") for g in gammas]
-        runs += [(v, v.gamma.get(kind, 1.0), "variant") for v in variants]
-        for variant, gamma, role in runs:
+        runs = [(primary, g, "sweep", kind) for g in gammas]
+        runs += [(v, v.gamma.get(kind, 1.0), "variant", kind) for v in variants]
+        runs.append((primary, None, "auto", "auto"))
+        for variant, gamma, role, asked in runs:
             enc = encoded if variant.completer is primary.completer else reuse_encoding(
                 encoded, variant.completer, variant.own_encoder)
             tick = time.perf_counter()
             try:
-                result = variant.completer.complete(enc, gamma=gamma, defect_type=kind, method=variant.method,
+                result = variant.completer.complete(enc, gamma=gamma, defect_type=asked, method=variant.method,
                                                     extraction=variant.extraction)
             except InputError as error:  # e.g. the mirror method on a defect across the midline
-                result = empty_result(case["defective"], kind, gamma, variant, str(error))
+                result = empty_result(case["defective"], kind, gamma or 0.0, variant, str(error))
             seconds = time.perf_counter() - tick
             scores = implant_metrics(result.implant, case["implant"], case["defective"], spacing)
-            rows.append({"case_id": case_id, "type": kind, "region": region, "variant": variant.name, "role": role,
-                         "gamma": gamma, "method": variant.method, "extraction": result.extraction, **scores,
-                         "implant_ml": result.implant_volume_ml, "detected": enc.detected_type,
-                         "seconds": round(seconds + encode_s, 2), "message": result.message})
+            coverage = float("nan")
+            if role != "variant" and variant.method != "mirror":
+                coverage = defect_coverage(variant.completer.expected_skull(enc, result.gamma, result.defect_type,
+                                                                            variant.method), model_defect)
+            rows.append({"case_id": case_id, "type": kind, "label": test.labels[index], "region": region,
+                         "variant": variant.name, "role": role, "gamma": result.gamma, "used_class": result.defect_type,
+                         "method": variant.method, "extraction": result.extraction, **scores,
+                         "implant_ml": result.implant_volume_ml, "defect_coverage": coverage,
+                         "detected": enc.detected_type, "seconds": round(seconds + encode_s, 2),
+                         "message": result.message})
     return rows
 
 
@@ -218,21 +248,24 @@ def template_mirror_check(completer: SkullCompleter, radius_mm: float = 25.0) ->
                            "truth_ml": round(float(truth.sum() * np.prod(spacing) / 1000), 2)}
     for label, method, extraction in (("mirror, rim", "mirror", "rim"), ("mirror, decode extraction", "mirror",
                                       "decode"), ("model, rim", None, "rim")):
-        result = completer.complete(encoded, defect_type="cranial", method=method, extraction=extraction)
+        result = completer.complete(encoded, method=method, extraction=extraction)
         out[label] = {k: round(float(v), 4) for k, v in implant_metrics(result.implant, truth, defective,
                                                                          spacing).items()}
+    out["detected"] = encoded.detected_type
     return out
 
 
 def natural_openings_check(completer: SkullCompleter, test: VolumeSet) -> list[dict[str, Any]]:
-    """Complete (defect-free) test skulls completed as cranial: every implant voxel here fills a natural opening."""
+    """Complete (defect-free) test skulls completed with the class the model detects (a defect class: a complete
+    skull is completed as its most likely defect class): every implant voxel here fills a natural opening."""
     rows = []
     for index in [i for i, label in enumerate(test.labels) if label == "complete"]:
         case = full_resolution_case(test.entries[index])
         encoded = completer.encode(case["defective"], case["ijk_to_ras"], name=test.case_ids[index])
         for extraction in EXTRACTION_CHOICES:
-            result = completer.complete(encoded, defect_type="cranial", extraction=extraction)
-            rows.append({"case_id": test.case_ids[index], "extraction": extraction,
+            result = completer.complete(encoded, extraction=extraction)
+            rows.append({"case_id": test.case_ids[index], "extraction": extraction, "used_class": result.defect_type,
+                         "detected": result.detected_type,
                          "implant_ml": round(result.implant_volume_ml, 2), "message": result.message})
     return rows
 
@@ -242,6 +275,7 @@ def resolution_check(completer: SkullCompleter, test: VolumeSet, spacing_mm: flo
     index = next((i for i, label in enumerate(test.labels) if label == "cranial"), None)
     if index is None:
         return None
+    kind = case_class(completer.bundle, test, index)
     case = full_resolution_case(test.entries[index])
     matrix = np.asarray(case["ijk_to_ras"], float)
     factors = np.linalg.norm(matrix[:3, :3], axis=0) / spacing_mm
@@ -255,7 +289,7 @@ def resolution_check(completer: SkullCompleter, test: VolumeSet, spacing_mm: flo
     for label, defective, truth, ijk_to_ras in (("original", case["defective"], case["implant"], matrix),
                                                 ("resampled", fine["defective"], fine["implant"], fine_matrix)):
         tick = time.perf_counter()
-        result = completer.run(defective, ijk_to_ras, defect_type="cranial")
+        result = completer.run(defective, ijk_to_ras, defect_type=kind)
         spacing = np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
         scores = implant_metrics(result.implant, truth, defective, spacing)
         out[label] = {"shape": list(defective.shape), "spacing_mm": [round(float(v), 3) for v in spacing],
@@ -266,18 +300,69 @@ def resolution_check(completer: SkullCompleter, test: VolumeSet, spacing_mm: flo
 
 
 def detection_accuracy(completer: SkullCompleter, test: VolumeSet) -> dict[str, Any]:
-    """Nearest-centroid class of every test volume (complete, cranial, facial) from its μ."""
+    """The class the model detects for every test volume (complete skulls included) from its μ: the class head's
+    most likely class, or the nearest centroid for a model without one."""
     latents, _ = encode_set(completer.model.cpu(), test.volumes)
     completer.model.to(completer.device)
     names = completer.bundle.class_names
-    centroids = np.stack([completer.bundle.centroids[n] for n in names])
-    predicted = [names[i] for i in np.argmin(((latents[:, None] - centroids[None]) ** 2).sum(-1), axis=1)]
-    confusion = {t: {p: int(sum(1 for a, b in zip(test.labels, predicted, strict=True) if a == t and b == p))
+    truth = [case_class(completer.bundle, test, i) for i in range(len(test))]
+    probabilities = [completer.class_probabilities(latent) for latent in latents]
+    predicted = [max(p, key=p.get) for p in probabilities]
+    confusion = {t: {p: int(sum(1 for a, b in zip(truth, predicted, strict=True) if a == t and b == p))
                      for p in names} for t in names}
-    correct = [a == b for a, b in zip(test.labels, predicted, strict=True)]
-    per_class = {t: float(np.mean([c for c, a in zip(correct, test.labels, strict=True) if a == t]))
-                 for t in names if t in test.labels}
-    return {"accuracy": float(np.mean(correct)), "per_class": per_class, "confusion": confusion, "n": len(correct)}
+    correct = [a == b for a, b in zip(truth, predicted, strict=True)]
+    per_class = {t: float(np.mean([c for c, a in zip(correct, truth, strict=True) if a == t]))
+                 for t in names if t in truth}
+    confidence = [p[b] for p, b in zip(probabilities, predicted, strict=True)]
+    return {"accuracy": float(np.mean(correct)), "per_class": per_class, "confusion": confusion, "n": len(correct),
+            "mean_confidence": float(np.mean(confidence)),
+            "by": "class head on μ" if completer.model.classifier is not None else "nearest centroid of μ"}
+
+
+def figure_confusion(detection: dict[str, Any], out: Path) -> Path:
+    """The detection's confusion matrix (rows: true class, columns: detected)."""
+    plt = _plt()
+    names = list(detection["confusion"])
+    matrix = np.array([[detection["confusion"][t][p] for p in names] for t in names])
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(names), 0.8 + 0.65 * len(names)))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), value in np.ndenumerate(matrix):
+        if value:
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=9,
+                    color="white" if value > matrix.max() / 2 else "black")
+    short = [n.replace("parietotemporal", "PT").replace("_left", " L").replace("_right", " R") for n in names]
+    ax.set_xticks(range(len(names)), short, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), short, fontsize=8)
+    ax.set(xlabel="detected", ylabel="true", title=f"Detection on the test split: accuracy {detection['accuracy']:.2f}")
+    fig.tight_layout()
+    path = out / "detection_confusion.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def figure_shift(rows: list[dict[str, Any]], out: Path) -> Path:
+    """Per class: the share of the true defect the decode fills, and the implant's volume, against γ."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    sweep = [r for r in rows if r["role"] == "sweep"]
+    for kind in sorted({r["type"] for r in sweep}):
+        gammas = sorted({r["gamma"] for r in sweep if r["type"] == kind})
+        for ax, key in zip(axes, ("defect_coverage", "implant_ml"), strict=True):
+            means = [np.nanmean([r[key] for r in sweep if r["type"] == kind and r["gamma"] == g]) for g in gammas]
+            ax.plot(gammas, means, marker="o", label=kind)
+    axes[0].axhline(0.3, color="grey", ls=":", lw=1)
+    axes[0].axhline(0.8, color="grey", ls=":", lw=1)
+    axes[0].set(title="share of the true defect filled by the decode", xlabel="γ", ylim=(0, 1.02))
+    axes[1].set(title="implant volume (ml, rim stage)", xlabel="γ")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "shift_vs_gamma.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def summarise(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -295,6 +380,9 @@ def summarise(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[st
             entry[metric] = float(finite.mean()) if finite.size else float("nan")
             entry[f"{metric}_sd"] = float(finite.std()) if finite.size else float("nan")
         entry["empty"] = int(sum(1 for m in members if not np.isfinite(m["hd95"])))
+        for extra in ("defect_coverage", "implant_ml"):
+            values = np.array([m.get(extra, np.nan) for m in members], float)
+            entry[extra] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
         out.append(entry)
     return out
 
@@ -355,8 +443,10 @@ def figure_latents(models: dict[str, torch.nn.Module], train: VolumeSet, out: Pa
     """2-D PCA of the training latents per class with centroids and DEV arrows, one panel per model."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.8), squeeze=False)
-    colours = {"complete": "tab:green", "cranial": "tab:red", "facial": "tab:blue"}
-    labels = np.asarray(train.labels)
+    palette = plt.get_cmap("tab10")
+    names = [n for n in (*regions.CLASS_NAMES, "cranial") if n in (train.classes or train.labels)]
+    colours = {n: palette(i) for i, n in enumerate(names)}
+    labels = np.asarray(train.classes or train.labels)
     for ax, (name, model) in zip(axes[0], models.items(), strict=True):
         latents, logvar = encode_set(model, train.volumes)
         centre = latents.mean(0)
@@ -367,18 +457,18 @@ def figure_latents(models: dict[str, torch.nn.Module], train: VolumeSet, out: Pa
         for kind, colour in colours.items():
             chosen = labels == kind
             ax.scatter(points[chosen, 0], points[chosen, 1], s=9, alpha=0.5, color=colour, label=kind)
-        stats = latent_statistics(latents, train.labels)
+        stats = latent_statistics(latents, list(labels))
         cents = {k: (v - centre) @ axes_2d for k, v in stats["centroids"].items()}
         for kind, c in cents.items():
             ax.scatter(*c, s=140, marker="X", color=colours[kind], edgecolor="black", zorder=5)
-        for kind in ("cranial", "facial"):
-            if kind in cents:
+        for kind in cents:
+            if kind != regions.COMPLETE:
                 start, end = cents[kind], cents["complete"]
                 ax.annotate("", xy=end, xytext=start, arrowprops={"arrowstyle": "->", "lw": 2, "color": colours[kind]})
         sigma = float(np.exp(0.5 * logvar).mean())
         ax.set_title(f"{name}\nPC1/PC2 explain {explained[0]:.0%}/{explained[1]:.0%}; mean σ {sigma:.2f}; "
                      f"μ sd {latents.std(0).mean():.3f}", fontsize=9)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle("Training latents (μ), class centroids (X) and DEV arrows (defective → complete)")
     fig.tight_layout()
@@ -403,6 +493,8 @@ def figure_gamma_sweep(bundle: ModelBundle, test: VolumeSet, gammas: list[float]
     plt = _plt()
     picks = [(k, pick_cases(test.labels, 1, (k,))) for k in ("cranial", "facial")]
     picks = [(k, p[0]) for k, p in picks if p]
+    picks += [(k, p[0]) for k, p in ((k, pick_cases(test.classes, 1, (k,))) for k in ("parietotemporal_right",
+                                                                                      "frontoorbital")) if p]
     if not picks:
         return None
     fig, axes = plt.subplots(len(picks), len(gammas) + 1, figsize=(2.1 * (len(gammas) + 1), 2.3 * len(picks)),
@@ -411,13 +503,14 @@ def figure_gamma_sweep(bundle: ModelBundle, test: VolumeSet, gammas: list[float]
     for row, (kind, index) in enumerate(picks):
         x = test.volumes[index : index + 1].float()
         bone = x[0, 0].numpy() >= 0.5
-        view = (0, True) if kind == "cranial" else (1, True)  # lateral from the right / frontal
+        view = (1, True) if kind in ("facial", "frontoorbital") else (0, True)  # frontal / lateral from the right
         axes[row, 0].imshow(depth_view(bone, np.zeros_like(bone), *view))
-        axes[row, 0].set_title(f"input ({kind})\n{test.case_ids[index]}", fontsize=7)
+        used = case_class(bundle, test, index)
+        axes[row, 0].set_title(f"input ({used})\n{test.case_ids[index]}", fontsize=7)
         with torch.no_grad():
             mu, _ = model.encode(x)
             for col, gamma in enumerate(gammas, start=1):
-                z = mu + gamma * torch.from_numpy(bundle.dev[kind])[None]
+                z = mu + gamma * torch.from_numpy(bundle.dev[used])[None]
                 probability = bone_probability(model.decode(z))[0].numpy()
                 # Red: the engine's implant region (new bone away from the input), not every misregistered voxel.
                 region = implant_region(probability, x[0, 0].numpy(), bundle.grid.spacing_mm)
@@ -555,17 +648,35 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
     for e in sorted(results["regions"], key=lambda e: (e["variant"], e["region"])):
         if e["variant"].startswith((primary, "mirrored healthy side")):
             lines.append(f"| {e['variant']} | {e['region']} | {e['n']} | {_fmt(e)} | {e['empty']} |")
-    lines += ["", f"## γ sweep ({primary})", "", "| type | γ | n | DSC | bDSC | HD95 (mm) | empty |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "## Cranial and facial (each variant at its validation-chosen γ, true class)", "",
+              "| model / method | defects | n | DSC | bDSC | HD95 (mm) | empty |", "|---|---|---|---|---|---|---|"]
+    for e in sorted(results.get("labels", []), key=lambda e: (e["variant"], e["label"])):
+        lines.append(f"| {e['variant']} | {e['label']} | {e['n']} | {_fmt(e)} | {e['empty']} |")
+    lines += ["", "## With the class the model detects itself (what a user gets with `auto`)", "",
+              "| defects | true class | n | DSC | bDSC | HD95 (mm) | empty | decode fills of the defect |",
+              "|---|---|---|---|---|---|---|---|"]
+    for e in sorted(results.get("auto", []), key=lambda e: (e["label"], e.get("type", ""))):
+        lines.append(f"| {e['label']} | {e.get('type', '**all**')} | {e['n']} | {_fmt(e)} | {e['empty']} | "
+                     f"{e['defect_coverage']:.2f} |")
+    defaults = results.get("default_gamma", {})
+    lines += ["", f"## γ sweep ({primary}, true class)", "",
+              "The latent shift at work: *decode fills* is the share of the true defect (model grid) where "
+              "decode(μ + γ·DEV) has bone; at γ = 0 the decode should reproduce the hole (≤ 0.30), at the default γ "
+              f"fill it (≥ 0.80). Default γ per class: {json.dumps(defaults)}.", "",
+              "| class | γ | n | decode fills | implant (ml) | DSC | bDSC | HD95 (mm) | empty |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for e in sorted(results["sweep"], key=lambda e: (e["type"], e["gamma"])):
-        lines.append(f"| {e['type']} | {e['gamma']:g} | {e['n']} | {_fmt(e)} | {e['empty']} |")
+        mark = " (default)" if abs(defaults.get(e["type"], -1) - e["gamma"]) < 1e-9 else ""
+        lines.append(f"| {e['type']} | {e['gamma']:g}{mark} | {e['n']} | {e['defect_coverage']:.2f} | "
+                     f"{e['implant_ml']:.1f} | {_fmt(e)} | {e['empty']} |")
     lines += ["", "## Models and completion methods (each at its validation-chosen γ)", "",
               "| model / method | type | γ | n | DSC | bDSC | HD95 (mm) | empty |", "|---|---|---|---|---|---|---|---|"]
     for e in sorted(results["variants"], key=lambda e: (e["variant"], e["type"])):
         lines.append(f"| {e['variant']} | {e['type']} | {e['gamma']:g} | {e['n']} | {_fmt(e)} | {e['empty']} |")
     det = results["detection"]
-    lines += ["", "## Defect-type detection (nearest centroid of μ, all test volumes)", "",
-              f"Accuracy {det['accuracy']:.3f} (n = {det['n']}); per class: "
+    lines += ["", f"## Defect-class detection ({det.get('by', 'nearest centroid of μ')}, all test volumes)", "",
+              f"Accuracy {det['accuracy']:.3f} (n = {det['n']}, mean confidence {det.get('mean_confidence', 0):.2f}); "
+              "per class: "
               + ", ".join(f"{k} {v:.2f}" for k, v in det["per_class"].items()), "",
               "| true \\ predicted | " + " | ".join(det["confusion"]) + " |",
               "|---" * (len(det["confusion"]) + 1) + "|"]
@@ -640,7 +751,8 @@ def evaluate(cfg: dict, bundle_dir: Path | None = None, out: Path | None = None,
     data = load_volumes(cfg, ("train", "val", "test"))
     gammas = [float(g) for g in ev.get("gammas", [0.0, 0.5, 1.0, 1.5])]
     variants = build_variants(cfg, bundle, data, device)
-    rows = evaluate_cases(variants, data["test"], gammas, ev.get("test_cases_per_type"))
+    cache = expand_path(cfg["data"]["cache"]) if cfg["data"].get("cache") else None
+    rows = evaluate_cases(variants, data["test"], gammas, ev.get("test_cases_per_type"), cache)
     with open(out / "cases.csv", "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -648,7 +760,12 @@ def evaluate(cfg: dict, bundle_dir: Path | None = None, out: Path | None = None,
     sweep = summarise([r for r in rows if r["role"] == "sweep"], ("type", "gamma"))
     variant_summary = summarise([r for r in rows if r["role"] == "variant"], ("variant", "type", "gamma"))
     region_summary = summarise([r for r in rows if r["role"] == "variant"], ("variant", "region"))
-    figures = [figure_losses(cfg, out).name, figure_metrics_vs_gamma(sweep, out).name]
+    label_summary = summarise([r for r in rows if r["role"] == "variant"], ("variant", "label"))
+    auto_summary = summarise([r for r in rows if r["role"] == "auto"], ("label", "type"))
+    auto_summary += summarise([r for r in rows if r["role"] == "auto"], ("label",))
+    detection = detection_accuracy(variants[0].completer, data["test"])
+    figures = [figure_losses(cfg, out).name, figure_metrics_vs_gamma(sweep, out).name, figure_shift(rows, out).name,
+               figure_confusion(detection, out).name]
     models: dict[str, torch.nn.Module] = {f"bundled encoder (stage 1, β = {cfg['stage1']['beta']:g})": bundle.model}
     for variant in variants:
         if variant.own_encoder:
@@ -665,13 +782,14 @@ def evaluate(cfg: dict, bundle_dir: Path | None = None, out: Path | None = None,
         "date": time.strftime("%Y-%m-%d %H:%M"), "data": bundle.manifest["training"].get("provenance", ""),
         "n_test_cases": len({r["case_id"] for r in rows}),
         "cases_per_type": ", ".join(f"{k} {len({r['case_id'] for r in rows if r['type'] == k})}"
-                                    for k in ("cranial", "facial")),
-        "sweep": sweep, "variants": variant_summary, "regions": region_summary,
+                                    for k in sorted({r["type"] for r in rows})),
+        "sweep": sweep, "variants": variant_summary, "regions": region_summary, "labels": label_summary,
+        "auto": auto_summary, "default_gamma": bundle.default_gamma,
         "primary_variant": variants[0].name,
         "natural_openings": natural_openings_check(variants[0].completer, data["test"]),
         "resolution_check": resolution_check(variants[0].completer, data["test"]),
         "template_mirror_check": template_mirror_check(variants[0].completer),
-        "detection": detection_accuracy(variants[0].completer, data["test"]),
+        "detection": detection,
         "detection_small_beta": detection_accuracy(small.completer, data["test"]) if small else None,
         "method_note": (f"The bundle's default method is **{method}** with γ = {bundle.default_gamma}: the best mean "
                         f"implant Dice on the validation split (model grid; {selection.get('cases', 0)} cases; "

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.losses import DiceLoss
 
-from SkullVAECompletionLib.bundle import DEFECT_TYPES
 from SkullVAECompletionLib.networks import AggregatedVAE
+from SkullVAECompletionLib.regions import COMPLETE
 
 _dice = DiceLoss(softmax=True, batch=True)
 
@@ -26,6 +27,23 @@ def two_class_target(occupancy: torch.Tensor) -> torch.Tensor:
 
 def dice_loss(logits: torch.Tensor, occupancy: torch.Tensor) -> torch.Tensor:
     return _dice(logits.float(), two_class_target(occupancy.float()))
+
+
+def defect_band(implant: torch.Tensor) -> torch.Tensor:
+    """The defect and a one-voxel rim around it, (B, 1, *grid) in [0, 1]: where the hole must be reproduced."""
+    return F.max_pool3d(implant.float(), kernel_size=3, stride=1, padding=1)
+
+
+def masked_cross_entropy(logits: torch.Tensor, occupancy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against the soft two-class target, averaged over the voxels of ``mask`` (0 if empty).
+
+    Dice over the whole skull hardly notices a missing patch of bone, so a model trained on Dice alone
+    fills the hole (and the latent never has to carry it); this term makes the defect count.
+    """
+    log_p = torch.log_softmax(logits.float(), dim=1)
+    cross_entropy = -(two_class_target(occupancy.float()) * log_p).sum(dim=1, keepdim=True)
+    weight = mask.float()
+    return (cross_entropy * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -55,51 +73,112 @@ class StepLosses:
     dice: float
     kld: float
     total: float
+    defect: float = 0.0  # cross-entropy on the defect band
+    classification: float = 0.0  # defect-class cross-entropy of the head on μ
+    shift: float = 0.0  # stage 2: Dice of decode(μ + DEV) against the complete skull
+
+
+@dataclass
+class Batch:
+    """A training batch: the model input, its defect (implant) and complete skull, and the class indices."""
+
+    input: torch.Tensor  # (B, 1, *grid) bone fraction
+    implant: torch.Tensor | None = None  # (B, 1, *grid); zeros for complete skulls
+    complete: torch.Tensor | None = None  # (B, 1, *grid)
+    class_index: torch.Tensor | None = None  # (B,) int64
+
+    def to(self, device: torch.device) -> Batch:
+        tensors = (self.input, self.implant, self.complete, self.class_index)
+        return Batch(*(None if t is None else t.to(device, non_blocking=True) for t in tensors))
+
+
+def as_batch(batch: torch.Tensor | Batch) -> Batch:
+    return batch if isinstance(batch, Batch) else Batch(batch)
+
+
+@dataclass(frozen=True)
+class Stage1Weights:
+    """Loss weights of stage 1: dice_weight · Dice + β · KLD + defect · CE(band) + classification · CE(class)."""
+
+    beta: float
+    dice_weight: float = 80.0
+    defect_weight: float = 0.0
+    class_weight: float = 0.0
 
 
 def stage1_step(
     model: AggregatedVAE,
-    batch: torch.Tensor,
+    batch: torch.Tensor | Batch,
     optimiser: torch.optim.Optimizer,
-    beta: float,
-    dice_weight: float = 80.0,
+    weights: Stage1Weights,
     scaler: torch.amp.GradScaler | None = None,
     amp_device: str | None = None,
 ) -> StepLosses:
-    """One optimisation step of the stage-1 β-VAE: dice_weight · Dice + β · KLD.
+    """One optimisation step of the stage-1 β-VAE.
 
-    ``model`` only needs a ``vae`` attribute (so a DistributedDataParallel-wrapped VAE can be passed).
-    ``amp_device="cuda"`` runs the forward pass under float16 autocast (use with ``scaler``).
+    ``model`` needs a ``vae`` attribute (a DistributedDataParallel-wrapped VAE can be passed) and, when
+    ``weights.class_weight > 0``, a ``classifier``. ``amp_device="cuda"`` runs the forward pass under
+    float16 autocast (use with ``scaler``).
     """
+    batch = as_batch(batch)
+    x = batch.input
     with _autocast(amp_device):
-        logits, mu, logvar, _ = model.vae(batch)
-    dice = dice_loss(logits, batch)
+        logits, mu, logvar, _ = model.vae(x)
+    dice = dice_loss(logits, x)
     kld = kl_divergence(mu.float(), logvar.float())
-    total = dice_weight * dice + beta * kld
+    total = weights.dice_weight * dice + weights.beta * kld
+    defect = classification = torch.zeros(())
+    if weights.defect_weight and batch.implant is not None:
+        defect = masked_cross_entropy(logits, x, defect_band(batch.implant))
+        total = total + weights.defect_weight * defect
+    if weights.class_weight and batch.class_index is not None:
+        classification = F.cross_entropy(model.classifier(mu.float()), batch.class_index)
+        total = total + weights.class_weight * classification
     _optimise(total, optimiser, scaler)
-    return StepLosses(dice.item(), kld.item(), total.item())
+    return StepLosses(dice.item(), kld.item(), total.item(), defect.item(), classification.item())
 
 
 def stage2_step(
     model: AggregatedVAE,
-    batch: torch.Tensor,
+    batch: torch.Tensor | Batch,
     optimiser: torch.optim.Optimizer,
     sample_latent: bool = True,
     scaler: torch.amp.GradScaler | None = None,
     amp_device: str | None = None,
+    defect_weight: float = 0.0,
+    shift_weight: float = 0.0,
+    dev_table: torch.Tensor | None = None,
 ) -> StepLosses:
-    """One step of the decoupled decoder on the frozen stage-1 encoder (Dice only).
+    """One step of the decoupled decoder on the frozen stage-1 encoder.
 
-    The reference samples z from the posterior; sampling also regularises the decoder around μ.
+    Dice (+ ``defect_weight`` · CE on the defect band) of decode(z) against the input, so the decode
+    at γ = 0 reproduces the hole; with ``shift_weight`` and ``dev_table`` (DEV per class index, rows
+    of zeros for the complete class) also the same loss of decode(μ + DEV_class) against the complete
+    skull, so the shift of the completion (γ = 1) is what the decoder has learnt to complete.
     """
+    batch = as_batch(batch)
+    x = batch.input
     with torch.no_grad():
-        mu, logvar = model.encode(batch)
+        mu, logvar = model.encode(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample_latent else mu
+    band = defect_band(batch.implant) if batch.implant is not None and defect_weight else None
     with _autocast(amp_device):
         logits = model.decode(z)
-    dice = dice_loss(logits, batch)
-    _optimise(dice, optimiser, scaler)
-    return StepLosses(dice.item(), 0.0, dice.item())
+    dice = dice_loss(logits, x)
+    total = dice
+    defect = shift = torch.zeros(())
+    if band is not None:
+        defect = masked_cross_entropy(logits, x, band)
+        total = total + defect_weight * defect
+    if shift_weight and dev_table is not None and batch.complete is not None and batch.class_index is not None:
+        with _autocast(amp_device):
+            shifted = model.decode(mu + dev_table[batch.class_index])
+        shift = dice_loss(shifted, batch.complete)
+        if band is not None:
+            shift = shift + defect_weight * masked_cross_entropy(shifted, batch.complete, band)
+        total = total + shift_weight * shift
+    _optimise(total, optimiser, scaler)
+    return StepLosses(dice.item(), 0.0, total.item(), defect.item(), 0.0, shift.item())
 
 
 def freeze_encoder(model: AggregatedVAE) -> list[torch.nn.Parameter]:
@@ -127,5 +206,11 @@ def class_centroids(latents: np.ndarray, labels: Sequence[str]) -> dict[str, np.
 
 
 def deviation_vectors(centroids: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """DEV_type = centroid(complete) − centroid(type), for each defect type present."""
-    return {t: centroids["complete"] - centroids[t] for t in DEFECT_TYPES if t in centroids}
+    """DEV_class = centroid(complete) − centroid(class), for each defect class present."""
+    return {name: centroids[COMPLETE] - c for name, c in centroids.items() if name != COMPLETE}
+
+
+def dev_table(dev: dict[str, np.ndarray], class_names: Sequence[str], latent_size: int) -> torch.Tensor:
+    """DEV per class index (zeros for the complete class and classes without a DEV), (C, latent)."""
+    rows = [np.asarray(dev.get(name, np.zeros(latent_size)), np.float32) for name in class_names]
+    return torch.from_numpy(np.stack(rows))

@@ -32,9 +32,10 @@ import torch
 import torch.distributed as dist
 import yaml
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
 from tqdm import tqdm
 
+from SkullVAECompletionLib import regions
 from SkullVAECompletionLib.geometry import GridSpec
 from SkullVAECompletionLib.networks import AggregatedVAE, NetworkConfig
 from training import stages
@@ -45,8 +46,9 @@ STAGES = ("stage1", "stage2", "baseline")
 LABELS = ("complete", "cranial", "facial")
 CHECKPOINT_NAME = "last.pt"
 LOG_NAME = "log.csv"
-LOG_FIELDS = ["epoch", "train_dice_loss", "train_kld", "train_loss", "val_dice_loss", "val_kld", "val_dice",
-              "lr", "time_s"]
+LOG_FIELDS = ["epoch", "train_dice_loss", "train_kld", "train_loss", "train_defect", "train_classification",
+              "train_shift", "val_dice_loss", "val_kld", "val_dice", "val_hole_kept", "val_class_accuracy", "lr",
+              "time_s"]
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -147,9 +149,30 @@ class VolumeSet:
     case_ids: list[str]
     groups: list[str] = field(default_factory=list)
     entries: list[dict] = field(default_factory=list)  # data.py cache entries (geometry, source files)
+    implants: torch.Tensor | None = None  # (N, 1, *grid) float16 defect (zeros for complete skulls)
+    completes: torch.Tensor | None = None  # (N, 1, *grid) float16 complete skull
+    classes: list[str] = field(default_factory=list)  # region defect class (SkullVAECompletionLib.regions)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def with_defects(volume_set: VolumeSet, implants: list[np.ndarray | None], completes: list[np.ndarray | None]
+                 ) -> VolumeSet:
+    """Attach each case's model-grid defect and complete skull, and its region class, to a VolumeSet."""
+    inputs = volume_set.volumes[:, 0].float().numpy()
+    implant_arrays, complete_arrays, classes = [], [], []
+    for label, volume, implant, complete in zip(volume_set.labels, inputs, implants, completes, strict=True):
+        implant = np.zeros_like(volume) if implant is None else np.asarray(implant, np.float32)
+        complete = np.maximum(volume, implant) if complete is None else np.asarray(complete, np.float32)
+        implant_arrays.append(implant)
+        complete_arrays.append(complete)
+        classes.append(regions.defect_class(label, implant >= 0.5 if (implant >= 0.5).any() else None,
+                                            complete))
+    volume_set.implants = torch.from_numpy(np.stack(implant_arrays).astype(np.float16))[:, None]
+    volume_set.completes = torch.from_numpy(np.stack(complete_arrays).astype(np.float16))[:, None]
+    volume_set.classes = classes
+    return volume_set
 
 
 def _synthetic_volumes(cfg: dict, grid: GridSpec) -> dict[str, VolumeSet]:
@@ -190,8 +213,10 @@ def _synthetic_volumes(cfg: dict, grid: GridSpec) -> dict[str, VolumeSet]:
                                 "arrays": {"implant": to_model_grid(implant, mapping) if implant.any() else None,
                                            "complete": to_model_grid(complete, mapping)},
                                 "full": {"defective": mask, "implant": implant, "ijk_to_ras": matrix}})
-        out[split] = VolumeSet(torch.from_numpy(np.stack(vols))[:, None].half(), labels, ids,
+        volume_set = VolumeSet(torch.from_numpy(np.stack(vols))[:, None].half(), labels, ids,
                                [e["case"]["group"] for e in entries], entries)
+        out[split] = with_defects(volume_set, [e["arrays"]["implant"] for e in entries],
+                                  [e["arrays"]["complete"] for e in entries])
     return out
 
 
@@ -219,13 +244,15 @@ def load_volumes(cfg: dict, splits: tuple[str, ...] = ("train", "val")) -> dict[
         if not chosen:
             continue
         vols = np.stack([datamod.load_entry(e, cache, "input") for _, e in chosen])
-        out[split] = VolumeSet(
+        volume_set = VolumeSet(
             torch.from_numpy(vols.astype(np.float16))[:, None],
             [r.label for r, _ in chosen],
             [r.case_id for r, _ in chosen],
             [r.group for r, _ in chosen],
             [e for _, e in chosen],
         )
+        out[split] = with_defects(volume_set, [datamod.load_entry(e, cache, "implant") for _, e in chosen],
+                                  [datamod.load_entry(e, cache, "complete") for _, e in chosen])
     return out
 
 
@@ -262,37 +289,71 @@ class AugmentedVolumes(Dataset):
     """Training items with the config's augmentation: random left-right flip and integer shifts.
 
     The left-right flip is a plausible skull (skulls are near-symmetric and the grid is centred on the
-    skull base); shifts imitate small placement differences of the grid anchors.
+    skull base); it swaps left and right region classes. Shifts imitate small placement differences of
+    the grid anchors. The defect and the complete skull move with the input.
     """
 
-    def __init__(self, volumes: torch.Tensor, augment: dict | None = None) -> None:
-        self.volumes = volumes
+    def __init__(self, volume_set: VolumeSet, class_names: tuple[str, ...], augment: dict | None = None) -> None:
+        self.set = volume_set
+        self.class_names = tuple(class_names)
         self.augment = augment or {}
 
     def __len__(self) -> int:
-        return len(self.volumes)
+        return len(self.set)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        x = self.volumes[index].float()
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        stack = [self.set.volumes[index]]
+        if self.set.implants is not None:
+            stack += [self.set.implants[index], self.set.completes[index]]
+        x = torch.cat(stack).float()
+        name = self.set.classes[index] if self.set.classes else regions.COMPLETE
         if self.augment.get("flip_lr") and torch.rand(()) < 0.5:
-            x = torch.flip(x, dims=(1,))  # axis 0 of the grid (Right) is dim 1 of (1, X, Y, Z)
+            x = torch.flip(x, dims=(1,))  # axis 0 of the grid (Right) is dim 1 of (C, X, Y, Z)
+            name = regions.MIRRORED_CLASS.get(name, name)
         shift = int(self.augment.get("shift_voxels", 0))
         if shift:
             offsets = torch.randint(-shift, shift + 1, (3,)).tolist()
             x = torch.roll(x, shifts=offsets, dims=(1, 2, 3))
-        return x
+        item = {"input": x[:1], "class_index": torch.tensor(self.class_names.index(name))}
+        if len(x) > 1:
+            item.update(implant=x[1:2], complete=x[2:3])
+        return item
 
 
-def make_loader(volumes: torch.Tensor, batch_size: int, augment: dict | None, runtime: Runtime,
-                seed: int) -> tuple[DataLoader, DistributedSampler | None]:
-    dataset = AugmentedVolumes(volumes, augment)
-    sampler = None
+def to_batch(item: dict[str, torch.Tensor], device: torch.device) -> stages.Batch:
+    return stages.Batch(item["input"], item.get("implant"), item.get("complete"), item["class_index"]).to(device)
+
+
+def balanced_weights(classes: list[str], class_names: tuple[str, ...]) -> torch.Tensor:
+    """Sampling weight per item so every class (left and right counted together) is drawn equally often."""
+    pooled = [regions.MIRRORED_CLASS.get(c, c) if c.endswith("_left") else c for c in classes]
+    counts = {c: pooled.count(c) for c in set(pooled)}
+    return torch.tensor([1.0 / counts[c] for c in pooled], dtype=torch.float64)
+
+
+def make_loader(volume_set: VolumeSet, batch_size: int, augment: dict | None, runtime: Runtime, seed: int,
+                class_names: tuple[str, ...] = regions.CLASS_NAMES, balanced: bool = False
+                ) -> tuple[DataLoader, DistributedSampler | None]:
+    dataset = AugmentedVolumes(volume_set, class_names, augment)
+    sampler: Any = None
     if runtime.distributed:
         sampler = DistributedSampler(dataset, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=True,
                                      seed=seed, drop_last=True)
+    elif balanced and volume_set.classes:
+        generator = torch.Generator().manual_seed(seed)
+        sampler = WeightedRandomSampler(balanced_weights(volume_set.classes, class_names), len(dataset),
+                                        replacement=True, generator=generator)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
                         drop_last=len(dataset) > batch_size, num_workers=0)
     return loader, sampler
+
+
+def start_epoch_sampling(sampler: Any, seed: int, epoch: int) -> None:
+    """Per-epoch sampling order that does not depend on how many epochs this process has run (resume)."""
+    if isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(epoch)
+    elif isinstance(sampler, WeightedRandomSampler) and sampler.generator is not None:
+        sampler.generator.manual_seed(seed + epoch)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -342,11 +403,15 @@ def write_log(path: Path, history: list[dict[str, Any]]) -> None:
 # ----------------------------------------------------------------------------- validation
 
 @torch.no_grad()
-def validate(model: AggregatedVAE, volumes: torch.Tensor, stage: str, device: torch.device,
-             batch_size: int = 4) -> dict[str, float]:
-    """Mean Dice loss and KLD (μ-decoded, eval mode) and the hard Dice of the bone class."""
+def validate(model: AggregatedVAE, volume_set: VolumeSet, stage: str, device: torch.device,
+             class_names: tuple[str, ...] = regions.CLASS_NAMES, batch_size: int = 4) -> dict[str, float]:
+    """μ-decoded (eval mode) Dice loss, KLD and hard Dice of the bone class; where the defects are known,
+    the fraction of defect voxels the decode keeps empty (``val_hole_kept``: 1 = the hole is reproduced)
+    and, with a class head, its accuracy."""
     model.eval()  # the training loop puts the trained part back into train mode each epoch
+    volumes = volume_set.volumes
     sums = {"val_dice_loss": 0.0, "val_kld": 0.0, "val_dice": 0.0}
+    kept, defect_voxels, correct = 0.0, 0.0, 0
     for start in range(0, len(volumes), batch_size):
         x = volumes[start : start + batch_size].float().to(device)
         mu, logvar = model.encode(x)
@@ -358,7 +423,19 @@ def validate(model: AggregatedVAE, volumes: torch.Tensor, stage: str, device: to
         inter = (pred & truth).flatten(1).sum(1).float()
         total = (pred.flatten(1).sum(1) + truth.flatten(1).sum(1)).float().clamp_min(1)
         sums["val_dice"] += (2 * inter / total).sum().item()
-    return {k: v / max(1, len(volumes)) for k, v in sums.items()}
+        if volume_set.implants is not None:
+            defect = volume_set.implants[start : start + batch_size, 0].to(device) >= 0.5
+            kept += (defect & ~pred).sum().item()
+            defect_voxels += defect.sum().item()
+        if model.classifier is not None and volume_set.classes:
+            truth_index = torch.tensor([class_names.index(c) for c in volume_set.classes[start : start + n]])
+            correct += int((model.classify(mu).argmax(1).cpu() == truth_index).sum())
+    out = {k: v / max(1, len(volumes)) for k, v in sums.items()}
+    if defect_voxels:
+        out["val_hole_kept"] = kept / defect_voxels
+    if model.classifier is not None and volume_set.classes:
+        out["val_class_accuracy"] = correct / max(1, len(volumes))
+    return out
 
 
 # ----------------------------------------------------------------------------- one stage
@@ -375,15 +452,60 @@ def _reduce_mean(values: dict[str, float], runtime: Runtime) -> dict[str, float]
     return dict(zip(values, (tensor / runtime.world_size).tolist(), strict=True))
 
 
+def warm_start(model: AggregatedVAE, source: str | os.PathLike) -> None:
+    """Copy the weights of a model bundle folder or a stage checkpoint into ``model`` (a new machine
+    without checkpoints starts from the bundled model). A class head that the source lacks, or whose
+    size differs, keeps its fresh initialisation; every other weight must match."""
+    path = expand_path(source)
+    if path.is_dir():
+        from SkullVAECompletionLib.bundle import load_bundle
+
+        state = load_bundle(path).model.state_dict()
+    else:
+        state = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    head = {k for k in own if k.startswith("classifier.")}
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    different = sorted((set(own) - head) - set(usable)) + sorted(set(state) - set(own) - head)
+    if different:
+        raise SystemExit(f"cannot warm-start from {path}: {len(different)} weights differ from this config's network "
+                         f"(e.g. {different[0]}); set init_from: null to train from scratch")
+    model.load_state_dict(usable, strict=False)
+    log.info("warm start from %s%s", path, " (new class head)" if head - set(usable) else "")
+
+
 def prepare_model(cfg: dict, stage: str, runtime: Runtime) -> AggregatedVAE:
-    """A fresh model for stage 1 / baseline; for stage 2 the stage-1 weights with the encoder frozen."""
+    """A fresh (or warm-started) model for stage 1 / baseline; for stage 2 the stage-1 weights with the
+    encoder frozen."""
     model = AggregatedVAE(network_config(cfg))
+    if stage != "stage2" and _stage_settings(cfg, stage).get("init_from"):
+        warm_start(model, _stage_settings(cfg, stage)["init_from"])
     if stage == "stage2":
         init = cfg["stage2"].get("init_from") or stage_dir(cfg, "stage1") / CHECKPOINT_NAME
         state = load_checkpoint(expand_path(init))
         model.load_state_dict(state["model"])
         log.info("stage 2 starts from the stage-1 checkpoint %s (epoch %d)", init, state["epoch"])
     return model.to(runtime.device)
+
+
+@torch.no_grad()
+def training_devs(model: AggregatedVAE, train_set: VolumeSet, device: torch.device,
+                  batch_size: int = 8) -> dict[str, np.ndarray]:
+    """DEV per defect class from the (frozen) encoder's μ of the un-augmented training volumes: the same
+    vectors ``training/aggregate.py`` writes into the bundle."""
+    model.eval()
+    latents = torch.cat([model.encode(train_set.volumes[i : i + batch_size].float().to(device))[0].cpu()
+                         for i in range(0, len(train_set), batch_size)]).numpy()
+    return stages.deviation_vectors(stages.class_centroids(latents, train_set.classes))
+
+
+def eta_text(history: list[dict[str, Any]], epoch: int, epochs: int, elapsed_s: float, limit_s: float) -> str:
+    """'ETA 12 min' from the mean epoch time, capped by the run's time budget."""
+    recent = [r["time_s"] for r in history[-5:]] or [0.0]
+    remaining = float(np.mean(recent)) * (epochs - epoch)
+    if math.isfinite(limit_s):
+        remaining = min(remaining, max(0.0, limit_s - elapsed_s))
+    return f"ETA {remaining / 60:.1f} min"
 
 
 def run_stage(cfg: dict, stage: str, resume: bool = False, runtime: Runtime | None = None,
@@ -402,6 +524,7 @@ def run_stage(cfg: dict, stage: str, resume: bool = False, runtime: Runtime | No
 
     data = data or load_volumes(cfg, ("train", "val"))
     train_set, val_set = data["train"], data.get("val")
+    class_names = regions.CLASS_NAMES
     model = prepare_model(cfg, stage, runtime)
     if stage == "stage2":
         parameters = stages.freeze_encoder(model)
@@ -409,11 +532,14 @@ def run_stage(cfg: dict, stage: str, resume: bool = False, runtime: Runtime | No
     else:
         parameters = list(model.vae.parameters())
         trainable = model.vae
+        if model.classifier is not None:
+            parameters += list(model.classifier.parameters())
     optimiser = torch.optim.Adam(parameters, lr=float(settings["lr"]))
     scaler = torch.amp.GradScaler("cuda") if runtime.amp else None
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if resume and checkpoint_path.exists():
+        # The checkpoint is on the CPU; a run started on a GPU resumes on a CPU and back.
         state = load_checkpoint(checkpoint_path)
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
@@ -424,11 +550,26 @@ def run_stage(cfg: dict, stage: str, resume: bool = False, runtime: Runtime | No
         log.info("resuming %s from epoch %d", stage, start_epoch)
 
     wrapped = DistributedDataParallel(trainable) if runtime.distributed else trainable
+    devs: dict[str, np.ndarray] = {}
+    table = None
     if stage == "stage2":
         stepper = SimpleNamespace(encode=model.encode, decode=wrapped)
+        if float(settings.get("shift_weight", 0.0)) and train_set.classes:
+            devs = training_devs(model, train_set, runtime.device)
+            table = stages.dev_table(devs, class_names, model.config.latent_size).to(runtime.device)
+            log.info("stage 2 learns the shift: |DEV| %s", {k: round(float(np.linalg.norm(v)), 3)
+                                                           for k, v in devs.items()})
     else:
-        stepper = SimpleNamespace(vae=wrapped)
-    loader, sampler = make_loader(train_set.volumes, int(settings["batch_size"]), cfg.get("augment"), runtime, seed)
+        classifier = model.classifier
+        if classifier is not None and runtime.distributed:
+            classifier = DistributedDataParallel(classifier)
+        stepper = SimpleNamespace(vae=wrapped, classifier=classifier)
+    weights = stages.Stage1Weights(beta=float(settings.get("beta", 0.0)),
+                                   dice_weight=float(settings.get("dice_weight", 80.0)),
+                                   defect_weight=float(settings.get("defect_weight", 0.0)),
+                                   class_weight=float(settings.get("class_weight", 0.0)) if model.classifier else 0.0)
+    loader, sampler = make_loader(train_set, int(settings["batch_size"]), cfg.get("augment"), runtime, seed,
+                                  class_names, balanced=settings.get("sampling") == "balanced")
     epochs = int(settings["epochs"])
     limit_s = float(settings.get("time_limit_min") or math.inf) * 60.0
     started = time.perf_counter()
@@ -438,36 +579,41 @@ def run_stage(cfg: dict, stage: str, resume: bool = False, runtime: Runtime | No
     for epoch in range(start_epoch, epochs):
         tick = time.perf_counter()
         trainable.train()  # stage 2: only the decoder; the frozen encoder stays in eval mode
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        sums = {"train_dice_loss": 0.0, "train_kld": 0.0, "train_loss": 0.0}
+        if model.classifier is not None and stage != "stage2":
+            model.classifier.train()
+        start_epoch_sampling(sampler, seed, epoch)
+        sums = dict.fromkeys(("train_dice_loss", "train_kld", "train_loss", "train_defect", "train_classification",
+                              "train_shift"), 0.0)
         bar = tqdm(loader, desc=f"{stage} {epoch + 1}/{epochs}", leave=False, disable=not runtime.is_main)
-        for batch in bar:
-            batch = batch.to(runtime.device, non_blocking=True)
+        for item in bar:
+            batch = to_batch(item, runtime.device)
             if stage == "stage2":
                 losses = stages.stage2_step(stepper, batch, optimiser, sample_latent=settings.get("latent") != "mean",
-                                            scaler=scaler, amp_device=amp_device)
+                                            scaler=scaler, amp_device=amp_device,
+                                            defect_weight=float(settings.get("defect_weight", 0.0)),
+                                            shift_weight=float(settings.get("shift_weight", 0.0)), dev_table=table)
             else:
-                losses = stages.stage1_step(stepper, batch, optimiser, beta=float(settings["beta"]),
-                                            dice_weight=float(settings.get("dice_weight", 80.0)), scaler=scaler,
-                                            amp_device=amp_device)
-            sums["train_dice_loss"] += losses.dice
-            sums["train_kld"] += losses.kld
-            sums["train_loss"] += losses.total
+                losses = stages.stage1_step(stepper, batch, optimiser, weights, scaler=scaler, amp_device=amp_device)
+            for key, value in (("train_dice_loss", losses.dice), ("train_kld", losses.kld),
+                               ("train_loss", losses.total), ("train_defect", losses.defect),
+                               ("train_classification", losses.classification), ("train_shift", losses.shift)):
+                sums[key] += value
             bar.set_postfix(dice=f"{losses.dice:.3f}", kld=f"{losses.kld:.2f}")
         row = _reduce_mean({k: v / max(1, len(loader)) for k, v in sums.items()}, runtime)
         if runtime.is_main:
             if val_set is not None and len(val_set):
-                row.update(validate(model, val_set.volumes, stage, runtime.device))
+                row.update(validate(model, val_set, stage, runtime.device, class_names))
             row.update(epoch=epoch + 1, lr=optimiser.param_groups[0]["lr"], time_s=round(time.perf_counter() - tick, 2))
             history.append(row)
             save_checkpoint(checkpoint_path, {
                 "stage": stage, "epoch": epoch + 1, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_state(),
-                "config": cfg, "history": history,
+                "config": cfg, "history": history, "class_names": list(class_names),
+                "dev": {k: v.tolist() for k, v in devs.items()},
             })
             write_log(out / LOG_NAME, history)
-            log.info("%s epoch %d/%d: %s", stage, epoch + 1, epochs,
+            log.info("%s epoch %d/%d (%s): %s", stage, epoch + 1, epochs,
+                     eta_text(history, epoch + 1, epochs, time.perf_counter() - started, limit_s),
                      ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch",)))
         if runtime.distributed:
             dist.barrier()

@@ -26,13 +26,15 @@ from .geometry import GridSpec
 from .networks import AggregatedVAE, NetworkConfig
 
 FORMAT_NAME = "skullvae-bundle"
-FORMAT_VERSION = 1
+# 2: region defect classes ("defect_classes"), an optional class head in the network, config hash and data
+# description at the top level. Version-1 bundles (classes "cranial" / "facial") still load.
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "weights.safetensors"
 LATENTS_NAME = "latents.safetensors"  # optional: paired training latents for the k-NN DEV option
-PAIRED_LATENT_KEYS = ("defective", "delta", "type_index")  # type_index: position in DEFECT_TYPES
+PAIRED_LATENT_KEYS = ("defective", "delta", "type_index")  # type_index: position in ModelBundle.defect_classes
 DEFAULT_MODEL_NAME = "skullvae-cranium-population"
-DEFECT_TYPES = ("cranial", "facial")
+LEGACY_DEFECT_CLASSES = ("cranial", "facial")  # the classes of format-1 bundles
 COMPLETION_METHODS = ("dev", "knn", "refine")
 
 REQUIRED_KEYS = {
@@ -73,6 +75,11 @@ class ModelBundle:
     @property
     def class_names(self) -> list[str]:
         return list(self.manifest["class_names"])
+
+    @property
+    def defect_classes(self) -> list[str]:
+        """The classes a latent shift completes (each has a DEV), in the order of the k-NN table's type_index."""
+        return list(self.manifest.get("defect_classes") or [c for c in LEGACY_DEFECT_CLASSES if c in self.dev])
 
     @property
     def centroids(self) -> dict[str, np.ndarray]:
@@ -169,7 +176,10 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
 def _check_vectors(manifest: dict[str, Any], path: Path) -> None:
     latent = NetworkConfig.from_dict(manifest["network"]).latent_size
     GridSpec.from_dict(manifest["geometry"])
-    for name in manifest["class_names"]:
+    heads = int(manifest["network"].get("num_classes", 0))
+    # Detection by centroids needs one per class; with a class head, the classes a shift starts from or ends at.
+    needed = [*manifest["dev"], "complete"] if heads else manifest["class_names"]
+    for name in needed:
         if name not in manifest["centroids"]:
             raise BundleError(f"{path}: no latent centroid for class '{name}'")
     for group in ("centroids", "dev"):
@@ -179,6 +189,12 @@ def _check_vectors(manifest: dict[str, Any], path: Path) -> None:
     for defect in manifest["dev"]:
         if defect not in manifest["default_gamma"]:
             raise BundleError(f"{path}: no default gamma for defect type '{defect}'")
+    for defect in manifest.get("defect_classes", []):
+        if defect not in manifest["dev"]:
+            raise BundleError(f"{path}: defect class '{defect}' has no DEV vector")
+    if heads and heads != len(manifest["class_names"]):
+        raise BundleError(f"{path}: the class head has {heads} outputs but the manifest names "
+                          f"{len(manifest['class_names'])} classes")
     method = manifest["completion"].get("method", "dev")
     if method not in COMPLETION_METHODS:
         raise BundleError(f"{path}: unknown completion method '{method}' (known: {', '.join(COMPLETION_METHODS)})")

@@ -18,7 +18,7 @@ from pathlib import Path
 from . import __version__
 from .bundle import load_bundle
 from .completion import (
-    DEFECT_CHOICES,
+    AUTO,
     DEVICE_CHOICES,
     EXTRACTION_CHOICES,
     METHOD_CHOICES,
@@ -54,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", type=Path, help="binary skull masks (NRRD or NIfTI) or folders of them")
     parser.add_argument("-o", "--output-dir", type=Path, required=True, help="folder for the results")
     parser.add_argument("--gamma", type=float, default=None, help="latent shift γ (default: the model's per type)")
-    parser.add_argument("--defect-type", choices=DEFECT_CHOICES, default="auto", help="default: detect it")
+    parser.add_argument("--defect-type", "--defect-class", dest="defect_type", default=AUTO, metavar="CLASS",
+                        help="the defect class whose latent shift completes the skull (default: auto, the detected "
+                        "one); the bundled model's classes: frontal, frontoorbital, parietotemporal_left, "
+                        "parietotemporal_right, occipital, vertex, facial")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="default: CUDA when available")
     parser.add_argument(
         "--precision",
@@ -155,7 +158,7 @@ def complete_file(completer: SkullCompleter, path: Path, args: argparse.Namespac
         meta.stem,
         result.defect_type,
         result.detected_type,
-        result.confidence,
+        result.class_probabilities.get(result.detected_type, result.confidence),
         result.gamma,
         result.implant_volume_ml,
     )
@@ -258,6 +261,9 @@ def _run(args: argparse.Namespace) -> int:
         ensure_writable_folder(args.output_dir, "output folder", "choose another with --output-dir")
         bundle = load_bundle(args.model)
         completer = SkullCompleter(bundle, device=args.device, precision=args.precision)
+        if args.defect_type not in completer.defect_choices:
+            raise SkullVAEError(f"--defect-type {args.defect_type}: model {bundle.model_id} {bundle.version} has no "
+                                f"such class; choose one of {', '.join(completer.defect_choices)}")
     except SkullVAEError as error:
         logger.error("error: %s", error)
         return 2

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bundle import DEFECT_TYPES, ModelBundle, load_bundle
+from .bundle import ModelBundle, load_bundle
 from .errors import CancelledError, DeviceError, InputError
 from .geometry import GridMapping, plan_mapping, refined_mapping, to_input_grid, to_model_grid
 from .implant import distance_to_input_bone, implant_at_input_resolution, implant_region
@@ -32,7 +32,7 @@ from .validation import validate_mask
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[float, str], None]
-DEFECT_CHOICES = ("auto", *DEFECT_TYPES)
+AUTO = "auto"  # defect class: the detected one (the bundle's classes are the other choices)
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 PRECISION_CHOICES = ("float32", "auto", "float16")
 # How the implant is cut from the decode: "rim" fits its surfaces to the patient's intact bone (rim.py);
@@ -90,6 +90,7 @@ class CompletionResult:
     holes: list = field(default_factory=list)  # rim.Hole per defect found by the rim stage
     # The rim stage's signed fields [(block, lo corner)], > 0 exactly on the implant's voxels: the STL's surfaces.
     implant_field: list | None = field(default=None, repr=False)
+    class_probabilities: dict[str, float] = field(default_factory=dict)  # the model's, for the detection
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -230,22 +231,32 @@ class SkullCompleter:
         )
 
     def class_probabilities(self, latent: np.ndarray) -> dict[str, float]:
-        """Posterior over classes from squared distances to the centroids (unit-variance Gaussians)."""
+        """Posterior over the bundle's classes: the softmax of its class head on μ when it has one, else
+        from squared distances to the class centroids (unit-variance Gaussians)."""
         names = self.bundle.class_names
-        centroids = self.bundle.centroids
-        squared = np.array([np.sum((latent - centroids[n]) ** 2) for n in names], dtype=np.float64)
-        weights = np.exp(-(squared - squared.min()) / 2.0)
+        if self.model.classifier is not None:
+            with torch.inference_mode():
+                logits = self.model.classify(torch.from_numpy(np.asarray(latent, np.float32))[None].to(self.device))
+            scores = logits[0].double().cpu().numpy()
+        else:
+            centroids = self.bundle.centroids
+            scores = -0.5 * np.array([np.sum((latent - centroids[n]) ** 2) for n in names], dtype=np.float64)
+        weights = np.exp(scores - scores.max())
         return {n: float(w) for n, w in zip(names, weights / weights.sum(), strict=True)}
 
-    def choose_defect_type(self, encoded: EncodedSkull, defect_type: str = "auto") -> tuple[str, float]:
-        """The defect type to use and the confidence in it."""
-        if defect_type not in DEFECT_CHOICES:
-            raise InputError(f"unknown defect type {defect_type!r}; choose one of {', '.join(DEFECT_CHOICES)}")
+    @property
+    def defect_choices(self) -> tuple[str, ...]:
+        """What ``defect_type`` accepts with this model: "auto" and its defect classes."""
+        return (AUTO, *self.bundle.defect_classes)
+
+    def choose_defect_type(self, encoded: EncodedSkull, defect_type: str = AUTO) -> tuple[str, float]:
+        """The defect class to use and the model's probability for it."""
         probabilities = encoded.class_probabilities
-        available = [t for t in DEFECT_TYPES if t in self.bundle.dev]
-        if defect_type != "auto":
+        available = self.bundle.defect_classes
+        if defect_type != AUTO:
             if defect_type not in available:
-                raise InputError(f"the model has no DEV vector for defect type '{defect_type}' (has: {available})")
+                raise InputError(f"unknown defect class {defect_type!r} for model {self.bundle.model_id} "
+                                 f"{self.bundle.version}; choose one of {', '.join(self.defect_choices)}")
             return defect_type, probabilities.get(defect_type, 0.0)
         chosen = max(available, key=lambda t: probabilities.get(t, 0.0))
         if encoded.detected_type not in available:
@@ -339,6 +350,7 @@ class SkullCompleter:
             message=message,
             holes=holes,
             implant_field=surface_field,
+            class_probabilities=dict(encoded.class_probabilities),
         )
 
     def run(
@@ -359,6 +371,18 @@ class SkullCompleter:
         result.timings["total"] += encode_time
         return result
 
+    def expected_skull(self, encoded: EncodedSkull, gamma: float | None = None, defect_type: str = AUTO,
+                       method: str | None = None) -> np.ndarray:
+        """The decoded skull's bone probability on the model grid for μ shifted by γ·DEV (cached per encoding):
+        at γ = 0 the model's reconstruction of the input, at the default γ the skull completion expects."""
+        chosen, _ = self.choose_defect_type(encoded, defect_type)
+        gamma = self.bundle.default_gamma[chosen] if gamma is None else float(gamma)
+        options = self.bundle.completion_options
+        method = method or options.get("method", "dev")
+        if method not in ("dev", "knn", "refine"):
+            raise InputError(f"method {method!r} has no decoded skull; choose dev, knn or refine")
+        return self._decode_cached(encoded, chosen, gamma, method, options)
+
     # --- latent arithmetic -----------------------------------------------------------------
     def _shift(self, encoded: EncodedSkull, defect_type: str, gamma: float, method: str, options: dict) -> torch.Tensor:
         mu = encoded.mu
@@ -372,7 +396,7 @@ class SkullCompleter:
     def _knn_dev(self, latent: np.ndarray, defect_type: str, k: int) -> np.ndarray:
         """Mean complete-minus-defective latent difference of the k nearest paired training cases of this type."""
         table = self.bundle.paired_latents
-        same_type = table["type_index"] == DEFECT_TYPES.index(defect_type)
+        same_type = table["type_index"] == self.bundle.defect_classes.index(defect_type)
         if not same_type.any():
             return self.bundle.dev[defect_type]
         defective, deltas = table["defective"][same_type], table["delta"][same_type]

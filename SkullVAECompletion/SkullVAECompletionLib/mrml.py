@@ -312,7 +312,7 @@ class CompletionSummary:
     uncertaintyNode: Any
     defectType: str
     detectedType: str
-    confidence: float
+    confidence: float  # the model's probability for the detected class
     gamma: float
     modelId: str
     modelVersion: str

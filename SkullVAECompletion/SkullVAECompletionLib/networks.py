@@ -34,6 +34,7 @@ class NetworkConfig:
     num_res_units: int = 0
     norm: str = "BATCH"
     decoder_norm: str | None = None  # the paper's decoder has ReLU only; "BATCH" trains faster on small data
+    num_classes: int = 0  # > 0: a linear defect-class head on μ (trained with stage 1; detection at inference)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -135,6 +136,8 @@ class AggregatedVAE(nn.Module):
         self.config = config
         self.vae = build_stage1_vae(config)
         self.decoder = DecoupledDecoder(config)
+        # A linear head keeps the classes linearly separable in μ, which is what a centroid difference needs.
+        self.classifier = nn.Linear(config.latent_size, config.num_classes) if config.num_classes else None
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Occupancy (B, 1, *grid) in [0, 1] → (μ, log σ²), each (B, latent_size)."""
@@ -147,6 +150,12 @@ class AggregatedVAE(nn.Module):
     def decode_stage1(self, z: torch.Tensor) -> torch.Tensor:
         """Latent → logits with the stage-1 VAE's own decoder (for comparisons)."""
         return self.vae.decode_forward(z, use_sigmoid=False)
+
+    def classify(self, mu: torch.Tensor) -> torch.Tensor:
+        """Defect-class logits (B, num_classes) of latent means; needs ``num_classes > 0``."""
+        if self.classifier is None:
+            raise BundleError("this network has no defect-class head (num_classes = 0)")
+        return self.classifier(mu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mu, _ = self.encode(x)
