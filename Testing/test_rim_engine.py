@@ -57,6 +57,19 @@ def test_cli_extraction_is_recorded_in_the_summary(tmp_path, tiny_bundle, synthe
         summary = json.loads((out / "skull_summary.json").read_text())
         assert summary["extraction"] == extraction
         assert "message" in summary and isinstance(summary["holes"], list)
+        assert set(summary["class_probabilities"]) == {"complete", "cranial", "facial"}
+        assert summary["confidence"] == summary["class_probabilities"]["cranial"]
+
+
+def test_cli_summary_of_a_region_model(tmp_path, region_bundle, synthetic_case):
+    """With a region-class model the summary names the detected class, its probability and the class used."""
+    path = write_mask(tmp_path / "skull.nrrd", synthetic_case["defective"], synthetic_case["ijk_to_ras"])
+    out = tmp_path / "out"
+    assert main([str(path), "-o", str(out), "--model", str(region_bundle), "--no-preview", "--no-stl",
+                 "--no-distance-map", "--defect-class", "facial"]) == 0
+    summary = json.loads((out / "skull_summary.json").read_text())
+    assert summary["defect_class"] == "facial" and summary["detected_class"] in summary["class_probabilities"]
+    assert len(summary["class_probabilities"]) == 8 and summary["model_id"] == "tiny-test-model"
 
 
 def test_mirror_method_completes_a_unilateral_defect(completer):

@@ -188,3 +188,31 @@ def test_eta_respects_the_time_budget() -> None:
     history = [{"time_s": 30.0}] * 3
     assert train.eta_text(history, 3, 13, elapsed_s=90.0, limit_s=float("inf")) == "ETA 5.0 min"
     assert train.eta_text(history, 3, 13, elapsed_s=90.0, limit_s=150.0) == "ETA 1.0 min"
+
+
+def test_evaluation_report_on_the_smoke_bundle(smoke_cfg: dict, workdir: Path) -> None:
+    """training/evaluate.py end to end on the smoke bundle: the γ sweep with the share of the defect the decode fills,
+    the detection's confusion matrix and figures, the auto-class completions, and the report."""
+    import json
+
+    from training.evaluate import defect_coverage, evaluate
+
+    folder = train.expand_path(smoke_cfg["aggregate"]["bundle_dir"])
+    if not (folder / "manifest.json").exists():
+        aggregate(smoke_cfg)
+    results = evaluate(smoke_cfg, folder, workdir / "results", "smoke.yaml")
+    assert {r["gamma"] for r in results["sweep"]} == {0.0, 1.0}
+    assert all(0.0 <= r["defect_coverage"] <= 1.0 for r in results["sweep"])
+    detection = results["detection"]
+    assert detection["by"] == "class head on μ" and detection["n"] == 3
+    assert sum(sum(row.values()) for row in detection["confusion"].values()) == 3
+    assert results["auto"] and {"dsc", "defect_coverage"} <= set(results["auto"][0])
+    for name in ("README.md", "results.json", "cases.csv", "detection_confusion.png", "shift_vs_gamma.png"):
+        assert (workdir / "results" / name).is_file(), name
+    report = (workdir / "results" / "README.md").read_text()
+    assert "decode fills" in report and "Defect-class detection" in report
+    assert json.loads((workdir / "results" / "results.json").read_text())["default_gamma"]
+    inside = np.zeros((4, 4, 4), np.float32)
+    inside[1:3, 1:3, 1:3] = 1
+    assert defect_coverage(inside * 0.9, inside) == 1.0 and defect_coverage(inside * 0.2, inside) == 0.0
+    assert np.isnan(defect_coverage(inside, None))

@@ -88,9 +88,14 @@ def comparison_completer(model: torch.nn.Module, train: VolumeSet, manifest: dic
 
 def case_class(bundle: ModelBundle, volume_set: VolumeSet, index: int) -> str:
     """The true class of a case in ``bundle``'s terms: its region class, or cranial/facial for a format-1 bundle."""
-    if volume_set.classes and volume_set.classes[index] in bundle.defect_classes + [regions.COMPLETE]:
-        return volume_set.classes[index]
-    return volume_set.labels[index]
+    if "cranial" in bundle.defect_classes:
+        return volume_set.labels[index]
+    return volume_set.classes[index] if volume_set.classes else volume_set.labels[index]
+
+
+def completable(bundle: ModelBundle, kind: str) -> str:
+    """``kind`` if the model has a DEV for it, else "auto" (a class without training cases has no shift)."""
+    return kind if kind in bundle.defect_classes else "auto"
 
 
 def defect_coverage(probability: np.ndarray, defect: np.ndarray | None) -> float:
@@ -185,8 +190,9 @@ def evaluate_cases(variants: list[Variant], test: VolumeSet, gammas: list[float]
         encoded = primary.completer.encode(case["defective"], case["ijk_to_ras"], name=case_id)
         encode_s = time.perf_counter() - tick
         region = test.entries[index]["case"].get("subtype", kind)
-        runs = [(primary, g, "sweep", kind) for g in gammas]
-        runs += [(v, v.gamma.get(kind, 1.0), "variant", kind) for v in variants]
+        asked_class = completable(bundle, kind)
+        runs = [(primary, g, "sweep", asked_class) for g in gammas]
+        runs += [(v, v.gamma.get(kind, 1.0), "variant", asked_class) for v in variants]
         runs.append((primary, None, "auto", "auto"))
         for variant, gamma, role, asked in runs:
             enc = encoded if variant.completer is primary.completer else reuse_encoding(
@@ -200,7 +206,7 @@ def evaluate_cases(variants: list[Variant], test: VolumeSet, gammas: list[float]
             seconds = time.perf_counter() - tick
             scores = implant_metrics(result.implant, case["implant"], case["defective"], spacing)
             coverage = float("nan")
-            if role != "variant" and variant.method != "mirror":
+            if role != "variant" and variant.method != "mirror" and result.defect_type in bundle.defect_classes:
                 coverage = defect_coverage(variant.completer.expected_skull(enc, result.gamma, result.defect_type,
                                                                             variant.method), model_defect)
             rows.append({"case_id": case_id, "type": kind, "label": test.labels[index], "region": region,
@@ -275,7 +281,7 @@ def resolution_check(completer: SkullCompleter, test: VolumeSet, spacing_mm: flo
     index = next((i for i, label in enumerate(test.labels) if label == "cranial"), None)
     if index is None:
         return None
-    kind = case_class(completer.bundle, test, index)
+    kind = completable(completer.bundle, case_class(completer.bundle, test, index))
     case = full_resolution_case(test.entries[index])
     matrix = np.asarray(case["ijk_to_ras"], float)
     factors = np.linalg.norm(matrix[:3, :3], axis=0) / spacing_mm
@@ -510,7 +516,8 @@ def figure_gamma_sweep(bundle: ModelBundle, test: VolumeSet, gammas: list[float]
         with torch.no_grad():
             mu, _ = model.encode(x)
             for col, gamma in enumerate(gammas, start=1):
-                z = mu + gamma * torch.from_numpy(bundle.dev[used])[None]
+                direction = bundle.dev.get(used, np.zeros(bundle.model.config.latent_size, np.float32))
+                z = mu + gamma * torch.from_numpy(direction)[None]
                 probability = bone_probability(model.decode(z))[0].numpy()
                 # Red: the engine's implant region (new bone away from the input), not every misregistered voxel.
                 region = implant_region(probability, x[0, 0].numpy(), bundle.grid.spacing_mm)
