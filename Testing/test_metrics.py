@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from SkullVAECompletionLib.metrics import boundary_dice, dice, hd95, implant_metrics
+from SkullVAECompletionLib.metrics import boundary_dice, defect_area_fill, defect_fill, dice, hd95, implant_metrics
 
 
 def box(shape, lo, hi):
@@ -48,3 +48,24 @@ def test_implant_metrics_keys():
     a = box((30, 30, 30), (5, 5, 5), (15, 15, 15))
     figures = implant_metrics(a, a, np.zeros_like(a), (1.0, 1.0, 1.0))
     assert figures == {"dsc": 1.0, "bdsc": 1.0, "hd95": 0.0}
+
+
+def test_defect_fill_by_voxels_and_by_area():
+    """A decoded shell one voxel off still closes the hole (area) but overlaps it only partly (voxels); the
+    input alone closes almost nothing; half the skull closes about half; no defect gives NaN."""
+    from SkullVAECompletionLib.synthetic import ShellSpec, centred_ijk_to_ras, skull_shell
+
+    shape = (50, 60, 52)
+    skull = skull_shell(shape, centred_ijk_to_ras(shape, (3.2, 3.2, 3.2)), ShellSpec())
+    defect = np.zeros_like(skull)
+    defect[:, :, 40:] = skull[:, :, 40:]
+    given = skull & ~defect
+    assert defect_fill(skull, defect) == 1.0 and defect_area_fill(skull, defect, given) == 1.0
+    off_by_one = np.roll(skull, 1, axis=2)
+    assert defect_fill(off_by_one, defect) < 0.8 < 0.95 < defect_area_fill(off_by_one, defect, given)
+    assert defect_fill(given, defect) == 0.0 and defect_area_fill(given, defect, given) < 0.1
+    half = skull.copy()
+    half[:25] = given[:25]
+    assert 0.4 < defect_area_fill(half, defect, given) < 0.6
+    assert math.isnan(defect_fill(skull, np.zeros_like(skull)))
+    assert math.isnan(defect_area_fill(skull, np.zeros_like(skull), given))

@@ -6,6 +6,8 @@ Run: ``PYTHONPATH=SkullVAECompletion:. pytest Testing/test_slicer_logic.py``
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -337,3 +339,26 @@ def test_gamma_preview_skips_the_fit_and_hides_the_stale_distance_map(scene, fak
     assert not distance.GetDisplayNode().GetVisibility(), "the distance map of the previous implant is hidden"
     full = fake_logic.updateGamma(result, 0.7)
     assert full.fit is not None and distance.GetDisplayNode().GetVisibility()
+
+
+def test_region_model_detection_and_override_on_the_node(scene, region_bundle):
+    """A region-class model in the Logic: the detected class and its probability on the node and the status line;
+    a chosen class overrides the detection; a class the model lacks is refused before the scene changes."""
+    shape, ijkToRas = GEOMETRIES["ras_3mm"]
+    defective, _ = module.makeSyntheticSkull(shape, ijkToRas)
+    node = addLabelmap(scene, defective, ijkToRas)
+    logic = module.SkullVAECompletionLogic(modelPath=region_bundle)
+    result = logic.process(node)
+    summary = logic.lastResult
+    probabilities = summary.result.class_probabilities
+    assert len(probabilities) == 8 and summary.detectedType == max(probabilities, key=probabilities.get)
+    assert summary.confidence == pytest.approx(probabilities[summary.detectedType])
+    assert result.GetAttribute("SkullVAECompletion.DetectedType") == summary.detectedType
+    recorded = json.loads(result.GetAttribute("SkullVAECompletion.Summary"))
+    assert recorded["class_probabilities"] and recorded["detected_class"] == summary.detectedType
+    logic.process(node, defectType="facial")
+    assert logic.lastResult.defectType == "facial"
+    before = nodeCount(scene)
+    with pytest.raises(InputError, match="unknown defect class 'cranial'"):
+        logic.process(node, defectType="cranial")
+    assert nodeCount(scene) == before

@@ -171,9 +171,8 @@ def test_warm_start_from_a_bundle(tiny_bundle: Path) -> None:
     """A model with a new class head starts from a bundle's weights; a different network is refused clearly."""
     import dataclasses
 
-    from tiny_model import TINY_NETWORK
-
     from SkullVAECompletionLib.networks import AggregatedVAE
+    from tiny_model import TINY_NETWORK
 
     model = AggregatedVAE(dataclasses.replace(TINY_NETWORK, num_classes=len(regions.CLASS_NAMES)))
     train.warm_start(model, tiny_bundle)
@@ -195,24 +194,20 @@ def test_evaluation_report_on_the_smoke_bundle(smoke_cfg: dict, workdir: Path) -
     the detection's confusion matrix and figures, the auto-class completions, and the report."""
     import json
 
-    from training.evaluate import defect_coverage, evaluate
+    from training.evaluate import evaluate
 
     folder = train.expand_path(smoke_cfg["aggregate"]["bundle_dir"])
     if not (folder / "manifest.json").exists():
         aggregate(smoke_cfg)
     results = evaluate(smoke_cfg, folder, workdir / "results", "smoke.yaml")
     assert {r["gamma"] for r in results["sweep"]} == {0.0, 1.0}
-    assert all(0.0 <= r["defect_coverage"] <= 1.0 for r in results["sweep"])
+    assert all(0.0 <= r["defect_fill"] <= r["defect_area_fill"] + 1e-9 <= 1.0 + 1e-9 for r in results["sweep"])
     detection = results["detection"]
     assert detection["by"] == "class head on μ" and detection["n"] == 3
     assert sum(sum(row.values()) for row in detection["confusion"].values()) == 3
-    assert results["auto"] and {"dsc", "defect_coverage"} <= set(results["auto"][0])
+    assert results["auto"] and {"dsc", "defect_fill", "defect_area_fill"} <= set(results["auto"][0])
     for name in ("README.md", "results.json", "cases.csv", "detection_confusion.png", "shift_vs_gamma.png"):
         assert (workdir / "results" / name).is_file(), name
     report = (workdir / "results" / "README.md").read_text()
-    assert "decode fills" in report and "Defect-class detection" in report
+    assert "closes (area)" in report and "Defect-class detection" in report
     assert json.loads((workdir / "results" / "results.json").read_text())["default_gamma"]
-    inside = np.zeros((4, 4, 4), np.float32)
-    inside[1:3, 1:3, 1:3] = 1
-    assert defect_coverage(inside * 0.9, inside) == 1.0 and defect_coverage(inside * 0.2, inside) == 0.0
-    assert np.isnan(defect_coverage(inside, None))

@@ -30,7 +30,7 @@ from SkullVAECompletionLib.bundle import ModelBundle, load_bundle, save_bundle
 from SkullVAECompletionLib.completion import EXTRACTION_CHOICES, CompletionResult, EncodedSkull, SkullCompleter
 from SkullVAECompletionLib.errors import InputError
 from SkullVAECompletionLib.implant import implant_region
-from SkullVAECompletionLib.metrics import implant_metrics
+from SkullVAECompletionLib.metrics import defect_area_fill, defect_fill, implant_metrics
 from SkullVAECompletionLib.networks import bone_probability
 from training.aggregate import (
     Stage1Decoding,
@@ -98,12 +98,14 @@ def completable(bundle: ModelBundle, kind: str) -> str:
     return kind if kind in bundle.defect_classes else "auto"
 
 
-def defect_coverage(probability: np.ndarray, defect: np.ndarray | None) -> float:
-    """Share of the true defect (model grid) that the decoded skull fills with bone (probability > 0.5)."""
+def decode_fills(probability: np.ndarray, defect: np.ndarray | None, skull: np.ndarray) -> dict[str, float]:
+    """How much of the true defect (model grid) the decoded skull fills: voxel by voxel (``defect_fill``) and as
+    area, seen from the cranial centre (``defect_area_fill``); NaN without a defect."""
     if defect is None or not (defect >= 0.5).any():
-        return float("nan")
-    inside = defect >= 0.5
-    return float(np.count_nonzero((probability > 0.5) & inside) / np.count_nonzero(inside))
+        return {"defect_fill": float("nan"), "defect_area_fill": float("nan")}
+    decoded, inside = probability > 0.5, defect >= 0.5
+    return {"defect_fill": defect_fill(decoded, inside),
+            "defect_area_fill": defect_area_fill(decoded, inside, skull >= 0.5)}
 
 
 def build_variants(cfg: dict, bundle: ModelBundle, data: dict[str, VolumeSet], device: str) -> list[Variant]:
@@ -205,14 +207,14 @@ def evaluate_cases(variants: list[Variant], test: VolumeSet, gammas: list[float]
                 result = empty_result(case["defective"], kind, gamma or 0.0, variant, str(error))
             seconds = time.perf_counter() - tick
             scores = implant_metrics(result.implant, case["implant"], case["defective"], spacing)
-            coverage = float("nan")
+            fills = decode_fills(np.zeros(1), None, np.zeros(1))
             if role != "variant" and variant.method != "mirror" and result.defect_type in bundle.defect_classes:
-                coverage = defect_coverage(variant.completer.expected_skull(enc, result.gamma, result.defect_type,
-                                                                            variant.method), model_defect)
+                decoded = variant.completer.expected_skull(enc, result.gamma, result.defect_type, variant.method)
+                fills = decode_fills(decoded, model_defect, enc.model_input)
             rows.append({"case_id": case_id, "type": kind, "label": test.labels[index], "region": region,
                          "variant": variant.name, "role": role, "gamma": result.gamma, "used_class": result.defect_type,
                          "method": variant.method, "extraction": result.extraction, **scores,
-                         "implant_ml": result.implant_volume_ml, "defect_coverage": coverage,
+                         "implant_ml": result.implant_volume_ml, **fills,
                          "detected": enc.detected_type, "seconds": round(seconds + encode_s, 2),
                          "message": result.message})
     return rows
@@ -350,17 +352,20 @@ def figure_confusion(detection: dict[str, Any], out: Path) -> Path:
 def figure_shift(rows: list[dict[str, Any]], out: Path) -> Path:
     """Per class: the share of the true defect the decode fills, and the implant's volume, against γ."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     sweep = [r for r in rows if r["role"] == "sweep"]
     for kind in sorted({r["type"] for r in sweep}):
         gammas = sorted({r["gamma"] for r in sweep if r["type"] == kind})
-        for ax, key in zip(axes, ("defect_coverage", "implant_ml"), strict=True):
+        for ax, key in zip(axes, ("defect_area_fill", "defect_fill", "implant_ml"), strict=True):
             means = [np.nanmean([r[key] for r in sweep if r["type"] == kind and r["gamma"] == g]) for g in gammas]
             ax.plot(gammas, means, marker="o", label=kind)
-    axes[0].axhline(0.3, color="grey", ls=":", lw=1)
-    axes[0].axhline(0.8, color="grey", ls=":", lw=1)
-    axes[0].set(title="share of the true defect filled by the decode", xlabel="γ", ylim=(0, 1.02))
-    axes[1].set(title="implant volume (ml, rim stage)", xlabel="γ")
+    for ax in axes[:2]:
+        ax.axhline(0.3, color="grey", ls=":", lw=1)
+        ax.axhline(0.8, color="grey", ls=":", lw=1)
+        ax.set(xlabel="γ", ylim=(0, 1.02))
+    axes[0].set_title("share of the defect's area the decode closes")
+    axes[1].set_title("share of the defect's voxels the decode fills")
+    axes[2].set(title="implant volume (ml, rim stage)", xlabel="γ")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -386,7 +391,7 @@ def summarise(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[st
             entry[metric] = float(finite.mean()) if finite.size else float("nan")
             entry[f"{metric}_sd"] = float(finite.std()) if finite.size else float("nan")
         entry["empty"] = int(sum(1 for m in members if not np.isfinite(m["hd95"])))
-        for extra in ("defect_coverage", "implant_ml"):
+        for extra in ("defect_fill", "defect_area_fill", "implant_ml"):
             values = np.array([m.get(extra, np.nan) for m in members], float)
             entry[extra] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
         out.append(entry)
@@ -660,22 +665,24 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
     for e in sorted(results.get("labels", []), key=lambda e: (e["variant"], e["label"])):
         lines.append(f"| {e['variant']} | {e['label']} | {e['n']} | {_fmt(e)} | {e['empty']} |")
     lines += ["", "## With the class the model detects itself (what a user gets with `auto`)", "",
-              "| defects | true class | n | DSC | bDSC | HD95 (mm) | empty | decode fills of the defect |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| defects | true class | n | DSC | bDSC | HD95 (mm) | empty | decode closes (area) | fills (voxels) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for e in sorted(results.get("auto", []), key=lambda e: (e["label"], e.get("type", ""))):
         lines.append(f"| {e['label']} | {e.get('type', '**all**')} | {e['n']} | {_fmt(e)} | {e['empty']} | "
-                     f"{e['defect_coverage']:.2f} |")
+                     f"{e['defect_area_fill']:.2f} | {e['defect_fill']:.2f} |")
     defaults = results.get("default_gamma", {})
     lines += ["", f"## γ sweep ({primary}, true class)", "",
-              "The latent shift at work: *decode fills* is the share of the true defect (model grid) where "
-              "decode(μ + γ·DEV) has bone; at γ = 0 the decode should reproduce the hole (≤ 0.30), at the default γ "
-              f"fill it (≥ 0.80). Default γ per class: {json.dumps(defaults)}.", "",
-              "| class | γ | n | decode fills | implant (ml) | DSC | bDSC | HD95 (mm) | empty |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "The latent shift at work, on the model grid: *closes (area)* is the share of the true defect's area "
+              "(4° directions seen from the cranial centre) in which decode(μ + γ·DEV) has bone at the defect's "
+              "depth (± one 3.2 mm voxel); *fills (voxels)* is the strict voxel overlap (a decoded shell one voxel "
+              "off counts as missing). At γ = 0 the decode should reproduce the hole (≤ 0.30), at the default γ "
+              f"close it (≥ 0.80). Default γ per class: {json.dumps(defaults)}.", "",
+              "| class | γ | n | closes (area) | fills (voxels) | implant (ml) | DSC | bDSC | HD95 (mm) | empty |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for e in sorted(results["sweep"], key=lambda e: (e["type"], e["gamma"])):
         mark = " (default)" if abs(defaults.get(e["type"], -1) - e["gamma"]) < 1e-9 else ""
-        lines.append(f"| {e['type']} | {e['gamma']:g}{mark} | {e['n']} | {e['defect_coverage']:.2f} | "
-                     f"{e['implant_ml']:.1f} | {_fmt(e)} | {e['empty']} |")
+        lines.append(f"| {e['type']} | {e['gamma']:g}{mark} | {e['n']} | {e['defect_area_fill']:.2f} | "
+                     f"{e['defect_fill']:.2f} | {e['implant_ml']:.1f} | {_fmt(e)} | {e['empty']} |")
     lines += ["", "## Models and completion methods (each at its validation-chosen γ)", "",
               "| model / method | type | γ | n | DSC | bDSC | HD95 (mm) | empty |", "|---|---|---|---|---|---|---|---|"]
     for e in sorted(results["variants"], key=lambda e: (e["variant"], e["type"])):

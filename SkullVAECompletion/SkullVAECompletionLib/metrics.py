@@ -80,3 +80,55 @@ def implant_metrics(
         "bdsc": boundary_dice(prediction, truth, defective, spacing),
         "hd95": hd95(prediction, truth, spacing),
     }
+
+
+def defect_fill(decoded: np.ndarray, defect: np.ndarray) -> float:
+    """Share of the defect's voxels where the decoded skull has bone (both masks on the same grid; NaN without a
+    defect). Strict: bone decoded one voxel too far out or in counts as missing."""
+    defect = np.asarray(defect, dtype=bool)
+    if not defect.any():
+        return float("nan")
+    return float(np.count_nonzero(np.asarray(decoded, dtype=bool) & defect) / np.count_nonzero(defect))
+
+
+def defect_area_fill(decoded: np.ndarray, defect: np.ndarray, skull: np.ndarray, bin_deg: float = 4.0,
+                     depth_tolerance: float = 1.0) -> float:
+    """Share of the defect's *area* the decoded skull closes: the defect's directions seen from the cranial centre
+    (``bin_deg`` bins of azimuth and elevation, weighted by the defect's voxels) in which the decode has bone at
+    the defect's depth (± ``depth_tolerance`` voxels). NaN without a defect.
+
+    Unlike :func:`defect_fill` this does not count a decoded shell that lies a voxel off the true one as a hole:
+    it asks whether the hole is closed, which is what the rim-conforming stage needs from the decode.
+    ``skull`` (the input) places the cranial centre; masks on an isotropic RAS-aligned grid (the model grid).
+    """
+    from .regions import cranial_centre_voxel
+
+    defect = np.asarray(defect, dtype=bool)
+    if not defect.any():
+        return float("nan")
+    centre = cranial_centre_voxel(np.asarray(skull, dtype=bool) | defect)
+
+    def polar(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        offsets = np.argwhere(mask) - centre
+        radius = np.linalg.norm(offsets, axis=1)
+        azimuth = np.degrees(np.arctan2(offsets[:, 0], offsets[:, 1]))
+        elevation = np.degrees(np.arcsin(np.clip(offsets[:, 2] / np.maximum(radius, 1e-9), -1, 1)))
+        columns = int(np.ceil(360.0 / bin_deg))
+        key = np.floor((elevation + 90.0) / bin_deg).astype(np.int64) * columns + np.floor(
+            (azimuth + 180.0) / bin_deg).astype(np.int64)
+        return key, radius
+
+    defect_key, defect_radius = polar(defect)
+    bone_key, bone_radius = polar(np.asarray(decoded, dtype=bool))
+    keys, inverse, counts = np.unique(defect_key, return_inverse=True, return_counts=True)
+    low = np.full(len(keys), np.inf)
+    high = np.full(len(keys), -np.inf)
+    np.minimum.at(low, inverse, defect_radius)
+    np.maximum.at(high, inverse, defect_radius)
+    slot = np.searchsorted(keys, bone_key)
+    in_defect_bin = (slot < len(keys)) & (keys[np.minimum(slot, len(keys) - 1)] == bone_key)
+    slot, radius = slot[in_defect_bin], bone_radius[in_defect_bin]
+    at_depth = (radius >= low[slot] - depth_tolerance) & (radius <= high[slot] + depth_tolerance)
+    closed = np.zeros(len(keys), dtype=bool)
+    closed[slot[at_depth]] = True
+    return float(counts[closed].sum() / counts.sum())
