@@ -95,7 +95,7 @@ def real_skull_completion():
 
     mask, matrix, _ = read_mask(resources_dir() / "SampleData" / "CraniumSkull.nrrd")
     bone = np.asarray(mask) > 0
-    return bone, matrix, SkullCompleter(device="cpu").run(bone, matrix, defect_type="cranial")
+    return bone, matrix, SkullCompleter(device="cpu").run(bone, matrix)
 
 
 def test_real_skull_gets_one_rim_fitted_implant_in_its_defect(real_skull_completion):

@@ -26,7 +26,8 @@ def parseArguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("output", type=Path, help="folder for the .seg.nrrd results (and STL files)")
     parser.add_argument("--model", type=Path, default=None, help="model bundle folder (default: bundled model)")
     parser.add_argument("--gamma", type=float, default=None, help="latent shift factor (default: the model's)")
-    parser.add_argument("--defect-type", default="auto", choices=("auto", "cranial", "facial"))
+    parser.add_argument("--defect-type", default="auto",
+                        help="auto (detected) or one of the model's defect classes, e.g. vertex, frontoorbital, facial")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--stl", action="store_true", help="also write each implant as STL")
     return parser.parse_args(argv)

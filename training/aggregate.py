@@ -271,14 +271,24 @@ def choose_defaults(rows: list[dict[str, Any]]) -> tuple[str, dict[str, float], 
     return winner, {t: g for t, (g, _) in best[winner].items()}, summary
 
 
+MIN_CASES_FOR_OWN_GAMMA = 3  # a class with fewer validation cases takes the pooled cranial γ (one case is noise)
+
+
 def fill_missing_gammas(rows: list[dict[str, Any]], method: str, chosen: dict[str, float],
                         classes: Iterable[str]) -> dict[str, float]:
-    """γ for classes without validation cases: the best γ of all cranial validation cases pooled
-    (the facial class, when missing, gets the paper's γ = 1)."""
+    """γ per class: its own best γ when it has at least :data:`MIN_CASES_FOR_OWN_GAMMA` validation cases, else
+    the best γ of all cranial validation cases pooled (the facial class, when missing, gets the paper's γ = 1)."""
     pooled = {g: v for (m, g), v in mean_by([r for r in rows if regions.is_cranial(r["type"])],
                                              ("method", "gamma")).items() if m == method}
     fallback = max(pooled, key=lambda g: (pooled[g], -abs(g - 1.0))) if pooled else 1.0
-    return {name: chosen.get(name, fallback if regions.is_cranial(name) else 1.0) for name in classes}
+    cases = {kind: len({r["case_id"] for r in rows if r["type"] == kind}) for kind in {r["type"] for r in rows}}
+    out = {}
+    for name in classes:
+        if name in chosen and cases.get(name, 0) >= MIN_CASES_FOR_OWN_GAMMA:
+            out[name] = chosen[name]
+        else:
+            out[name] = fallback if regions.is_cranial(name) else chosen.get(name, 1.0)
+    return out
 
 
 def select_on_validation(completer: SkullCompleter, cases: list[dict[str, Any]], gammas: list[float],
