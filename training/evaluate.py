@@ -342,11 +342,7 @@ def figure_confusion(detection: dict[str, Any], out: Path) -> Path:
     ax.set_xticks(range(len(names)), short, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(names)), short, fontsize=8)
     ax.set(xlabel="detected", ylabel="true", title=f"Detection on the test split: accuracy {detection['accuracy']:.2f}")
-    fig.tight_layout()
-    path = out / "detection_confusion.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "detection_confusion.png")
 
 
 def figure_shift(rows: list[dict[str, Any]], out: Path) -> Path:
@@ -369,11 +365,7 @@ def figure_shift(rows: list[dict[str, Any]], out: Path) -> Path:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "shift_vs_gamma.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "shift_vs_gamma.png")
 
 
 def summarise(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -407,6 +399,14 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    """Lay out, write (90 dpi) and close a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def read_log(path: Path) -> list[dict[str, float]]:
@@ -443,11 +443,7 @@ def figure_losses(cfg: dict, out: Path) -> Path:
     for ax in axes:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = out / "loss_curves.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "loss_curves.png")
 
 
 def figure_latents(models: dict[str, torch.nn.Module], train: VolumeSet, out: Path) -> Path:
@@ -482,11 +478,7 @@ def figure_latents(models: dict[str, torch.nn.Module], train: VolumeSet, out: Pa
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle("Training latents (μ), class centroids (X) and DEV arrows (defective → complete)")
-    fig.tight_layout()
-    path = out / "latent_pca.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "latent_pca.png")
 
 
 def depth_view(volume: np.ndarray, highlight: np.ndarray, axis: int, from_high: bool) -> np.ndarray:
@@ -532,11 +524,7 @@ def figure_gamma_sweep(bundle: ModelBundle, test: VolumeSet, gammas: list[float]
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle("γ sweep: decode(μ + γ·DEV) on the model grid (red: the engine's implant region)", fontsize=9)
-    fig.tight_layout()
-    path = out / "gamma_sweep.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "gamma_sweep.png")
 
 
 def figure_metrics_vs_gamma(sweep: list[dict[str, Any]], out: Path) -> Path:
@@ -551,11 +539,7 @@ def figure_metrics_vs_gamma(sweep: list[dict[str, Any]], out: Path) -> Path:
         ax.set(title=title, xlabel="γ")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    path = out / "metrics_vs_gamma.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "metrics_vs_gamma.png")
 
 
 def _ras_ordered(mask: np.ndarray, ijk_to_ras: np.ndarray) -> np.ndarray:
@@ -703,9 +687,12 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
     openings = results.get("natural_openings") or []
     if openings:
         lines += ["## Complete test skulls (natural openings must stay open)", "",
-                  "Defect-free test skulls completed as cranial: any implant fills a natural opening or the field of "
-                  "view's edge.", "", "| skull | extraction | implant (ml) | message |", "|---|---|---|---|"]
-        lines += [f"| {r['case_id']} | {r['extraction']} | {r['implant_ml']} | {r['message']} |" for r in openings]
+                  "Defect-free test skulls completed with the defaults (a skull detected as complete is completed as "
+                  "its most likely defect class): any implant fills a natural opening or the field of view's edge.",
+                  "", "| skull | detected | completed as | extraction | implant (ml) | message |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['case_id']} | {r.get('detected', '')} | {r.get('used_class', '')} | {r['extraction']} | "
+                  f"{r['implant_ml']} | {r['message']} |" for r in openings]
         lines.append("")
     template = results.get("template_mirror_check")
     if template:
