@@ -83,6 +83,19 @@ def test_stage1_cli_checkpoint_and_resume(smoke_cfg: dict, workdir: Path) -> Non
     assert any(changed)
 
 
+def test_a_gpu_checkpoint_resumes_on_the_cpu(smoke_cfg: dict) -> None:
+    """A checkpoint written by a CUDA run (GradScaler state, CUDA RNG state) resumes on a CPU-only machine."""
+    checkpoint = train.stage_dir(smoke_cfg, "stage1") / train.CHECKPOINT_NAME
+    state = train.load_checkpoint(checkpoint)
+    state["scaler"] = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                       "_growth_tracker": 3}
+    state["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)]
+    train.save_checkpoint(checkpoint, state)
+    longer = {**smoke_cfg, "stage1": {**smoke_cfg["stage1"], "epochs": state["epoch"] + 1}}
+    train.run_stage(longer, "stage1", resume=True)
+    assert train.load_checkpoint(checkpoint)["epoch"] == state["epoch"] + 1
+
+
 def test_stage2_freezes_encoder_and_baseline_trains(smoke_cfg: dict, smoke_data: dict) -> None:
     stage1 = train.load_checkpoint(train.stage_dir(smoke_cfg, "stage1") / train.CHECKPOINT_NAME)
     model = train.run_stage({**smoke_cfg, "overwrite": True}, "stage2", data=smoke_data)
