@@ -251,6 +251,11 @@ def mean_by(rows: list[dict[str, Any]], keys: tuple[str, ...], value: str = "dsc
     return {k: float(np.mean(v)) for k, v in groups.items()}
 
 
+def best_gamma(scores: dict[float, float]) -> float:
+    """The γ with the best mean DSC; ties go to the one nearest the paper's γ = 1."""
+    return max(scores, key=lambda g: (scores[g], -abs(g - 1.0)))
+
+
 def choose_defaults(rows: list[dict[str, Any]]) -> tuple[str, dict[str, float], dict[str, Any]]:
     """Best γ per (method, type) by mean DSC; then the method with the best type-averaged DSC at its γs."""
     table = mean_by(rows, ("method", "type", "gamma"))
@@ -261,7 +266,7 @@ def choose_defaults(rows: list[dict[str, Any]]) -> tuple[str, dict[str, float], 
         best[method] = {}
         for kind in types:
             candidates = {g: v for (m, t, g), v in table.items() if m == method and t == kind}
-            gamma = max(candidates, key=lambda g: (candidates[g], -abs(g - 1.0)))  # ties: the paper's γ = 1
+            gamma = best_gamma(candidates)
             best[method][kind] = (gamma, candidates[gamma])
     score = {m: float(np.mean([v for _, v in best[m].values()])) for m in methods}
     winner = max(score, key=score.get)
@@ -280,7 +285,7 @@ def fill_missing_gammas(rows: list[dict[str, Any]], method: str, chosen: dict[st
     the best γ of all cranial validation cases pooled (the facial class, when missing, gets the paper's γ = 1)."""
     pooled = {g: v for (m, g), v in mean_by([r for r in rows if regions.is_cranial(r["type"])],
                                              ("method", "gamma")).items() if m == method}
-    fallback = max(pooled, key=lambda g: (pooled[g], -abs(g - 1.0))) if pooled else 1.0
+    fallback = best_gamma(pooled) if pooled else 1.0
     cases = {kind: len({r["case_id"] for r in rows if r["type"] == kind}) for kind in {r["type"] for r in rows}}
     out = {}
     for name in classes:

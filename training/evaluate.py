@@ -98,11 +98,14 @@ def completable(bundle: ModelBundle, kind: str) -> str:
     return kind if kind in bundle.defect_classes else "auto"
 
 
+NO_FILL = {"defect_fill": float("nan"), "defect_area_fill": float("nan")}  # no defect, or no decode to measure
+
+
 def decode_fills(probability: np.ndarray, defect: np.ndarray | None, skull: np.ndarray) -> dict[str, float]:
     """How much of the true defect (model grid) the decoded skull fills: voxel by voxel (``defect_fill``) and as
     area, seen from the cranial centre (``defect_area_fill``); NaN without a defect."""
     if defect is None or not (defect >= 0.5).any():
-        return {"defect_fill": float("nan"), "defect_area_fill": float("nan")}
+        return dict(NO_FILL)
     decoded, inside = probability > 0.5, defect >= 0.5
     return {"defect_fill": defect_fill(decoded, inside),
             "defect_area_fill": defect_area_fill(decoded, inside, skull >= 0.5)}
@@ -207,7 +210,7 @@ def evaluate_cases(variants: list[Variant], test: VolumeSet, gammas: list[float]
                 result = empty_result(case["defective"], kind, gamma or 0.0, variant, str(error))
             seconds = time.perf_counter() - tick
             scores = implant_metrics(result.implant, case["implant"], case["defective"], spacing)
-            fills = decode_fills(np.zeros(1), None, np.zeros(1))
+            fills = dict(NO_FILL)
             if role != "variant" and variant.method != "mirror" and result.defect_type in bundle.defect_classes:
                 decoded = variant.completer.expected_skull(enc, result.gamma, result.defect_type, variant.method)
                 fills = decode_fills(decoded, model_defect, enc.model_input)

@@ -46,9 +46,11 @@ STAGES = ("stage1", "stage2", "baseline")
 LABELS = ("complete", "cranial", "facial")
 CHECKPOINT_NAME = "last.pt"
 LOG_NAME = "log.csv"
-LOG_FIELDS = ["epoch", "train_dice_loss", "train_kld", "train_loss", "train_defect", "train_classification",
-              "train_shift", "val_dice_loss", "val_kld", "val_dice", "val_hole_kept", "val_class_accuracy", "lr",
-              "time_s"]
+# Log column → field of stages.StepLosses (epoch means).
+TRAIN_LOSSES = {"train_dice_loss": "dice", "train_kld": "kld", "train_loss": "total", "train_defect": "defect",
+                "train_classification": "classification", "train_shift": "shift"}
+LOG_FIELDS = ["epoch", *TRAIN_LOSSES, "val_dice_loss", "val_kld", "val_dice", "val_hole_kept", "val_class_accuracy",
+              "lr", "time_s"]
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -493,9 +495,7 @@ def training_devs(model: AggregatedVAE, train_set: VolumeSet, device: torch.devi
                   batch_size: int = 8) -> dict[str, np.ndarray]:
     """DEV per defect class from the (frozen) encoder's μ of the un-augmented training volumes: the same
     vectors ``training/aggregate.py`` writes into the bundle."""
-    model.eval()
-    latents = torch.cat([model.encode(train_set.volumes[i : i + batch_size].float().to(device))[0].cpu()
-                         for i in range(0, len(train_set), batch_size)]).numpy()
+    latents = stages.encode_volumes(model, (batch.to(device) for batch in train_set.volumes.split(batch_size)))
     return stages.deviation_vectors(stages.class_centroids(latents, train_set.classes))
 
 
@@ -582,8 +582,7 @@ def run_stage(cfg: dict, stage: str, resume: bool = False, runtime: Runtime | No
         if model.classifier is not None and stage != "stage2":
             model.classifier.train()
         start_epoch_sampling(sampler, seed, epoch)
-        sums = dict.fromkeys(("train_dice_loss", "train_kld", "train_loss", "train_defect", "train_classification",
-                              "train_shift"), 0.0)
+        sums = dict.fromkeys(TRAIN_LOSSES, 0.0)
         bar = tqdm(loader, desc=f"{stage} {epoch + 1}/{epochs}", leave=False, disable=not runtime.is_main)
         for item in bar:
             batch = to_batch(item, runtime.device)
@@ -594,10 +593,8 @@ def run_stage(cfg: dict, stage: str, resume: bool = False, runtime: Runtime | No
                                             shift_weight=float(settings.get("shift_weight", 0.0)), dev_table=table)
             else:
                 losses = stages.stage1_step(stepper, batch, optimiser, weights, scaler=scaler, amp_device=amp_device)
-            for key, value in (("train_dice_loss", losses.dice), ("train_kld", losses.kld),
-                               ("train_loss", losses.total), ("train_defect", losses.defect),
-                               ("train_classification", losses.classification), ("train_shift", losses.shift)):
-                sums[key] += value
+            for key, attribute in TRAIN_LOSSES.items():
+                sums[key] += getattr(losses, attribute)
             bar.set_postfix(dice=f"{losses.dice:.3f}", kld=f"{losses.kld:.2f}")
         row = _reduce_mean({k: v / max(1, len(loader)) for k, v in sums.items()}, runtime)
         if runtime.is_main:

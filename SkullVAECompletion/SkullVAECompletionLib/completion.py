@@ -40,7 +40,8 @@ PRECISION_CHOICES = ("float32", "auto", "float16")
 EXTRACTION_CHOICES = ("rim", "decode")
 # Where the expected skull comes from: the decoder with a latent shift (dev: class DEV, knn: DEV of the nearest
 # training pairs, refine: + latent refinement), or the patient's own healthy side mirrored (mirror.py).
-METHOD_CHOICES = ("dev", "knn", "refine", "mirror")
+DECODER_METHODS = ("dev", "knn", "refine")
+METHOD_CHOICES = (*DECODER_METHODS, "mirror")
 DEFAULT_EXTRACTION = "rim"
 HALF_PRECISION_MIN_DICE = 0.995  # "auto" uses float16 only if its decoded skull agrees this well with float32
 DECODE_CACHE_SIZE = 8
@@ -286,14 +287,7 @@ class SkullCompleter:
         """
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        chosen, confidence = self.choose_defect_type(encoded, defect_type)
-        gamma = self.bundle.default_gamma[chosen] if gamma is None else float(gamma)
-        if not np.isfinite(gamma):
-            raise InputError(f"gamma must be a finite number, got {gamma}")
-        options = self.bundle.completion_options
-        method = method or options.get("method", "dev")
-        if method not in METHOD_CHOICES:
-            raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHOD_CHOICES)}")
+        chosen, confidence, gamma, method, options = self._resolve(encoded, gamma, defect_type, method)
         extraction = extraction or options.get("extraction", DEFAULT_EXTRACTION)
         if extraction not in EXTRACTION_CHOICES:
             raise InputError(f"unknown extraction {extraction!r}; choose one of {', '.join(EXTRACTION_CHOICES)}")
@@ -375,13 +369,23 @@ class SkullCompleter:
                        method: str | None = None) -> np.ndarray:
         """The decoded skull's bone probability on the model grid for μ shifted by γ·DEV (cached per encoding):
         at γ = 0 the model's reconstruction of the input, at the default γ the skull completion expects."""
-        chosen, _ = self.choose_defect_type(encoded, defect_type)
+        chosen, _, gamma, method, options = self._resolve(encoded, gamma, defect_type, method)
+        if method not in DECODER_METHODS:
+            raise InputError(f"method {method!r} has no decoded skull; choose one of {', '.join(DECODER_METHODS)}")
+        return self._decode_cached(encoded, chosen, gamma, method, options)
+
+    def _resolve(self, encoded: EncodedSkull, gamma: float | None, defect_type: str, method: str | None
+                 ) -> tuple[str, float, float, str, dict]:
+        """The class (and its probability), γ, method and completion options a call uses, checked."""
+        chosen, confidence = self.choose_defect_type(encoded, defect_type)
         gamma = self.bundle.default_gamma[chosen] if gamma is None else float(gamma)
+        if not np.isfinite(gamma):
+            raise InputError(f"gamma must be a finite number, got {gamma}")
         options = self.bundle.completion_options
         method = method or options.get("method", "dev")
-        if method not in ("dev", "knn", "refine"):
-            raise InputError(f"method {method!r} has no decoded skull; choose dev, knn or refine")
-        return self._decode_cached(encoded, chosen, gamma, method, options)
+        if method not in METHOD_CHOICES:
+            raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHOD_CHOICES)}")
+        return chosen, confidence, gamma, method, options
 
     # --- latent arithmetic -----------------------------------------------------------------
     def _shift(self, encoded: EncodedSkull, defect_type: str, gamma: float, method: str, options: dict) -> torch.Tensor:
