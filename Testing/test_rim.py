@@ -14,7 +14,7 @@ from vtkmodules.util import numpy_support
 from SkullVAECompletionLib.geometry import GridMapping, GridSpec, plan_mapping, to_model_grid
 from SkullVAECompletionLib.io import mask_to_surface, surface_topology
 from SkullVAECompletionLib.metrics import dice, hd95
-from SkullVAECompletionLib.rim import RimOptions, fit_implant, interpolate_surface
+from SkullVAECompletionLib.rim import RimOptions, fit_implant, interpolate_surface, thin_plate_surface
 from SkullVAECompletionLib.synthetic import ShellSpec, centred_ijk_to_ras, ras_grid, skull_shell
 
 GRID = GridSpec(shape=(48, 64, 48), spacing_mm=4.0)
@@ -114,6 +114,22 @@ def test_natural_openings_are_left_alone(shell):
     assert run(complete, complete, matrix).implant.sum() == 0
 
 
+def test_an_opening_joined_to_a_defect_stays_open_when_the_healthy_side_has_it_too(shell):
+    complete, matrix = shell
+    # A fronto-orbital defect that runs into one "orbit"; the other orbit, on the healthy side, is its mirror image.
+    orbit_direction = np.array((0.45, 1.0, -0.1))
+    orbits = ball(matrix, surface_point(orbit_direction), 14.0)
+    orbits |= ball(matrix, surface_point(orbit_direction * (-1.0, 1.0, 1.0)), 14.0)
+    defect = ball(matrix, surface_point((0.5, 1.0, 0.45)), 22.0) & ~orbits
+    defective = complete & ~orbits & ~defect
+    fit = run(defective, complete, matrix)
+    implant = fit.implant.astype(bool)
+    assert len(fit.holes) == 1, fit.message
+    assert dice(implant, complete & defect) >= 0.8
+    # Without the healthy side's evidence the defect would spread over the whole orbit.
+    assert (implant & orbits).sum() <= 0.1 * (complete & orbits).sum() / 2
+
+
 def test_odd_situations_give_a_message_not_a_traceback(shell):
     complete, matrix = shell
     mapping = plan_mapping(complete, matrix, GRID)
@@ -132,6 +148,25 @@ def test_harmonic_interpolation_reproduces_a_plane():
     known[8:20, 10:30] = False  # a hole inside the known pixels: a plane is harmonic, so it is reproduced
     assert np.allclose(interpolate_surface(plane, known), plane, atol=1e-6)
     assert np.isnan(interpolate_surface(plane, np.zeros(plane.shape, bool))).all()
+    assert np.allclose(thin_plate_surface(plane, known), plane, atol=1e-6)
+    # The smoothing thin plate follows a plane across the hole, within a fraction of a pixel's slope.
+    assert np.abs(thin_plate_surface(plane, known, stiffness=10.0) - plane)[~known].max() < 0.2
+
+
+def test_thin_plate_carries_the_rims_curvature_across_a_hole():
+    rows, columns = np.mgrid[0:40, 0:40].astype(float)
+    dome = 50.0 - 0.02 * ((rows - 20.0) ** 2 + (columns - 20.0) ** 2)  # constant curvature: the thin plate is exact
+    known = np.ones(dome.shape, bool)
+    known[10:30, 10:30] = False
+    thin_plate = thin_plate_surface(dome, known)
+    membrane = interpolate_surface(dome, known)
+    assert np.abs(thin_plate - dome).max() < 1e-6
+    assert (dome - membrane)[20, 20] > 1.0  # the membrane sags in the middle of a domed hole
+    # The smoothing thin plate follows the dome too, but not the rim's voxel noise.
+    noisy = dome + np.random.default_rng(0).normal(0.0, 0.5, dome.shape)
+    smooth = thin_plate_surface(noisy, known, stiffness=10.0)
+    assert np.abs(smooth - dome)[~known].mean() < np.abs(thin_plate_surface(noisy, known) - dome)[~known].mean()
+    assert np.abs(smooth - dome)[20, 20] < 0.5
 
 
 def test_stl_follows_the_fitted_surfaces_and_is_closed(shell):

@@ -11,7 +11,8 @@ patient's own intact bone at the input's full resolution:
    directions whose expected shell lies outside the input's field of view are never holes.
 3. **Surfaces per hole** (:func:`fit_hole`): in a latitude-longitude patch whose equator runs through the hole
    (no pole near it), the outer and inner table radii of the intact bone are measured with sub-voxel accuracy.
-   Their offsets from the decode's surfaces are interpolated across the hole (harmonic: robust to a noisy rim);
+   Their offsets from the decode's surfaces are interpolated across the hole (the outer surface as a thin plate,
+   which carries the rim's curvature; the thickness as a membrane, robust to a noisy rim);
    rays near the rim, which graze a ragged or bevelled edge, and outliers are re-estimated, and bone that is
    present but sunken well below the interpolated outer table (a depressed fracture) joins the defect.
 4. **Voxelisation on the input grid** (:func:`voxelise`): a voxel belongs to the implant when its direction lies in
@@ -43,6 +44,7 @@ from .geometry import GridMapping
 logger = logging.getLogger(__name__)
 
 SHAPE_SOURCES = ("decode", "rim")
+OUTER_INTERPOLATIONS = ("thin_plate", "harmonic")
 DETECTION_PRESENCE = 0.25  # thin bone broken into sub-voxel cracks (thin CT slices, resampling) still counts as bone
 SAMPLING_THREADS = max(1, min(4, os.cpu_count() or 1))
 VAULT_LEVEL = 0.4  # the vault: bone above this fraction of the skull's height
@@ -61,7 +63,7 @@ class RimOptions:
     radial_step_mm: float = 0.5  # sampling step along a hole's rays (sub-sample radii by interpolated crossings)
     patch_margin_mm: float = 12.0  # intact bone measured around each hole
     rim_band_mm: float = 1.5  # the implant reaches this far past the bone-free directions, into the rim's bevel
-    rim_skip_mm: float = 3.0  # rays this close to a hole may graze its edge: their radii are re-estimated
+    rim_skip_mm: float = 4.5  # rays this close to a hole may graze its edge: their radii are re-estimated
     outlier_mm: float = 2.0  # intact rays this far from the interpolated surface are re-estimated
     depression_mm: float = 3.0  # bone next to a defect sunken this far below the fitted outer table joins it
     min_thickness_mm: float = 0.8
@@ -73,10 +75,15 @@ class RimOptions:
     max_mirrored_fraction: float = 0.5  # a region whose mirror image is another bone-free region is a natural pair
     shape_smoothing_mm: float = 12.0  # smoothing of the decode's surfaces: its shape stays, its voxels' ripple goes
     shape: str = "decode"  # "decode": decoded surfaces + rim offsets; "rim": the rim's radii interpolated alone
+    outer_interpolation: str = "thin_plate"  # of the outer surface across a hole: "thin_plate" or "harmonic"
+    thin_plate_stiffness: float = 10.0  # the thin plate's smoothing of the rim's voxel noise (0: exact)
 
     def __post_init__(self) -> None:
         if self.shape not in SHAPE_SOURCES:
             raise ValueError(f"rim shape must be one of {SHAPE_SOURCES}, got {self.shape!r}")
+        if self.outer_interpolation not in OUTER_INTERPOLATIONS:
+            raise ValueError(f"rim outer_interpolation must be one of {OUTER_INTERPOLATIONS}, "
+                             f"got {self.outer_interpolation!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> RimOptions:
@@ -296,6 +303,7 @@ class HoleSeeds:
     expected_outer: np.ndarray
     count: int
     shell_fraction: float  # bone-free fraction of the expected shell
+    open_ray: np.ndarray | None = None  # bool per direction: bone-free where the decode expects shell (any region)
 
 
 def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
@@ -338,7 +346,7 @@ def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
     relabel = np.full(count, -1)
     relabel[keep] = np.arange(len(keep))
     labels[chosen] = relabel[component]
-    return HoleSeeds(directions, labels, outer, len(keep), shell_fraction)
+    return HoleSeeds(directions, labels, outer, len(keep), shell_fraction, open_ray)
 
 
 def mirrored_fraction(directions: np.ndarray, open_ray: np.ndarray, graph: sparse.csr_matrix, chosen: np.ndarray,
@@ -412,24 +420,51 @@ def grid_adjacency(shape: tuple[int, int]) -> sparse.csr_matrix:
     return (sparse.kron(paths[0], sparse.eye(shape[1])) + sparse.kron(sparse.eye(shape[0]), paths[1])).tocsr()
 
 
-def interpolate_surface(values: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """Fill the unknown pixels of a 2-D grid with the harmonic interpolant of the known ones (NaN if none is known).
+@functools.lru_cache(maxsize=8)
+def _smoothness_operator(shape: tuple[int, int], order: int) -> sparse.csr_matrix:
+    """The grid Laplacian L with natural (zero-flux) borders (order 1: the membrane's energy) or LᵀL (order 2: the
+    thin plate's bending energy; at the grid's borders it also resists slope, which keeps a hole's surface from
+    extrapolating the rim's slope; measured better than bending energy alone). One per patch size."""
+    laplacian = grid_adjacency(shape)
+    laplacian = (sparse.diags(np.asarray(laplacian.sum(axis=1)).ravel()) - laplacian).tocsr()
+    return laplacian if order == 1 else (laplacian.T @ laplacian).tocsr()
 
-    Harmonic, not biharmonic: the rim's values are measured on ragged bone and biharmonic interpolation
-    overshoots on such noise (it did here, and in the experiment behind METHOD.md's rim principle).
-    The grid's borders are natural (zero-flux) boundaries.
-    """
+
+def _solve_fixed(values: np.ndarray, known: np.ndarray, operator: sparse.csr_matrix) -> np.ndarray:
+    """Minimise xᵀ·operator·x over the unknown pixels with the known ones fixed (NaN if none is known)."""
     filled = np.where(known, values, np.nan).astype(np.float64)
     if known.all() or not known.any():
         return filled
     # Every unknown pixel is connected to a known one (known pixels exist), so the system is regular.
-    laplacian = grid_adjacency(values.shape)
-    laplacian = (sparse.diags(np.asarray(laplacian.sum(axis=1)).ravel()) - laplacian).tocsr()
     free, fixed = np.flatnonzero(~known.ravel()), np.flatnonzero(known.ravel())
-    rhs = -(laplacian[free][:, fixed] @ values.ravel()[fixed].astype(np.float64))
+    rhs = -(operator[free][:, fixed] @ values.ravel()[fixed].astype(np.float64))
     result = filled.ravel()
-    result[free] = spsolve(laplacian[free][:, free].tocsc(), rhs)
+    result[free] = spsolve(operator[free][:, free].tocsc(), rhs)
     return result.reshape(values.shape)
+
+
+def interpolate_surface(values: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Fill the unknown pixels of a 2-D grid with the harmonic interpolant (the membrane) of the known ones.
+
+    No overshoot and flat across a hole: robust to a noisy rim. NaN everywhere if no pixel is known.
+    """
+    return _solve_fixed(values, known, _smoothness_operator(tuple(values.shape), 1))
+
+
+def thin_plate_surface(values: np.ndarray, known: np.ndarray, stiffness: float = 0.0) -> np.ndarray:
+    """The thin plate through the known pixels: it carries the rim's slope and curvature across a hole.
+
+    ``stiffness`` 0 interpolates the known values exactly; > 0 is the smoothing spline that minimises
+    Σ_known (f − value)² + stiffness·Σ (Δf)² (pixels as units), which follows the rim without copying the noise of
+    its voxels (an exact thin plate amplifies it). NaN everywhere if no pixel is known.
+    """
+    operator = _smoothness_operator(tuple(values.shape), 2)
+    if stiffness <= 0 or not known.any():
+        return _solve_fixed(values, known, operator)
+    weights = known.ravel().astype(np.float64)
+    system = (sparse.diags(weights) + stiffness * operator).tocsc()
+    data = weights * np.nan_to_num(np.asarray(values, np.float64).ravel())
+    return spsolve(system, data).reshape(values.shape)
 
 
 def components_touching(mask: np.ndarray, region: np.ndarray) -> np.ndarray:
@@ -459,6 +494,7 @@ class PatchProfile:
     expected_outer: np.ndarray  # the decode's outer surface, smoothed (mm)
     present: np.ndarray  # the input has bone near the expected shell
     in_view: np.ndarray
+    measurable: np.ndarray  # the whole search window lies in the field of view: the bone's radii are not cut
     outer: np.ndarray  # the input's outer and inner table radii (mm, NaN without bone)
     inner: np.ndarray
     hole: np.ndarray  # the defect's bone-free directions (and the bone they enclose)
@@ -509,11 +545,39 @@ def measure_patch(frame: Frame, seeds: HoleSeeds, label: int, options: RimOption
     seed = ndimage.binary_dilation(seed, iterations=max(1, int(round(
         math.radians(options.detection_step_deg) * radius / pixel_mm))))
     hole = components_touching(~present & in_view & defined, seed)
+    # An opening the healthy side has too (an orbit next to a fronto-orbital defect) is natural: not the defect.
+    natural = open_on_healthy_side(frame, patch, directions, exp_outer.ravel(), exp_inner.ravel(), hole, options)
+    if natural.any():
+        hole = components_touching(hole & ~natural, seed)
     # Bone enclosed by missing bone (a depressed or loose fragment, a bridge) lies inside the defect: the surfaces
     # are fitted to the rim outside it; the fragment itself stays as it is (the implant never covers input bone).
     hole = ndimage.binary_fill_holes(hole)
-    return PatchProfile(patch, radius, exp_outer, present, in_view, profile.outer.reshape(shape),
+    window_end = frame.centre + directions * (exp_outer.ravel() + options.window_mm)[:, None]
+    measurable = in_view & _inside_input(frame, window_end).reshape(shape)
+    return PatchProfile(patch, radius, exp_outer, present, in_view, measurable, profile.outer.reshape(shape),
                         profile.inner.reshape(shape), hole)
+
+
+def open_on_healthy_side(frame: Frame, patch: Patch, directions: np.ndarray, expected_outer: np.ndarray,
+                         expected_inner: np.ndarray, hole: np.ndarray, options: RimOptions) -> np.ndarray:
+    """Hole pixels whose mirror image (across the mid-sagittal plane through the centre) is bone-free too and
+    not part of this hole: natural openings, which come in pairs; a defect is one-sided or crosses the midline.
+
+    The model grid is aligned with RAS, so the mirror flips a direction's R-L component. Two separate holes that
+    mirror each other exactly are taken for natural openings (the coarse detection does the same).
+    """
+    mirrored = directions * np.array([-1.0, 1.0, 1.0])
+    pixels = np.rint(patch.grid_coordinates(mirrored)).astype(int)
+    inside = np.all((pixels >= 0) & (pixels < patch.size), axis=1)
+    mirror_in_hole = np.zeros(len(directions), bool)
+    mirror_in_hole[inside] = hole[pixels[inside, 0], pixels[inside, 1]]
+    candidates = np.flatnonzero(hole.ravel() & ~mirror_in_hole)
+    natural = np.zeros(len(directions), bool)
+    if candidates.size:
+        profile = input_profile(frame, mirrored[candidates], expected_outer[candidates], expected_inner[candidates],
+                                options.window_mm, options.detection_radial_step_mm, presence=DETECTION_PRESENCE)
+        natural[candidates] = ~profile.present & profile.in_view
+    return natural.reshape(hole.shape)
 
 
 def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) -> PatchFit | str:
@@ -533,14 +597,19 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
     # The decode's outer surface carries the shape across the hole; its inner surface does not (a blurred decode
     # is thin where it fills a hole), so the bone's thickness is carried over from the rim instead.
     base_outer = measured.expected_outer if options.shape == "decode" else np.zeros(hole.shape)
+    thin_plate = options.outer_interpolation == "thin_plate" and not (
+        # An open rim (the field of view cuts it): a thin plate would extrapolate its slope out of view.
+        ndimage.binary_dilation(hole, iterations=skip + 1) & ~measured.measurable).any()
     depressed = np.zeros(hole.shape, bool)
     reliable = plausible
     for _ in range(2):  # second pass: depressed bone joins the defect, outliers are re-estimated
         defect = hole | depressed
-        known = reliable & ~ndimage.binary_dilation(defect, iterations=skip) & measured.in_view
+        known = reliable & ~ndimage.binary_dilation(defect, iterations=skip) & measured.measurable
         if not known.any():
             return "no intact bone around a bone-free region to fit the implant to"
-        fit_outer = interpolate_surface(outer - base_outer, known) + base_outer
+        residual = outer - base_outer
+        fit_outer = base_outer + (thin_plate_surface(residual, known, options.thin_plate_stiffness) if thin_plate
+                                  else interpolate_surface(residual, known))
         fit_thickness = interpolate_surface(thickness, known)
         # Rays that graze a ragged or bevelled edge disagree with their smoothed neighbourhood.
         smooth_outer = ndimage.gaussian_filter(np.nan_to_num(fit_outer), smoothing)
