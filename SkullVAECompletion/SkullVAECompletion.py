@@ -823,7 +823,7 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
         bundle = getattr(completer, "bundle", None)
         return mrml.CompletionSummary(
             segmentationNode=segmentationNode, uncertaintyNode=uncertaintyNode, defectType=result.defect_type,
-            detectedType=result.detected_type,
+            detectedType=result.detected_type, detectedBy=getattr(result, "detected_by", mrml.BY_CLASS_HEAD),
             confidence=float(getattr(result, "class_probabilities", {}).get(result.detected_type, result.confidence)),
             gamma=float(result.gamma),
             modelId=getattr(bundle, "model_id", "unknown"), modelVersion=getattr(bundle, "version", "unknown"),

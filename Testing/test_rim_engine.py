@@ -10,6 +10,7 @@ import pytest
 from SkullVAECompletionLib.cli import main
 from SkullVAECompletionLib.completion import SkullCompleter
 from SkullVAECompletionLib.design import DesignOptions, apply_design
+from SkullVAECompletionLib.detection import BY_DEFECT_POSITION
 from SkullVAECompletionLib.errors import InputError
 from SkullVAECompletionLib.io import mask_to_surface, read_mask, surface_topology, write_mask
 from SkullVAECompletionLib.metrics import dice
@@ -105,6 +106,10 @@ def test_real_skull_gets_one_rim_fitted_implant_in_its_defect(real_skull_complet
     # The real defect is fronto-temporal on the low-x (patient's right) side, index z ≈ 50–85, y ≈ 163–205.
     centre = np.argwhere(result.implant).mean(axis=0)
     assert centre[0] < bone.shape[0] / 2 and 150 < centre[1] < 215 and 45 < centre[2] < 95
+    # The class head takes this skull for a complete one; the hole the rim stage finds says where the defect is,
+    # and the completion is made with that class.
+    assert result.detected_by == BY_DEFECT_POSITION
+    assert result.defect_type == result.detected_type == "frontoorbital"
 
 
 @pytest.mark.parametrize("options", [{}, {"flange_mm": 5.0}, {"thickness_mm": 3.0}, {"clearance_mm": 1.0}])

@@ -351,11 +351,17 @@ def test_region_model_detection_and_override_on_the_node(scene, region_bundle):
     result = logic.process(node)
     summary = logic.lastResult
     probabilities = summary.result.class_probabilities
-    assert len(probabilities) == 8 and summary.detectedType == max(probabilities, key=probabilities.get)
+    assert len(probabilities) == 8
+    if summary.detectedBy == "class head":
+        assert summary.detectedType == max(probabilities, key=probabilities.get)
+    else:  # the rim stage found the defect: its position decided, and the completion used that class
+        assert summary.detectedBy == "defect position" and summary.defectType == summary.detectedType
     assert summary.confidence == pytest.approx(probabilities[summary.detectedType])
     assert result.GetAttribute("SkullVAECompletion.DetectedType") == summary.detectedType
+    assert result.GetAttribute("SkullVAECompletion.DetectedBy") == summary.detectedBy
     recorded = json.loads(result.GetAttribute("SkullVAECompletion.Summary"))
     assert recorded["class_probabilities"] and recorded["detected_class"] == summary.detectedType
+    assert recorded["detected_by"] == summary.detectedBy
     logic.process(node, defectType="facial")
     assert logic.lastResult.defectType == "facial"
     before = nodeCount(scene)

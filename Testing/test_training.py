@@ -215,9 +215,18 @@ def test_evaluation_report_on_the_smoke_bundle(smoke_cfg: dict, workdir: Path) -
     results = evaluate(smoke_cfg, folder, workdir / "results", "smoke.yaml")
     assert {r["gamma"] for r in results["sweep"]} == {0.0, 1.0}
     assert all(0.0 <= r["defect_fill"] <= r["defect_area_fill"] + 1e-9 <= 1.0 + 1e-9 for r in results["sweep"])
-    detection = results["detection"]
-    assert detection["by"] == "class head on μ" and detection["n"] == 3
-    assert sum(sum(row.values()) for row in detection["confusion"].values()) == 3
+    head = results["detection_class_head"]
+    assert head["by"] == "class head on μ" and head["n"] == 3
+    assert sum(sum(row.values()) for row in head["confusion"].values()) == 3
+    # What a user gets with "auto": every test volume completed once, its class placed by the defect's position.
+    located = results["detection"]
+    import csv
+
+    with open(workdir / "results" / "cases.csv", newline="") as stream:
+        auto_rows = [r for r in csv.DictReader(stream) if r["role"] == "auto"]
+    complete_skulls = [r for r in results["natural_openings"] if r["extraction"] == "rim"]
+    assert located["by"].startswith("class head, then") and located["n"] == len(auto_rows) + len(complete_skulls)
+    assert sum(sum(row.values()) for row in located["confusion"].values()) == located["n"]
     assert results["auto"] and {"dsc", "defect_fill", "defect_area_fill"} <= set(results["auto"][0])
     for name in ("README.md", "results.json", "cases.csv", "detection_confusion.png", "shift_vs_gamma.png"):
         assert (workdir / "results" / name).is_file(), name

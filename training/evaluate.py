@@ -310,24 +310,42 @@ def resolution_check(completer: SkullCompleter, test: VolumeSet, spacing_mm: flo
     return out
 
 
-def detection_accuracy(completer: SkullCompleter, test: VolumeSet) -> dict[str, Any]:
-    """The class the model detects for every test volume (complete skulls included) from its μ: the class head's
-    most likely class, or the nearest centroid for a model without one."""
-    latents, _ = encode_set(completer.model.cpu(), test.volumes)
-    completer.model.to(completer.device)
-    names = completer.bundle.class_names
-    truth = [case_class(completer.bundle, test, i) for i in range(len(test))]
-    probabilities = [completer.class_probabilities(latent) for latent in latents]
-    predicted = [max(p, key=p.get) for p in probabilities]
+def confusion_summary(truth: list[str], predicted: list[str], names: list[str], by: str,
+                      confidence: list[float] | None = None) -> dict[str, Any]:
+    """Accuracy, per-class accuracy and the confusion matrix (rows: true class) of a detection."""
     confusion = {t: {p: int(sum(1 for a, b in zip(truth, predicted, strict=True) if a == t and b == p))
                      for p in names} for t in names}
     correct = [a == b for a, b in zip(truth, predicted, strict=True)]
     per_class = {t: float(np.mean([c for c, a in zip(correct, truth, strict=True) if a == t]))
                  for t in names if t in truth}
-    confidence = [p[b] for p, b in zip(probabilities, predicted, strict=True)]
-    return {"accuracy": float(np.mean(correct)), "per_class": per_class, "confusion": confusion, "n": len(correct),
-            "mean_confidence": float(np.mean(confidence)),
-            "by": "class head on μ" if completer.model.classifier is not None else "nearest centroid of μ"}
+    summary = {"accuracy": float(np.mean(correct)), "per_class": per_class, "confusion": confusion,
+               "n": len(correct), "by": by}
+    if confidence is not None:
+        summary["mean_confidence"] = float(np.mean(confidence))
+    return summary
+
+
+def detection_accuracy(completer: SkullCompleter, test: VolumeSet) -> dict[str, Any]:
+    """The class the model's class head (or, without one, the nearest centroid) gives every test volume from its μ
+    (complete skulls included)."""
+    latents, _ = encode_set(completer.model.cpu(), test.volumes)
+    completer.model.to(completer.device)
+    truth = [case_class(completer.bundle, test, i) for i in range(len(test))]
+    probabilities = [completer.class_probabilities(latent) for latent in latents]
+    predicted = [max(p, key=p.get) for p in probabilities]
+    by = "class head on μ" if completer.model.classifier is not None else "nearest centroid of μ"
+    return confusion_summary(truth, predicted, list(completer.bundle.class_names), by,
+                             [p[b] for p, b in zip(probabilities, predicted, strict=True)])
+
+
+def located_detection(rows: list[dict[str, Any]], openings: list[dict[str, Any]], names: list[str]
+                      ) -> dict[str, Any]:
+    """The detection a user gets with "auto": the class head proposes, the position of the defect the rim stage
+    finds decides (detection.py). Defective test cases from their "auto" completion, complete skulls from theirs."""
+    pairs = [(r["type"], r["detected"]) for r in rows if r["role"] == "auto"]
+    pairs += [(regions.COMPLETE, r["detected"]) for r in openings if r["extraction"] == "rim"]
+    return confusion_summary([t for t, _ in pairs], [p for _, p in pairs], names,
+                             "class head, then the position of the defect the rim stage finds")
 
 
 def figure_confusion(detection: dict[str, Any], out: Path) -> Path:
@@ -676,13 +694,17 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         lines.append(f"| {e['variant']} | {e['type']} | {e['gamma']:g} | {e['n']} | {_fmt(e)} | {e['empty']} |")
     det = results["detection"]
     lines += ["", f"## Defect-class detection ({det.get('by', 'nearest centroid of μ')}, all test volumes)", "",
-              f"Accuracy {det['accuracy']:.3f} (n = {det['n']}, mean confidence {det.get('mean_confidence', 0):.2f}); "
-              "per class: "
+              f"Accuracy {det['accuracy']:.3f} (n = {det['n']}); per class: "
               + ", ".join(f"{k} {v:.2f}" for k, v in det["per_class"].items()), "",
               "| true \\ predicted | " + " | ".join(det["confusion"]) + " |",
               "|---" * (len(det["confusion"]) + 1) + "|"]
     for t, row in det["confusion"].items():
         lines.append(f"| {t} | " + " | ".join(str(v) for v in row.values()) + " |")
+    if results.get("detection_class_head"):
+        d = results["detection_class_head"]
+        lines += ["", f"The class head alone ({d['by']}, before the rim stage places the defect): accuracy "
+                      f"{d['accuracy']:.3f} (n = {d['n']}, mean confidence {d.get('mean_confidence', 0):.2f}); per "
+                      "class: " + ", ".join(f"{k} {v:.2f}" for k, v in d["per_class"].items()) + "."]
     if results.get("detection_small_beta"):
         d = results["detection_small_beta"]
         lines += ["", f"Small-β VAE's latents: accuracy {d['accuracy']:.3f}."]
@@ -767,7 +789,9 @@ def evaluate(cfg: dict, bundle_dir: Path | None = None, out: Path | None = None,
     label_summary = summarise([r for r in rows if r["role"] == "variant"], ("variant", "label"))
     auto_summary = summarise([r for r in rows if r["role"] == "auto"], ("label", "type"))
     auto_summary += summarise([r for r in rows if r["role"] == "auto"], ("label",))
-    detection = detection_accuracy(variants[0].completer, data["test"])
+    openings = natural_openings_check(variants[0].completer, data["test"])
+    head_detection = detection_accuracy(variants[0].completer, data["test"])
+    detection = located_detection(rows, openings, list(bundle.class_names))
     figures = [figure_losses(cfg, out).name, figure_metrics_vs_gamma(sweep, out).name, figure_shift(rows, out).name,
                figure_confusion(detection, out).name]
     models: dict[str, torch.nn.Module] = {f"bundled encoder (stage 1, β = {cfg['stage1']['beta']:g})": bundle.model}
@@ -790,10 +814,11 @@ def evaluate(cfg: dict, bundle_dir: Path | None = None, out: Path | None = None,
         "sweep": sweep, "variants": variant_summary, "regions": region_summary, "labels": label_summary,
         "auto": auto_summary, "default_gamma": bundle.default_gamma,
         "primary_variant": variants[0].name,
-        "natural_openings": natural_openings_check(variants[0].completer, data["test"]),
+        "natural_openings": openings,
         "resolution_check": resolution_check(variants[0].completer, data["test"]),
         "template_mirror_check": template_mirror_check(variants[0].completer),
         "detection": detection,
+        "detection_class_head": head_detection,
         "detection_small_beta": detection_accuracy(small.completer, data["test"]) if small else None,
         "method_note": (f"The bundle's default method is **{method}** with γ = {bundle.default_gamma}: the best mean "
                         f"implant Dice on the validation split (model grid; {selection.get('cases', 0)} cases; "
@@ -819,6 +844,7 @@ def record_in_bundle(bundle: ModelBundle, results: dict[str, Any]) -> None:
         "variants": {f"{e['variant']} / {e['type']}": {m: round(e[m], 4) for m in METRICS}
                      for e in results["variants"]},
         "detection_accuracy": round(results["detection"]["accuracy"], 4),
+        "detection_accuracy_class_head": round(results["detection_class_head"]["accuracy"], 4),
         "real_skull": results.get("real_skull"),
         "report": "training/results/README.md",
     }

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .bundle import ModelBundle, load_bundle
+from .detection import BY_CLASS_HEAD, located_class
 from .errors import CancelledError, DeviceError, InputError
 from .geometry import GridMapping, plan_mapping, refined_mapping, to_input_grid, to_model_grid
 from .implant import distance_to_input_bone, implant_at_input_resolution, implant_region
@@ -63,6 +64,8 @@ class EncodedSkull:
     distance_mm: np.ndarray | None = field(default=None, repr=False)  # to the input bone; γ-independent, cached
     mirror: Any = field(default=None, repr=False)  # mirror.MirrorResult of the input; γ-independent, cached
     mirrored: tuple | None = field(default=None, repr=False)  # (input ∪ its mirror image, its grid); cached
+    # (class, what decided it) once an "auto" completion has located the defect (detection.py); γ-independent.
+    located: tuple[str, str] | None = None
 
     def distance_to_bone(self) -> np.ndarray:
         if self.distance_mm is None:
@@ -70,8 +73,18 @@ class EncodedSkull:
         return self.distance_mm
 
     @property
-    def detected_type(self) -> str:
+    def head_type(self) -> str:
+        """The class head's (or nearest centroid's) most likely class."""
         return max(self.class_probabilities, key=self.class_probabilities.get)
+
+    @property
+    def detected_type(self) -> str:
+        """The detected class: where the defect lies once an "auto" completion has located it, else the head's."""
+        return self.located[0] if self.located else self.head_type
+
+    @property
+    def detected_by(self) -> str:
+        return self.located[1] if self.located else BY_CLASS_HEAD
 
 
 @dataclass
@@ -92,6 +105,7 @@ class CompletionResult:
     # The rim stage's signed fields [(block, lo corner)], > 0 exactly on the implant's voxels: the STL's surfaces.
     implant_field: list | None = field(default=None, repr=False)
     class_probabilities: dict[str, float] = field(default_factory=dict)  # the model's, for the detection
+    detected_by: str = BY_CLASS_HEAD  # what decided detected_type: the class head or the defect's position
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -259,6 +273,8 @@ class SkullCompleter:
                 raise InputError(f"unknown defect class {defect_type!r} for model {self.bundle.model_id} "
                                  f"{self.bundle.version}; choose one of {', '.join(self.defect_choices)}")
             return defect_type, probabilities.get(defect_type, 0.0)
+        if encoded.detected_type in available:
+            return encoded.detected_type, probabilities.get(encoded.detected_type, 0.0)
         chosen = max(available, key=lambda t: probabilities.get(t, 0.0))
         if encoded.detected_type not in available:
             logger.warning(
@@ -284,7 +300,41 @@ class SkullCompleter:
 
         ``extraction``: "rim" (default: surfaces fitted to the intact bone, rim.py) or "decode" (decoded minus
         input bone, implant.py); the bundle's ``completion_options["extraction"]`` may set another default.
+
+        With ``defect_type`` "auto" the class head proposes the class; once the rim stage has fitted an implant,
+        the region where it lies decides (detection.py), and the completion is redone with that class if it differs.
+        The detection is kept on ``encoded``: later γ steps complete with it directly.
         """
+        settings = dict(smoothing=smoothing, uncertainty_samples=uncertainty_samples, method=method,
+                        progress=progress, extraction=extraction)
+        locate = defect_type == AUTO and encoded.located is None
+        result = self._complete_as(encoded, gamma, defect_type, **settings)
+        if not locate or result.extraction != "rim" or result.method == "mirror":
+            return result
+        encoded.located = located_class(encoded.head_type, result.implant, encoded.mapping, encoded.model_input,
+                                        self.bundle.defect_classes)
+        if encoded.detected_type in self.bundle.defect_classes and encoded.detected_type != result.defect_type:
+            logger.info("the defect lies in the %s region: completing it as %s (the class head said %s)",
+                        encoded.detected_type, encoded.detected_type, result.defect_type)
+            first_pass = result.timings["total"]
+            result = self._complete_as(encoded, gamma, AUTO, **settings)
+            result.timings["locate"] = first_pass
+            result.timings["total"] += first_pass
+        result.detected_type, result.detected_by = encoded.detected_type, encoded.detected_by
+        return result
+
+    def _complete_as(
+        self,
+        encoded: EncodedSkull,
+        gamma: float | None,
+        defect_type: str,
+        smoothing: bool,
+        uncertainty_samples: int,
+        method: str | None,
+        progress: ProgressCallback | None,
+        extraction: str | None,
+    ) -> CompletionResult:
+        """One completion with the class ``defect_type`` ("auto": the detected one), no further detection."""
         timings: dict[str, float] = {}
         start = time.perf_counter()
         chosen, confidence, gamma, method, options = self._resolve(encoded, gamma, defect_type, method)
@@ -345,6 +395,7 @@ class SkullCompleter:
             holes=holes,
             implant_field=surface_field,
             class_probabilities=dict(encoded.class_probabilities),
+            detected_by=encoded.detected_by,
         )
 
     def run(

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from .design import Crop, crop_around, edt_mm, outside_region, skull_centre_ras
+from .detection import BY_CLASS_HEAD
 from .errors import InputError
 from .geometry import voxel_spacing
 
@@ -180,6 +181,7 @@ def summary_record(result: Any, model_id: str, model_version: str, options: Any,
     """
     record = {
         "detected_class": result.detected_type,
+        "detected_by": getattr(result, "detected_by", BY_CLASS_HEAD),  # or BY_DEFECT_POSITION (detection.py)
         "confidence": round(float(result.confidence), 4),
         "defect_class": result.defect_type,
         "class_probabilities": {k: round(float(v), 4) for k, v in getattr(result, "class_probabilities", {}).items()},

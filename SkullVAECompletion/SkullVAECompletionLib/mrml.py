@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .detection import BY_CLASS_HEAD, BY_DEFECT_POSITION
 from .errors import CancelledError, InputError
 
 logger = logging.getLogger(__name__)
@@ -325,6 +326,7 @@ class CompletionSummary:
     fit: Any = None  # the implant's FitReport (None for an empty implant)
     design: Any = None  # the DesignOptions applied
     distanceModelNode: Any = None  # the implant surface coloured by its distance to the skull
+    detectedBy: str = BY_CLASS_HEAD  # what decided detectedType: the class head or the defect's position
 
     def statusText(self) -> str:
         """One line for the GUI's status label and the log."""
@@ -335,8 +337,12 @@ class CompletionSummary:
         elif self.fit is None and self.implantVolumeMl > 0:
             thickness = " (fit not measured)"
         message = getattr(self.result, "message", "")
+        if self.detectedBy == BY_DEFECT_POSITION:
+            how = f"from where the defect lies; class head {100 * self.confidence:.0f}%"
+        else:
+            how = f"{100 * self.confidence:.0f}% confidence"
         return (
-            f"Detected: {detected} ({100 * self.confidence:.0f}% confidence); completed as "
+            f"Detected: {detected} ({how}); completed as "
             f"{self.defectType} with γ = {self.gamma:.2f}; implant {self.implantVolumeMl:.1f} ml{thickness}; "
             f"{self.seconds:.1f} s on {self.device}." + (f" {message[0].upper()}{message[1:]}." if message else "")
         )
@@ -454,6 +460,7 @@ def setResultAttributes(node: Any, summary: CompletionSummary, inputMask: InputM
         "DefectType": summary.defectType,
         "DetectedType": summary.detectedType,
         "Confidence": f"{summary.confidence:.4f}",
+        "DetectedBy": summary.detectedBy,
         "Gamma": f"{summary.gamma:.4f}",
         "ImplantVolumeMl": f"{summary.implantVolumeMl:.3f}",
         "Method": getattr(summary.result, "method", ""),

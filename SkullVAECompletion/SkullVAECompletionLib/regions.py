@@ -67,7 +67,12 @@ def defect_angles(defect: np.ndarray, skull: np.ndarray) -> tuple[float, float]:
         raise ValueError("the defect mask is empty")
     centre_of_mass = np.array([(weights.sum(axis=tuple(a for a in range(3) if a != axis))
                                 * np.arange(weights.shape[axis])).sum() / total for axis in range(3)])
-    right, anterior, superior = centre_of_mass - cranial_centre_voxel(np.asarray(skull) > 0.5)
+    return point_angles(centre_of_mass, skull)
+
+
+def point_angles(point: np.ndarray, skull: np.ndarray) -> tuple[float, float]:
+    """(azimuth, elevation) in degrees of a point (voxel coordinates of ``skull``'s grid) from the cranial centre."""
+    right, anterior, superior = np.asarray(point, float) - cranial_centre_voxel(np.asarray(skull) > 0.5)
     azimuth = float(np.degrees(np.arctan2(right, anterior)))
     elevation = float(np.degrees(np.arctan2(superior, np.hypot(right, anterior))))
     return azimuth, elevation

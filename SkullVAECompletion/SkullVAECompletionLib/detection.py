@@ -1,0 +1,41 @@
+"""Defect-class detection: the class head proposes, the position of the holes the rim stage finds decides.
+
+The class head on μ (or the nearest class centroid, for a model without one) is right for most skulls, but it
+confuses neighbouring regions and takes some small defects for complete skulls. Once the rim stage has fitted an
+implant, where that implant lies says its region directly, by the same rule that labelled the training cases
+(:mod:`regions`). :meth:`completion.SkullCompleter.complete` applies this when the class is "auto".
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .regions import point_angles, region_from_angles
+
+if TYPE_CHECKING:  # geometry imports torch; the Slicer module's MRML side imports this file without it
+    from .geometry import GridMapping
+
+BY_CLASS_HEAD = "class head"
+BY_DEFECT_POSITION = "defect position"
+
+
+def implant_region(implant: np.ndarray, mapping: GridMapping, model_input: np.ndarray) -> str | None:
+    """The cranial region of an implant (input grid) seen from the cranial centre of the input's skull on the model
+    grid (``model_input``); None when the implant is empty."""
+    voxels = np.argwhere(implant)
+    if len(voxels) == 0 or not np.any(model_input > 0.5):
+        return None
+    centre_of_mass = np.append(voxels.mean(axis=0), 1.0)
+    return region_from_angles(*point_angles((mapping.input_to_model @ centre_of_mass)[:3], model_input))
+
+
+def located_class(head_class: str, implant: np.ndarray, mapping: GridMapping, model_input: np.ndarray,
+                  classes: tuple[str, ...]) -> tuple[str, str]:
+    """The detected class and what decided it: the implant's region when the rim stage found a hole and that region
+    is one of the model's ``classes``, else the class head's choice ``head_class``."""
+    region = implant_region(implant, mapping, model_input)
+    if region is not None and region in classes:
+        return region, BY_DEFECT_POSITION
+    return head_class, BY_CLASS_HEAD

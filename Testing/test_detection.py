@@ -1,0 +1,60 @@
+"""Detection by the defect's position (detection.py): the region of an implant seen from the cranial centre."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from SkullVAECompletionLib.detection import BY_CLASS_HEAD, BY_DEFECT_POSITION, implant_region, located_class
+from SkullVAECompletionLib.geometry import GridSpec, plan_mapping, to_model_grid
+from SkullVAECompletionLib.regions import DEFECT_CLASSES
+from SkullVAECompletionLib.synthetic import ShellSpec, centred_ijk_to_ras, ras_grid, skull_shell
+
+GRID = GridSpec(shape=(48, 64, 48), spacing_mm=4.0)
+SHAPE = (100, 124, 116)
+SPEC = ShellSpec()
+
+
+@pytest.fixture(scope="module")
+def skull():
+    matrix = centred_ijk_to_ras(SHAPE, (1.5, 1.5, 1.5))
+    complete = skull_shell(SHAPE, matrix, SPEC)
+    mapping = plan_mapping(complete, matrix, GRID)
+    return complete, matrix, mapping, to_model_grid(complete, mapping)
+
+
+def implant_towards(skull, direction: tuple[float, float, float], radius_mm: float = 20.0) -> np.ndarray:
+    """The shell's bone within a ball where a ray from the centre in ``direction`` leaves the shell."""
+    complete, matrix, _, _ = skull
+    d = np.asarray(direction, float) / np.linalg.norm(direction)
+    a, b, c = SPEC.semi_axes_mm
+    centre = d / np.sqrt((d[0] / a) ** 2 + (d[1] / b) ** 2 + (d[2] / c) ** 2)
+    x, y, z = ras_grid(SHAPE, matrix)
+    return complete & ((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 <= radius_mm**2)
+
+
+@pytest.mark.parametrize(
+    ("direction", "region"),
+    [
+        ((0.0, 0.1, 1.0), "vertex"),
+        ((1.0, 0.0, 0.3), "parietotemporal_right"),  # RAS: +x is the patient's right
+        ((-1.0, 0.0, 0.3), "parietotemporal_left"),
+        ((0.0, -1.0, 0.3), "occipital"),
+        ((0.0, 1.0, 0.6), "frontal"),
+        ((0.3, 1.0, 0.0), "frontoorbital"),
+    ],
+)
+def test_an_implant_is_placed_in_its_region(skull, direction, region):
+    _, _, mapping, model_input = skull
+    assert implant_region(implant_towards(skull, direction), mapping, model_input) == region
+
+
+def test_the_class_head_decides_without_a_located_defect(skull):
+    _, _, mapping, model_input = skull
+    empty = np.zeros(SHAPE, np.uint8)
+    assert implant_region(empty, mapping, model_input) is None
+    assert located_class("complete", empty, mapping, model_input, DEFECT_CLASSES) == ("complete", BY_CLASS_HEAD)
+    vertex = implant_towards(skull, (0.0, 0.1, 1.0))
+    assert located_class("complete", vertex, mapping, model_input, DEFECT_CLASSES) == ("vertex", BY_DEFECT_POSITION)
+    # A model without region classes (cranial / facial) keeps its class head's answer.
+    assert located_class("cranial", vertex, mapping, model_input, ("cranial", "facial")) == ("cranial", BY_CLASS_HEAD)
