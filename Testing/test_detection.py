@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from SkullVAECompletionLib.detection import BY_CLASS_HEAD, BY_DEFECT_POSITION, implant_region, located_class
+from SkullVAECompletionLib.detection import (
+    BY_CLASS_HEAD,
+    BY_DEFECT_POSITION,
+    implant_centre,
+    implant_region,
+    located_class,
+)
 from SkullVAECompletionLib.geometry import GridSpec, plan_mapping, to_model_grid
 from SkullVAECompletionLib.regions import DEFECT_CLASSES
 from SkullVAECompletionLib.synthetic import ShellSpec, centred_ijk_to_ras, ras_grid, skull_shell
@@ -58,3 +64,12 @@ def test_the_class_head_decides_without_a_located_defect(skull):
     assert located_class("complete", vertex, mapping, model_input, DEFECT_CLASSES) == ("vertex", BY_DEFECT_POSITION)
     # A model without region classes (cranial / facial) keeps its class head's answer.
     assert located_class("cranial", vertex, mapping, model_input, ("cranial", "facial")) == ("cranial", BY_CLASS_HEAD)
+
+
+def test_the_centre_comes_from_the_rim_stages_blocks_as_from_the_volume(skull):
+    implant = implant_towards(skull, (1.0, 0.0, 0.3))
+    lo = np.argwhere(implant).min(axis=0)
+    block = np.where(implant[lo[0]:, lo[1]:, lo[2]:], 1.0, -1.0)  # > 0 exactly on the implant, like a rim field
+    assert np.allclose(implant_centre(implant, [(block, lo)]), np.argwhere(implant).mean(axis=0))
+    assert np.allclose(implant_centre(implant), np.argwhere(implant).mean(axis=0))
+    assert implant_centre(np.zeros(SHAPE, np.uint8)) is None

@@ -21,21 +21,34 @@ BY_CLASS_HEAD = "class head"
 BY_DEFECT_POSITION = "defect position"
 
 
-def implant_region(implant: np.ndarray, mapping: GridMapping, model_input: np.ndarray) -> str | None:
+def implant_centre(implant: np.ndarray, fields: list[tuple[np.ndarray, np.ndarray]] | None = None) -> np.ndarray | None:
+    """The implant's centre of mass (input index); from the rim stage's per-hole blocks when given (> 0 exactly on the
+    implant's voxels: no scan of the whole volume). None when the implant is empty."""
+    if fields:
+        points = [np.argwhere(block > 0) + lo for block, lo in fields]
+        points = np.concatenate(points) if points else np.zeros((0, 3))
+    else:
+        flat = np.flatnonzero(np.ravel(implant, order="F"))
+        points = np.stack(np.unravel_index(flat, implant.shape, order="F"), axis=1)
+    return points.mean(axis=0) if len(points) else None
+
+
+def implant_region(implant: np.ndarray, mapping: GridMapping, model_input: np.ndarray,
+                   fields: list[tuple[np.ndarray, np.ndarray]] | None = None) -> str | None:
     """The cranial region of an implant (input grid) seen from the cranial centre of the input's skull on the model
-    grid (``model_input``); None when the implant is empty."""
-    voxels = np.argwhere(implant)
-    if len(voxels) == 0 or not np.any(model_input > 0.5):
+    grid (``model_input``); None when the implant is empty. ``fields``: see :func:`implant_centre`."""
+    centre = implant_centre(implant, fields)
+    if centre is None or not np.any(model_input > 0.5):
         return None
-    centre_of_mass = np.append(voxels.mean(axis=0), 1.0)
-    return region_from_angles(*point_angles((mapping.input_to_model @ centre_of_mass)[:3], model_input))
+    return region_from_angles(*point_angles((mapping.input_to_model @ np.append(centre, 1.0))[:3], model_input))
 
 
 def located_class(head_class: str, implant: np.ndarray, mapping: GridMapping, model_input: np.ndarray,
-                  classes: tuple[str, ...]) -> tuple[str, str]:
+                  classes: tuple[str, ...], fields: list[tuple[np.ndarray, np.ndarray]] | None = None
+                  ) -> tuple[str, str]:
     """The detected class and what decided it: the implant's region when the rim stage found a hole and that region
     is one of the model's ``classes``, else the class head's choice ``head_class``."""
-    region = implant_region(implant, mapping, model_input)
+    region = implant_region(implant, mapping, model_input, fields)
     if region is not None and region in classes:
         return region, BY_DEFECT_POSITION
     return head_class, BY_CLASS_HEAD
