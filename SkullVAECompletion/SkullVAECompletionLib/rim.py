@@ -191,19 +191,32 @@ def sample(volume: np.ndarray, coordinates: np.ndarray, order: int = 1, mode: st
         return np.concatenate(list(pool.map(run, chunks)))
 
 
-def _sample_model(frame: Frame, points_mm: np.ndarray) -> np.ndarray:
-    coordinates = (points_mm / frame.spacing).reshape(-1, 3).T
-    return sample(frame.expected, coordinates).reshape(points_mm.shape[:-1])
+def _ray_coordinates(to_index: np.ndarray, origin_mm: np.ndarray, directions: np.ndarray,
+                     radii: np.ndarray) -> np.ndarray:
+    """Voxel coordinates (3, rays × samples) of the points origin + direction × radius of a volume whose index is
+    ``to_index`` @ (mm, 1): the map is linear, so each ray's origin and step are mapped once, not every point."""
+    origin = to_index[:3, :3] @ origin_mm + to_index[:3, 3]
+    steps = directions @ to_index[:3, :3].T
+    radii = np.broadcast_to(radii, (len(directions), np.shape(radii)[-1]))
+    return np.stack([origin[axis] + steps[:, axis, None] * radii for axis in range(3)]).reshape(3, -1)
+
+
+def _sample_model(frame: Frame, directions: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """The expected skull along rays from the centre: (rays, samples)."""
+    to_index = np.diag([1.0 / frame.spacing] * 3 + [1.0])
+    coordinates = _ray_coordinates(to_index, frame.centre, directions, radii)
+    return sample(frame.expected, coordinates).reshape(len(directions), np.shape(radii)[-1])
+
+
+def _sample_input(frame: Frame, directions: np.ndarray, radii: np.ndarray, order: int) -> np.ndarray:
+    """The input's bone along rays from the centre: (rays, samples)."""
+    coordinates = _ray_coordinates(frame.mm_to_input, frame.centre, directions, radii)
+    return sample(frame.defective, coordinates, order).reshape(len(directions), np.shape(radii)[-1])
 
 
 def _to_input_index(frame: Frame, points_mm: np.ndarray) -> np.ndarray:
     matrix = frame.mm_to_input
     return points_mm @ matrix[:3, :3].T + matrix[:3, 3]
-
-
-def _sample_input(frame: Frame, points_mm: np.ndarray, order: int) -> np.ndarray:
-    coordinates = _to_input_index(frame, points_mm).reshape(-1, 3).T
-    return sample(frame.defective, coordinates, order).reshape(points_mm.shape[:-1])
 
 
 def _inside_input(frame: Frame, points_mm: np.ndarray) -> np.ndarray:
@@ -246,8 +259,7 @@ def expected_shell(frame: Frame, directions: np.ndarray, radial_step_mm: float,
     # No bone lies in the middle of the cranial cavity: start a quarter of the way out.
     low, high = radii_mm if radii_mm is not None else (0.25 * frame.reach_mm, frame.reach_mm)
     radii = np.arange(low, high + radial_step_mm, radial_step_mm, dtype=np.float32)
-    points = frame.centre + directions[:, None, :] * radii[None, :, None]
-    return _segment_ends(_sample_model(frame, points), radii)
+    return _segment_ends(_sample_model(frame, directions, radii[None, :]), radii)
 
 
 @dataclass
@@ -272,8 +284,7 @@ def input_profile(
     length = float(np.max(stop - start)) if len(start) else 0.0
     offsets = np.arange(0.0, length + radial_step_mm, radial_step_mm, dtype=np.float32)
     radii = start[:, None] + offsets[None, :]
-    points = frame.centre + directions[:, None, :] * radii[..., None]
-    values = _sample_input(frame, points, order)
+    values = _sample_input(frame, directions, radii, order)
     values[radii > stop[:, None]] = 0.0
     above = values >= 0.5
     present = (values >= presence).any(axis=1) if presence < 0.5 else above.any(axis=1)
