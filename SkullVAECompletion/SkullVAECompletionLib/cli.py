@@ -26,6 +26,7 @@ from .completion import (
     SkullCompleter,
 )
 from .design import DesignOptions, apply_design
+from .detection import BY_DEFECT_POSITION
 from .errors import SkullVAEError
 from .fit import fit_report, summary_record
 from .io import (
@@ -153,15 +154,11 @@ def complete_file(completer: SkullCompleter, path: Path, args: argparse.Namespac
     result, design = apply_design(result, defective, ijk_to_ras, options)
     for warning in design.warnings:
         logger.warning("  %s: %s", meta.stem, warning)
-    logger.info(
-        "  %s: %s defect (detected %s, confidence %.2f), γ = %.2f, implant %.1f ml",
-        meta.stem,
-        result.defect_type,
-        result.detected_type,
-        result.class_probabilities.get(result.detected_type, result.confidence),
-        result.gamma,
-        result.implant_volume_ml,
-    )
+    probability = result.class_probabilities.get(result.detected_type, result.confidence)
+    how = (f"from the defect's position; class head {probability:.2f}" if result.detected_by == BY_DEFECT_POSITION
+           else f"confidence {probability:.2f}")
+    logger.info("  %s: %s defect (detected %s, %s), γ = %.2f, implant %.1f ml", meta.stem, result.defect_type,
+                result.detected_type, how, result.gamma, result.implant_volume_ml)
     written = {}
     if args.from_ct:
         written["skull"] = write_like(targets["skull"], mask, meta, args.overwrite)
