@@ -666,6 +666,7 @@ def voxelise(frame: Frame, fit: PatchFit) -> tuple[np.ndarray, np.ndarray]:
 
     The field is > 0 exactly on implant voxels: min(r − inner, outer − r, distance into the filled directions) in
     mm, and negative on the input's bone. Each hole gets its own box, so distant holes never span the volume.
+    On sub-millimetre grids it is evaluated coarse to fine: first every ~1.5 mm, then only near the implant.
     """
     directions = fit.patch.directions()[fit.fill]
     low = float(np.nanmin(fit.inner[fit.fill])) - 1.0
@@ -680,58 +681,59 @@ def voxelise(frame: Frame, fit: PatchFit) -> tuple[np.ndarray, np.ndarray]:
     if 0 in shape:
         return block_field, lo
     input_to_mm = np.linalg.inv(frame.mm_to_input)
-    axes = [np.arange(lo[a], hi[a], dtype=np.float32) for a in range(3)]
-    # Vector from the centre for every voxel of the box, built separably (no index meshgrid).
-    vector = [
-        input_to_mm[row, 0] * axes[0][:, None, None] + input_to_mm[row, 1] * axes[1][None, :, None]
-        + input_to_mm[row, 2] * axes[2][None, None, :] + np.float32(input_to_mm[row, 3] - frame.centre[row])
-        for row in range(3)
-    ]
-    radius = np.sqrt(vector[0] ** 2 + vector[1] ** 2 + vector[2] ** 2)
+    # The vector from the centre of the box voxel with index b (relative to lo) is to_vector @ b + offset.
+    to_vector = input_to_mm[:3, :3].astype(np.float32)
+    offset = (input_to_mm[:3, :3] @ lo + input_to_mm[:3, 3] - frame.centre).astype(np.float32)
     # Only voxels within the cone of the filled directions (plus two rays) can be implant: a box's corners cannot.
     axis = fit.patch.axes[0].astype(np.float32)
     cone = math.cos(min(math.pi, float(np.arccos(np.clip(directions @ fit.patch.axes[0], -1, 1)).max())
                         + 2 * fit.patch.step))
-    along = vector[0] * axis[0] + vector[1] * axis[1] + vector[2] * axis[2]
-    inside = (radius >= low) & (radius <= high) & (along >= cone * radius)
     pixel_mm = fit.patch.step * float(np.nanmedian(fit.outer[fit.fill]))
-    # The filled directions enter the field as a bilinear step (a sub-pixel edge); the coarse pass below needs
-    # their signed distance instead (mm at the shell, > 0 inside), which bounds how far away the edge is.
+    # The filled directions enter the field as a bilinear step (a sub-pixel edge); the coarse pass needs their
+    # signed distance instead (mm at the shell, > 0 inside), which bounds how far away the edge is.
     signed_distance = (ndimage.distance_transform_edt(fit.fill) - ndimage.distance_transform_edt(~fit.fill)) * pixel_mm
     surfaces = np.stack([np.nan_to_num(grid, nan=0.0) for grid in (fit.fill.astype(float), fit.inner, fit.outer,
                                                                      signed_distance)]).astype(np.float32)
 
-    def field_at(chunk: np.ndarray, coarse: bool = False) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-        index = np.unravel_index(chunk, shape, order="F")
-        grid = fit.patch.grid_coordinates(np.stack([v[index] for v in vector], axis=1))
+    def field_at(index: np.ndarray, coarse: bool = False) -> np.ndarray:
+        """The field at box voxels (n, 3); coarse: a bound for the voxels around them (the patch's edge values
+        continue past it, so a voxel just inside the patch is bounded by a node just outside)."""
+        vector = index.astype(np.float32) @ to_vector.T + offset
+        radius = np.sqrt(np.einsum("ij,ij->i", vector, vector))
+        value = np.full(len(index), -1.0, np.float32)
+        inside = np.ones(len(index), bool) if coarse else (
+            (radius >= low) & (radius <= high) & (vector @ axis >= cone * radius))
+        grid = fit.patch.grid_coordinates(vector[inside])
         fill, inner, outer = (ndimage.map_coordinates(surface, grid.T, order=1, mode="nearest", output=np.float32)
                               for surface in surfaces[[3 if coarse else 0, 1, 2]])
-        r = radius[index]
-        value = np.minimum(np.minimum(r - inner, outer - r), fill if coarse else (fill - 0.5) * pixel_mm)
-        value[np.any((grid < 0) | (grid > fit.patch.size - 1), axis=1)] = -1.0
-        return index, value
+        r = radius[inside]
+        inner_value = np.minimum(np.minimum(r - inner, outer - r), fill if coarse else (fill - 0.5) * pixel_mm)
+        if not coarse:
+            inner_value[np.any((grid < 0) | (grid > fit.patch.size - 1), axis=1)] = -1.0
+        value[inside] = inner_value
+        return value
 
-    def evaluate(where: np.ndarray, coarse: bool = False) -> None:
-        for index, value in _in_threads(functools.partial(field_at, coarse=coarse),
-                                        np.flatnonzero(where.ravel(order="F"))):
-            block_field[index] = value
+    def evaluate(index: np.ndarray, coarse: bool = False) -> np.ndarray:
+        return np.concatenate(_in_threads(functools.partial(field_at, coarse=coarse), index))
 
-    # Coarse to fine: the field changes by at most FIELD_SLOPE mm per mm, so only the voxels near a coarse voxel
-    # whose value is above −FIELD_SLOPE × the coarse cell's half diagonal can be implant: the rest stay −1.
     spacing = np.linalg.norm(input_to_mm[:3, :3], axis=0)
     stride = np.maximum(1, np.floor(COARSE_CELL_MM / spacing)).astype(int)
     if stride.max() > 1:
-        coarse = np.zeros(shape, bool, order="F")
-        coarse[:: stride[0], :: stride[1], :: stride[2]] = True
-        evaluate(coarse & inside, coarse=True)
-        near = block_field[:: stride[0], :: stride[1], :: stride[2]] > -FIELD_SLOPE * 0.5 * np.linalg.norm(
-            stride * spacing)
-        block_field[coarse] = -1.0  # the coarse pass's bound, not the field: its voxels are evaluated again
-        # Each voxel looks up its nearest coarse voxel (half a coarse cell's diagonal away at most).
-        nearest = [np.minimum(np.rint(np.arange(n) / k).astype(int), m - 1)
-                   for n, k, m in zip(shape, stride, near.shape, strict=True)]
-        inside &= near[np.ix_(*nearest)]
-    evaluate(inside)
+        # Coarse nodes at multiples of the stride; each box voxel belongs to its nearest node (half a cell's
+        # diagonal away at most), and the field changes by at most FIELD_SLOPE mm per mm: only the voxels of nodes
+        # whose bound is above −FIELD_SLOPE × that distance can be implant. The rest stay −1.
+        half = stride // 2
+        nodes = np.stack(np.meshgrid(*[np.arange(0, (n - 1 + h) // k + 1) for n, h, k in zip(shape, half, stride,
+                                                                                             strict=True)],
+                                     indexing="ij"), axis=-1).reshape(-1, 3)
+        bound = evaluate(nodes * stride, coarse=True)
+        near = nodes[bound > -FIELD_SLOPE * 0.5 * np.linalg.norm(stride * spacing)]
+        cell = np.stack(np.meshgrid(*[np.arange(k) for k in stride], indexing="ij"), axis=-1).reshape(-1, 3)
+        index = (near[:, None, :] * stride - half + cell[None, :, :]).reshape(-1, 3)
+        index = index[np.all((index >= 0) & (index < np.asarray(shape)), axis=1)]
+    else:
+        index = np.stack(np.unravel_index(np.arange(int(np.prod(shape))), shape), axis=1)
+    block_field[index[:, 0], index[:, 1], index[:, 2]] = evaluate(index)
     bone = frame.defective[lo[0]: hi[0], lo[1]: hi[1], lo[2]: hi[2]].astype(bool)
     block_field[bone] = np.minimum(block_field[bone], -0.5)
     return block_field, lo
