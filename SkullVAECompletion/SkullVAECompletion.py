@@ -148,7 +148,8 @@ the completed skull minus the input.</p>
 choose a model folder you trained, and click Apply. A new segmentation with the segments "Completed skull" and
 "Implant" is created next to the input. Move γ to preview other completions (0 reconstructs the input, 1 is the
 default); the status line shows the detected defect class (the region: frontal, frontoorbital, parietotemporal
-left/right, occipital, vertex, facial, or no defect) and its confidence; choose another class to override it.
+left/right, occipital, vertex, facial, or no defect) and what decided it: the class head's confidence, or where the
+hole the implant fills lies; choose another class to override it.
 Advanced: implant smoothing, an uncertainty map, STL export of the implant.</p>
 <p><b>Limits:</b> research software, not a medical device. The bundled model was trained on a synthetic population
 derived from ONE real head CT (deformed copies with generated cranial and facial defects), on a coarse model grid;

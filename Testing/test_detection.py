@@ -73,3 +73,14 @@ def test_the_centre_comes_from_the_rim_stages_blocks_as_from_the_volume(skull):
     assert np.allclose(implant_centre(implant, [(block, lo)]), np.argwhere(implant).mean(axis=0))
     assert np.allclose(implant_centre(implant), np.argwhere(implant).mean(axis=0))
     assert implant_centre(np.zeros(SHAPE, np.uint8)) is None
+
+
+def test_the_status_line_says_what_decided_the_class():
+    from SkullVAECompletionLib import mrml
+
+    common = dict(segmentationNode=None, uncertaintyNode=None, defectType="vertex", detectedType="vertex",
+                  confidence=0.12, gamma=0.5, modelId="m", modelVersion="1", device="cpu", seconds=1.0,
+                  implantVolumeMl=20.0)
+    by_position = mrml.CompletionSummary(**common, detectedBy=BY_DEFECT_POSITION).statusText()
+    assert "vertex defect (from where the defect lies; class head 12%)" in by_position
+    assert "vertex defect (12% confidence)" in mrml.CompletionSummary(**common).statusText()
