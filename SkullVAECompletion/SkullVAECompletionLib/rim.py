@@ -180,15 +180,20 @@ def sample(volume: np.ndarray, coordinates: np.ndarray, order: int = 1, mode: st
 
     scipy releases the GIL while it interpolates, so the rays' samples (10⁵–10⁶ points) are split across the cores.
     """
-    chunks = np.array_split(coordinates, min(SAMPLING_THREADS, max(1, coordinates.shape[1] // 50_000)), axis=1)
-
     def run(chunk: np.ndarray) -> np.ndarray:
         return ndimage.map_coordinates(volume, chunk, order=order, mode=mode, cval=0, output=np.float32)
 
+    return np.concatenate(_in_threads(run, coordinates, minimum=50_000, axis=1))
+
+
+def _in_threads(function: Any, items: np.ndarray, minimum: int = 100_000, axis: int = 0) -> list[Any]:
+    """``function`` over chunks (along ``axis``) of ``items`` in parallel threads, at least ``minimum`` items each
+    (numpy and scipy release the GIL on big arrays)."""
+    chunks = np.array_split(items, min(SAMPLING_THREADS, max(1, items.shape[axis] // minimum)), axis=axis)
     if len(chunks) == 1:
-        return run(coordinates)
+        return [function(items)]
     with ThreadPoolExecutor(len(chunks)) as pool:
-        return np.concatenate(list(pool.map(run, chunks)))
+        return list(pool.map(function, chunks))
 
 
 def _ray_coordinates(to_index: np.ndarray, origin_mm: np.ndarray, directions: np.ndarray,
@@ -317,7 +322,6 @@ class HoleSeeds:
     expected_outer: np.ndarray
     count: int
     shell_fraction: float  # bone-free fraction of the expected shell
-    open_ray: np.ndarray | None = None  # bool per direction: bone-free where the decode expects shell (any region)
 
 
 def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
@@ -360,7 +364,7 @@ def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
     relabel = np.full(count, -1)
     relabel[keep] = np.arange(len(keep))
     labels[chosen] = relabel[component]
-    return HoleSeeds(directions, labels, outer, len(keep), shell_fraction, open_ray)
+    return HoleSeeds(directions, labels, outer, len(keep), shell_fraction)
 
 
 def mirrored_fraction(directions: np.ndarray, open_ray: np.ndarray, graph: sparse.csr_matrix, chosen: np.ndarray,
@@ -616,6 +620,7 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
     thin_plate = options.outer_interpolation == "thin_plate" and not (
         # An open rim (the field of view cuts it): a thin plate would extrapolate its slope out of view.
         ndimage.binary_dilation(hole, iterations=skip + 1) & ~measured.measurable).any()
+    residual = outer - base_outer
     depressed = np.zeros(hole.shape, bool)
     reliable = plausible
     for final in (False, True):  # second pass: depressed bone joins the defect, outliers are re-estimated
@@ -623,7 +628,6 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
         known = reliable & ~ndimage.binary_dilation(defect, iterations=skip) & measured.measurable
         if not known.any():
             return "no intact bone around a bone-free region to fit the implant to"
-        residual = outer - base_outer
         # The first pass only sorts the rim's rays: the membrane does that as well as the (slower) thin plate.
         fit_outer = base_outer + (thin_plate_surface(residual, known, options.thin_plate_stiffness)
                                   if thin_plate and final else interpolate_surface(residual, known))
@@ -651,15 +655,6 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
 
 
 # ----------------------------------------------------------------------------------------------- voxels
-
-def _in_threads(function: Any, items: np.ndarray, minimum: int = 100_000) -> list[Any]:
-    """``function`` over chunks of ``items`` in parallel threads (numpy and scipy release the GIL on big arrays)."""
-    chunks = np.array_split(items, min(SAMPLING_THREADS, max(1, len(items) // minimum)))
-    if len(chunks) == 1:
-        return [function(items)]
-    with ThreadPoolExecutor(len(chunks)) as pool:
-        return list(pool.map(function, chunks))
-
 
 def voxelise(frame: Frame, fit: PatchFit) -> tuple[np.ndarray, np.ndarray]:
     """One hole's implant on the input grid as a signed field on its own box: (field block, box lo corner).
