@@ -49,8 +49,7 @@ def thickness_along_normals(mask: np.ndarray, matrix: np.ndarray, radius_mm: flo
     rng = np.random.default_rng(1)
     directions = rng.normal(size=(4000, 3))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    scale = 1.0 / np.sqrt((directions[:, 0] / a) ** 2 + (directions[:, 1] / b) ** 2 + (directions[:, 2] / c) ** 2)
-    surface = directions * scale[:, None]  # points on the outer ellipsoid
+    surface = SPEC.surface_point(directions)  # points on the outer ellipsoid
     surface = surface[np.linalg.norm(surface - np.asarray(HOLE_CENTRE), axis=1) < radius_mm]
     normals = surface / np.array([a * a, b * b, c * c])
     normals /= np.linalg.norm(normals, axis=1, keepdims=True)

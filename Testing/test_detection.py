@@ -32,9 +32,7 @@ def skull():
 def implant_towards(skull, direction: tuple[float, float, float], radius_mm: float = 20.0) -> np.ndarray:
     """The shell's bone within a ball where a ray from the centre in ``direction`` leaves the shell."""
     complete, matrix, _, _ = skull
-    d = np.asarray(direction, float) / np.linalg.norm(direction)
-    a, b, c = SPEC.semi_axes_mm
-    centre = d / np.sqrt((d[0] / a) ** 2 + (d[1] / b) ** 2 + (d[2] / c) ** 2)
+    centre = SPEC.surface_point(direction)
     x, y, z = ras_grid(SHAPE, matrix)
     return complete & ((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 <= radius_mm**2)
 

@@ -23,13 +23,6 @@ SPACING = (1.5, 1.5, 1.5)
 SPEC = ShellSpec()
 
 
-def surface_point(direction: tuple[float, float, float]) -> np.ndarray:
-    """Where a ray from the shell's centre leaves its outer surface."""
-    d = np.asarray(direction, float) / np.linalg.norm(direction)
-    a, b, c = SPEC.semi_axes_mm
-    return d / np.sqrt((d[0] / a) ** 2 + (d[1] / b) ** 2 + (d[2] / c) ** 2)
-
-
 def ball(matrix: np.ndarray, centre: np.ndarray, radius_mm: float, shape=SHAPE) -> np.ndarray:
     x, y, z = ras_grid(shape, matrix)
     return (x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 <= radius_mm**2
@@ -51,7 +44,7 @@ def holes_case(shell, *holes: tuple[tuple[float, float, float], float]):
     complete, matrix = shell
     removed = np.zeros(SHAPE, bool)
     for direction, radius in holes:
-        removed |= ball(matrix, surface_point(direction), radius)
+        removed |= ball(matrix, SPEC.surface_point(direction), radius)
     return complete & ~removed, complete & removed
 
 
@@ -88,7 +81,7 @@ def test_hole_touching_the_field_of_view(shell):
 
 def test_depressed_fragment_is_part_of_the_defect(shell):
     complete, matrix = shell
-    centre = surface_point((0.7, 0.0, 0.7))
+    centre = SPEC.surface_point((0.7, 0.0, 0.7))
     region = ball(matrix, centre, 25.0)
     fragment_region = ball(matrix, centre, 12.0)
     # The fragment is the shell inside the small ball, pushed 6 mm towards the centre; bone missing around it.
@@ -105,8 +98,8 @@ def test_depressed_fragment_is_part_of_the_defect(shell):
 def test_natural_openings_are_left_alone(shell):
     complete, matrix = shell
     # "Orbits": a symmetric pair of openings that the expected skull (like a blurred decode) closes over.
-    orbits = ball(matrix, surface_point((0.45, 1.0, -0.1)), 14.0)
-    orbits |= ball(matrix, surface_point((-0.45, 1.0, -0.1)), 14.0)
+    orbits = ball(matrix, SPEC.surface_point((0.45, 1.0, -0.1)), 14.0)
+    orbits |= ball(matrix, SPEC.surface_point((-0.45, 1.0, -0.1)), 14.0)
     fit = run(complete & ~orbits, complete, matrix)
     assert fit.implant.sum() == 0
     assert "no defect" in fit.message
@@ -118,9 +111,9 @@ def test_an_opening_joined_to_a_defect_stays_open_when_the_healthy_side_has_it_t
     complete, matrix = shell
     # A fronto-orbital defect that runs into one "orbit"; the other orbit, on the healthy side, is its mirror image.
     orbit_direction = np.array((0.45, 1.0, -0.1))
-    orbits = ball(matrix, surface_point(orbit_direction), 14.0)
-    orbits |= ball(matrix, surface_point(orbit_direction * (-1.0, 1.0, 1.0)), 14.0)
-    defect = ball(matrix, surface_point((0.5, 1.0, 0.45)), 22.0) & ~orbits
+    orbits = ball(matrix, SPEC.surface_point(orbit_direction), 14.0)
+    orbits |= ball(matrix, SPEC.surface_point(orbit_direction * (-1.0, 1.0, 1.0)), 14.0)
+    defect = ball(matrix, SPEC.surface_point((0.5, 1.0, 0.45)), 22.0) & ~orbits
     defective = complete & ~orbits & ~defect
     fit = run(defective, complete, matrix)
     implant = fit.implant.astype(bool)
@@ -201,7 +194,7 @@ def test_coarse_to_fine_voxelisation_gives_the_same_implant(monkeypatch):
     matrix = centred_ijk_to_ras(shape, spacing)
     complete = skull_shell(shape, matrix, SPEC)
     x, y, z = ras_grid(shape, matrix)
-    centre = surface_point((0.7, 0.2, 0.7))
+    centre = SPEC.surface_point((0.7, 0.2, 0.7))
     defective = complete & ((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 > 22.0**2)
     mapping = plan_mapping(complete, matrix, GRID)
     expected = to_model_grid(complete, mapping)

@@ -17,6 +17,13 @@ class ShellSpec:
     thickness_mm: float = 7.0
     base_cut_mm: float = -35.0  # below this height (relative to the centre) the shell is open
 
+    def surface_point(self, directions: np.ndarray) -> np.ndarray:
+        """Where rays from the shell's centre (directions (..., 3), any length) leave its outer surface (mm)."""
+        d = np.asarray(directions, float)
+        d = d / np.linalg.norm(d, axis=-1, keepdims=True)
+        scale = 1.0 / np.sqrt(np.sum((d / np.asarray(self.semi_axes_mm)) ** 2, axis=-1))
+        return d * scale[..., None]
+
 
 def ras_grid(shape: tuple[int, int, int], ijk_to_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """RAS coordinates (mm) of every voxel centre, float32, each of ``shape``."""
