@@ -95,6 +95,28 @@ def test_depressed_fragment_is_part_of_the_defect(shell):
     assert dice(fit.implant, truth) >= 0.9
 
 
+def test_a_sinus_next_to_the_defect_is_not_filled(shell):
+    complete, matrix = shell
+    # A "frontal sinus" beside the hole: in a cone of directions the bone is a thin back wall at the inner table and
+    # a front wall 9-12 mm outside the shell (beyond the window searched around the expected surface), air between.
+    x, y, z = ras_grid(SHAPE, matrix)
+    a, b, c = SPEC.semi_axes_mm
+    radius = np.sqrt((x / a) ** 2 + (y / b) ** 2 + (z / c) ** 2)
+    inner = 1.0 - SPEC.thickness_mm / min(a, b, c)
+    axis = np.array([-0.45, 1.0, 0.9]) / np.linalg.norm([-0.45, 1.0, 0.9])
+    cone = (x * axis[0] + y * axis[1] + z * axis[2]) > np.cos(np.radians(14.0)) * np.sqrt(x**2 + y**2 + z**2)
+    walls = ((radius >= inner) & (radius <= inner + 0.03)) | ((radius >= 1.10) & (radius <= 1.13))
+    air = cone & (radius > inner + 0.03) & (radius < 1.10)
+    skull = (complete & ~cone) | (cone & walls)
+    hole = ball(matrix, SPEC.surface_point((0.15, 1.0, 1.1)), 20.0) & ~cone
+    fit = run(skull & ~hole, complete, matrix)
+    implant = fit.implant.astype(bool)
+    assert len(fit.holes) == 1, fit.message
+    assert dice(implant, skull & hole) >= 0.93
+    # Rays through the sinus see only its back wall near the expected surface: neither sunken bone nor a cut edge.
+    assert (implant & air).sum() <= 0.02 * air.sum()
+
+
 def test_natural_openings_are_left_alone(shell):
     complete, matrix = shell
     # "Orbits": a symmetric pair of openings that the expected skull (like a blurred decode) closes over.

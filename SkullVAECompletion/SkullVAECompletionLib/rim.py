@@ -69,6 +69,7 @@ class RimOptions:
     rim_skip_mm: float = 4.5  # rays this close to a hole may graze its edge: their radii are re-estimated
     outlier_mm: float = 2.0  # intact rays this far from the interpolated surface are re-estimated
     depression_mm: float = 3.0  # bone next to a defect sunken this far below the fitted outer table joins it
+    outward_search_mm: float = 15.0  # ...unless bone lies this far beyond the window (a sinus' front wall)
     min_thickness_mm: float = 0.8
     max_thickness_mm: float = 25.0
     min_hole_mm2: float = 40.0  # smaller bone-free patches are noise of the decode, not a defect
@@ -600,6 +601,19 @@ def open_on_healthy_side(frame: Frame, patch: Patch, directions: np.ndarray, exp
     return natural.reshape(hole.shape)
 
 
+def bone_beyond_window(frame: Frame, measured: PatchProfile, pixels: np.ndarray, options: RimOptions) -> np.ndarray:
+    """Of the patch's ``pixels``, those whose ray meets the input's bone within ``outward_search_mm`` beyond the
+    window searched around the expected outer surface."""
+    beyond = np.zeros(pixels.shape, bool)
+    if not pixels.any() or options.outward_search_mm <= 0:
+        return beyond
+    directions = measured.patch.directions()[pixels]
+    start = measured.expected_outer[pixels] + options.window_mm
+    profile = input_profile(frame, directions, start + options.outward_search_mm, start, 0.0, options.radial_step_mm)
+    beyond[pixels] = profile.present
+    return beyond
+
+
 def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) -> PatchFit | str:
     """Measure the rim around one hole and interpolate the implant's surfaces across it (or say why not)."""
     measured = measure_patch(frame, seeds, label, options)
@@ -610,7 +624,11 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
     present, outer, inner, hole = measured.present, measured.outer, measured.inner, measured.hole
     pixel_mm = measured.pixel_mm
     thickness = outer - inner
-    plausible = present & (thickness >= options.min_thickness_mm) & (thickness <= options.max_thickness_mm)
+    # Bone further out on the same ray (the front wall of a frontal sinus): the bone in the window is not the
+    # patient's outer table there, so the ray neither guides the surfaces nor counts as sunken or cut.
+    beyond = bone_beyond_window(frame, measured, present, options)
+    plausible = present & ~beyond & (thickness >= options.min_thickness_mm) & (
+        thickness <= options.max_thickness_mm)
     band = max(1, int(round(options.rim_band_mm / pixel_mm)))
     skip = max(1, int(round(options.rim_skip_mm / pixel_mm)))
     smoothing = options.shape_smoothing_mm / pixel_mm
@@ -637,13 +655,14 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
         smooth_thickness = ndimage.gaussian_filter(np.nan_to_num(fit_thickness), smoothing)
         reliable = plausible & (np.abs(outer - smooth_outer) <= options.outlier_mm) & (
             np.abs(thickness - smooth_thickness) <= options.outlier_mm)
-        sunken = present & (outer < smooth_outer - options.depression_mm)
+        sunken = present & ~beyond & (outer < smooth_outer - options.depression_mm)
         # Sunken bone next to the missing bone (a depressed fracture's fragments) joins the defect.
         depressed = components_touching(sunken, ndimage.binary_dilation(hole, iterations=skip + 1))
     fit_inner = fit_outer - fit_thickness
     defect = hole | depressed
     # Rays next to the defect that cross only part of the bone (a cut oblique to the rays, a bevel) get the rest.
-    partial = present & ((outer < fit_outer - options.outlier_mm) | (inner > fit_inner + options.outlier_mm))
+    partial = present & ~beyond & (
+        (outer < fit_outer - options.outlier_mm) | (inner > fit_inner + options.outlier_mm))
     fill = ndimage.binary_dilation(defect, iterations=band) | components_touching(
         partial, ndimage.binary_dilation(defect, iterations=skip + 1))
     fill &= np.isfinite(fit_outer) & np.isfinite(fit_inner)
