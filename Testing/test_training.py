@@ -228,8 +228,13 @@ def test_evaluation_report_on_the_smoke_bundle(smoke_cfg: dict, workdir: Path) -
     assert located["by"].startswith("class head, then") and located["n"] == len(auto_rows) + len(complete_skulls)
     assert sum(sum(row.values()) for row in located["confusion"].values()) == located["n"]
     assert results["auto"] and {"dsc", "defect_fill", "defect_area_fill"} <= set(results["auto"][0])
+    # The rim stage on the true complete skull, per cranial case: the ceiling a perfect decoder would reach.
+    from training.evaluate import CEILING
+
+    ceiling = [e for e in results["regions"] if e["variant"] == CEILING]
+    assert ceiling and all(0.0 <= e["dsc"] <= 1.0 for e in ceiling)
     for name in ("README.md", "results.json", "cases.csv", "detection_confusion.png", "shift_vs_gamma.png"):
         assert (workdir / "results" / name).is_file(), name
     report = (workdir / "results" / "README.md").read_text()
-    assert "closes (area)" in report and "Defect-class detection" in report
+    assert "closes (area)" in report and "Defect-class detection" in report and CEILING in report
     assert json.loads((workdir / "results" / "results.json").read_text())["default_gamma"]

@@ -29,9 +29,11 @@ from SkullVAECompletionLib import regions
 from SkullVAECompletionLib.bundle import ModelBundle, load_bundle, save_bundle
 from SkullVAECompletionLib.completion import EXTRACTION_CHOICES, CompletionResult, EncodedSkull, SkullCompleter
 from SkullVAECompletionLib.errors import InputError
+from SkullVAECompletionLib.geometry import to_model_grid
 from SkullVAECompletionLib.implant import implant_region
 from SkullVAECompletionLib.metrics import defect_area_fill, defect_fill, implant_metrics
 from SkullVAECompletionLib.networks import bone_probability
+from SkullVAECompletionLib.rim import RimOptions, fit_implant
 from training.aggregate import (
     Stage1Decoding,
     defect_classes_of,
@@ -59,6 +61,9 @@ from training.train import (
 
 log = logging.getLogger("training.evaluate")
 METRICS = ("dsc", "bdsc", "hd95")
+# The rim stage given the true complete skull instead of a decode: what a perfect decoder would reach with it.
+CEILING = "rim stage on the true complete skull (ceiling of a perfect decoder)"
+NO_GAMMA = float("nan")  # one object, so that rows without a γ group together
 
 
 # ----------------------------------------------------------------------------- comparison models
@@ -220,7 +225,26 @@ def evaluate_cases(variants: list[Variant], test: VolumeSet, gammas: list[float]
                          "implant_ml": result.implant_volume_ml, **fills,
                          "detected": enc.detected_type, "seconds": round(seconds + encode_s, 2),
                          "message": result.message})
+        if test.labels[index] != "facial":  # the rim stage is for the vault (facial defects use the decode)
+            rows.append(ceiling_row(bundle, encoded, case, spacing, {
+                "case_id": case_id, "type": kind, "label": test.labels[index], "region": region}))
     return rows
+
+
+def ceiling_row(bundle: ModelBundle, encoded: EncodedSkull, case: dict[str, np.ndarray], spacing: np.ndarray,
+                identity: dict[str, Any]) -> dict[str, Any]:
+    """The rim stage with the true complete skull (input ∪ true implant, on the model grid) as its expected skull:
+    how much of what is lost comes from the decoder, and how much from the stage itself."""
+    complete = (np.asarray(case["defective"]) > 0) | (np.asarray(case["implant"]) > 0)
+    tick = time.perf_counter()
+    fit = fit_implant(to_model_grid(complete, encoded.mapping), encoded.defective, encoded.mapping,
+                      RimOptions.from_dict(bundle.completion_options.get("rim")))
+    seconds = time.perf_counter() - tick
+    scores = implant_metrics(fit.implant, case["implant"], case["defective"], spacing)
+    volume_ml = float(fit.implant.sum()) * float(np.prod(spacing)) / 1000.0
+    return {**identity, "variant": CEILING, "role": "variant", "gamma": NO_GAMMA, "used_class": identity["type"],
+            "method": "truth", "extraction": "rim", **scores, "implant_ml": volume_ml, **NO_FILL,
+            "detected": encoded.detected_type, "seconds": round(seconds, 2), "message": fit.message}
 
 
 def empty_result(defective: np.ndarray, kind: str, gamma: float, variant: Variant, message: str) -> CompletionResult:
@@ -663,7 +687,7 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
               "| model / method | region | n | DSC | bDSC | HD95 (mm) | empty |", "|---|---|---|---|---|---|---|"]
     primary = results["primary_variant"]
     for e in sorted(results["regions"], key=lambda e: (e["variant"], e["region"])):
-        if e["variant"].startswith((primary, "mirrored healthy side")):
+        if e["variant"].startswith((primary, "mirrored healthy side", CEILING)):
             lines.append(f"| {e['variant']} | {e['region']} | {e['n']} | {_fmt(e)} | {e['empty']} |")
     lines += ["", "## Cranial and facial (each variant at its validation-chosen γ, true class)", "",
               "| model / method | defects | n | DSC | bDSC | HD95 (mm) | empty |", "|---|---|---|---|---|---|---|"]
@@ -691,7 +715,8 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
     lines += ["", "## Models and completion methods (each at its validation-chosen γ)", "",
               "| model / method | type | γ | n | DSC | bDSC | HD95 (mm) | empty |", "|---|---|---|---|---|---|---|---|"]
     for e in sorted(results["variants"], key=lambda e: (e["variant"], e["type"])):
-        lines.append(f"| {e['variant']} | {e['type']} | {e['gamma']:g} | {e['n']} | {_fmt(e)} | {e['empty']} |")
+        gamma = "–" if np.isnan(e["gamma"]) else f"{e['gamma']:g}"
+        lines.append(f"| {e['variant']} | {e['type']} | {gamma} | {e['n']} | {_fmt(e)} | {e['empty']} |")
     det = results["detection"]
     lines += ["", f"## Defect-class detection ({det.get('by', 'nearest centroid of μ')}, all test volumes)", "",
               f"Accuracy {det['accuracy']:.3f} (n = {det['n']}); per class: "
