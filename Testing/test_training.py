@@ -196,6 +196,19 @@ def test_warm_start_from_a_bundle(tiny_bundle: Path) -> None:
         train.warm_start(other, tiny_bundle)
 
 
+def test_default_gamma_is_the_best_one_whose_decode_closes_the_defect() -> None:
+    """The validation rows of two γ: the smaller has the better DSC, but its decode still shows half the hole."""
+    from training.aggregate import choose_defaults
+
+    rows = [{"method": "dev", "type": "vertex", "gamma": gamma, "dsc": dsc, "closes": closes, "case_id": str(case)}
+            for case in range(3) for gamma, dsc, closes in ((0.5, 0.83, 0.55), (1.0, 0.82, 0.93))]
+    assert choose_defaults(rows)[1] == {"vertex": 1.0}
+    # No γ closes enough (facial defects on a small model): the best DSC decides.
+    for row in rows:
+        row["closes"] = 0.4
+    assert choose_defaults(rows)[1] == {"vertex": 0.5}
+
+
 def test_eta_respects_the_time_budget() -> None:
     history = [{"time_s": 30.0}] * 3
     assert train.eta_text(history, 3, 13, elapsed_s=90.0, limit_s=float("inf")) == "ETA 5.0 min"

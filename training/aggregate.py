@@ -33,7 +33,7 @@ from SkullVAECompletionLib import regions
 from SkullVAECompletionLib.bundle import ModelBundle, save_bundle
 from SkullVAECompletionLib.completion import EncodedSkull, SkullCompleter
 from SkullVAECompletionLib.geometry import GridMapping, GridSpec
-from SkullVAECompletionLib.metrics import boundary_dice, dice
+from SkullVAECompletionLib.metrics import boundary_dice, defect_area_fill, dice
 from SkullVAECompletionLib.networks import AggregatedVAE
 from training import stages
 from training.train import (
@@ -237,9 +237,11 @@ def sweep_model_grid(completer: SkullCompleter, cases: list[dict[str, Any]], gam
             for gamma in gammas:
                 result = completer.complete(encoded, gamma=gamma, defect_type=case["type"], method=method,
                                             smoothing=False)
+                decoded = completer.expected_skull(encoded, gamma, case["type"], method) > 0.5
                 rows.append({"case_id": case["case_id"], "type": case["type"], "method": method, "gamma": gamma,
                              "dsc": dice(result.implant, case["implant"]),
                              "bdsc": boundary_dice(result.implant, case["implant"], encoded.defective, spacing),
+                             "closes": defect_area_fill(decoded, case["implant"], case["volume"] >= 0.5),
                              "detected": encoded.detected_type})
     return rows
 
@@ -251,14 +253,23 @@ def mean_by(rows: list[dict[str, Any]], keys: tuple[str, ...], value: str = "dsc
     return {k: float(np.mean(v)) for k, v in groups.items()}
 
 
-def best_gamma(scores: dict[float, float]) -> float:
-    """The γ with the best mean DSC; ties go to the one nearest the paper's γ = 1."""
-    return max(scores, key=lambda g: (scores[g], -abs(g - 1.0)))
+# The default γ must do what the shift is for: its decode closes at least this share of the defect's area (mean
+# over the class's validation cases). With the rim stage the implant's DSC hardly changes with γ, so DSC alone
+# would pick a γ whose decode still shows much of the hole.
+CLOSES_AT_DEFAULT = 0.8
+
+
+def best_gamma(scores: dict[float, float], closes: dict[float, float] | None = None) -> float:
+    """The γ with the best mean DSC among those whose decode closes :data:`CLOSES_AT_DEFAULT` of the defect (all γ
+    when none does, or without ``closes``); ties go to the one nearest the paper's γ = 1."""
+    eligible = [g for g in scores if closes is not None and closes.get(g, 0.0) >= CLOSES_AT_DEFAULT] or list(scores)
+    return max(eligible, key=lambda g: (scores[g], -abs(g - 1.0)))
 
 
 def choose_defaults(rows: list[dict[str, Any]]) -> tuple[str, dict[str, float], dict[str, Any]]:
     """Best γ per (method, type) by mean DSC; then the method with the best type-averaged DSC at its γs."""
     table = mean_by(rows, ("method", "type", "gamma"))
+    closing = mean_by([r for r in rows if "closes" in r], ("method", "type", "gamma"), "closes")
     methods = sorted({m for m, _, _ in table})
     types = sorted({t for _, t, _ in table})
     best: dict[str, dict[str, tuple[float, float]]] = {}
@@ -266,7 +277,8 @@ def choose_defaults(rows: list[dict[str, Any]]) -> tuple[str, dict[str, float], 
         best[method] = {}
         for kind in types:
             candidates = {g: v for (m, t, g), v in table.items() if m == method and t == kind}
-            gamma = best_gamma(candidates)
+            closes = {g: v for (m, t, g), v in closing.items() if m == method and t == kind}
+            gamma = best_gamma(candidates, closes)
             best[method][kind] = (gamma, candidates[gamma])
     score = {m: float(np.mean([v for _, v in best[m].values()])) for m in methods}
     winner = max(score, key=score.get)
@@ -283,9 +295,11 @@ def fill_missing_gammas(rows: list[dict[str, Any]], method: str, chosen: dict[st
                         classes: Iterable[str]) -> dict[str, float]:
     """γ per class: its own best γ when it has at least :data:`MIN_CASES_FOR_OWN_GAMMA` validation cases, else
     the best γ of all cranial validation cases pooled (the facial class, when missing, gets the paper's γ = 1)."""
-    pooled = {g: v for (m, g), v in mean_by([r for r in rows if regions.is_cranial(r["type"])],
-                                             ("method", "gamma")).items() if m == method}
-    fallback = best_gamma(pooled) if pooled else 1.0
+    cranial = [r for r in rows if regions.is_cranial(r["type"])]
+    pooled = {g: v for (m, g), v in mean_by(cranial, ("method", "gamma")).items() if m == method}
+    closes = {g: v for (m, g), v in mean_by([r for r in cranial if "closes" in r], ("method", "gamma"),
+                                             "closes").items() if m == method}
+    fallback = best_gamma(pooled, closes) if pooled else 1.0
     cases = {kind: len({r["case_id"] for r in rows if r["type"] == kind}) for kind in {r["type"] for r in rows}}
     out = {}
     for name in classes:
