@@ -609,7 +609,9 @@ def bone_beyond_window(frame: Frame, measured: PatchProfile, pixels: np.ndarray,
         return beyond
     directions = measured.patch.directions()[pixels]
     start = measured.expected_outer[pixels] + options.window_mm
-    profile = input_profile(frame, directions, start + options.outward_search_mm, start, 0.0, options.radial_step_mm)
+    # A wall is looked for, not measured: millimetre steps, and partly filled samples count (thin walls).
+    profile = input_profile(frame, directions, start + options.outward_search_mm, start, 0.0, 1.0,
+                            presence=DETECTION_PRESENCE)
     beyond[pixels] = profile.present
     return beyond
 
