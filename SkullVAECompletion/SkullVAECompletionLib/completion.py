@@ -25,7 +25,7 @@ from .detection import BY_CLASS_HEAD, located_class
 from .errors import CancelledError, DeviceError, InputError
 from .geometry import GridMapping, plan_mapping, refined_mapping, to_input_grid, to_model_grid
 from .implant import distance_to_input_bone, implant_at_input_resolution, implant_region
-from .mirror import check_unilateral, mirror_implant, mirror_skull
+from .mirror import check_unilateral, mirror_implant, mirror_skull, quick_midsagittal_plane
 from .networks import bone_probability
 from .rim import RimOptions, fit_implant
 from .validation import validate_mask
@@ -63,9 +63,18 @@ class EncodedSkull:
     decode_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
     distance_mm: np.ndarray | None = field(default=None, repr=False)  # to the input bone; γ-independent, cached
     mirror: Any = field(default=None, repr=False)  # mirror.MirrorResult of the input; γ-independent, cached
+    midsagittal: Any = field(default=None, repr=False)  # mirror.Plane for the rim stage's healthy-side checks
     mirrored: tuple | None = field(default=None, repr=False)  # (input ∪ its mirror image, its grid); cached
     # (class, what decided it) once an "auto" completion has located the defect (detection.py); γ-independent.
     located: tuple[str, str] | None = None
+
+    def midsagittal_reflection(self) -> np.ndarray | None:
+        """The 4×4 RAS reflection about the skull's mid-sagittal plane (the mirror method's when it has run, else a
+        quick fit on the model grid; cached), or None when no plane can be found."""
+        if self.midsagittal is None:
+            self.midsagittal = self.mirror.plane if self.mirror is not None else quick_midsagittal_plane(
+                self.model_input, self.mapping.model_to_ras)
+        return None if self.midsagittal is None else self.midsagittal.matrix()
 
     def distance_to_bone(self) -> np.ndarray:
         if self.distance_mm is None:
@@ -560,7 +569,7 @@ def extract_implant(
     """
     if extraction == "rim":
         fit = fit_implant(probability, encoded.defective, expected_mapping or encoded.mapping,
-                          RimOptions.from_dict(options.get("rim")))
+                          RimOptions.from_dict(options.get("rim")), encoded.midsagittal_reflection())
         return fit.implant, fit.message, fit.holes, fit.fields or None
     spacing = encoded.mapping.grid.spacing_mm
     region = implant_region(probability, encoded.model_input, spacing, encoded.distance_to_bone())

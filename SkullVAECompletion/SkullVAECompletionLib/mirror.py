@@ -58,8 +58,14 @@ class MirrorResult:
     residual_mm: float  # median distance of the mirrored surface to the skull: how symmetric the skull is
 
 
-def find_midsagittal_plane(mask: np.ndarray, ijk_to_ras: np.ndarray, seed: int = 0) -> tuple[Plane, float]:
-    """The skull's plane of symmetry and the median residual (mm) of its mirrored surface points."""
+def find_midsagittal_plane(mask: np.ndarray, ijk_to_ras: np.ndarray, seed: int = 0,
+                           surface_points: int = SURFACE_POINTS, turns: tuple[float, ...] = (-0.25, 0.0, 0.25)
+                           ) -> tuple[Plane, float]:
+    """The skull's plane of symmetry and the median residual (mm) of its mirrored surface points.
+
+    ``surface_points`` are registered; ``turns``: the starting turns of the plane about the vertical axis (about
+    radians).
+    """
     bone = np.asarray(mask).astype(bool)
     if not bone.any():
         raise InputError("the skull mask is empty: there is nothing to mirror")
@@ -76,7 +82,7 @@ def find_midsagittal_plane(mask: np.ndarray, ijk_to_ras: np.ndarray, seed: int =
     to_index = np.linalg.inv(coarse_matrix)
     points = np.argwhere(surface)
     rng = np.random.default_rng(seed)
-    points = points[rng.choice(len(points), min(SURFACE_POINTS, len(points)), replace=False)]
+    points = points[rng.choice(len(points), min(surface_points, len(points)), replace=False)]
     points = points @ coarse_matrix[:3, :3].T + coarse_matrix[:3, 3]
     centre = points.mean(axis=0)
     start_normal = np.array([1.0, 0.0, 0.0])  # patients lie roughly straight in scanners: left-right first
@@ -94,8 +100,8 @@ def find_midsagittal_plane(mask: np.ndarray, ijk_to_ras: np.ndarray, seed: int =
         return float(np.minimum(values, cap).mean())
 
     best = None
-    for tilt in (-0.25, 0.0, 0.25):  # a few starts about the vertical axis: heads are often turned
-        params = np.array([tilt, 0.0, 0.0])
+    for turn in turns:  # a few starts about the vertical axis: heads are often turned
+        params = np.array([turn, 0.0, 0.0])
         for cap in CAPS_MM:
             params = optimize.minimize(cost, params, args=(cap,), method="Powell",
                                        options={"xtol": 1e-3, "ftol": 1e-4}).x
@@ -107,6 +113,15 @@ def find_midsagittal_plane(mask: np.ndarray, ijk_to_ras: np.ndarray, seed: int =
     ijk = reflected @ to_index[:3, :3].T + to_index[:3, 3]
     residual = float(np.median(ndimage.map_coordinates(distance, ijk.T, order=1, mode="nearest")))
     return plane, residual
+
+
+def quick_midsagittal_plane(bone_fraction: np.ndarray, ijk_to_ras: np.ndarray) -> Plane | None:
+    """The plane of symmetry from a coarse (model-grid) bone map in about 0.1 s: one start, 2000 surface points.
+    Accurate to about a degree, enough to compare a hole with the healthy side; None when there is no bone."""
+    bone = np.asarray(bone_fraction) >= 0.5
+    if not bone.any():
+        return None
+    return find_midsagittal_plane(bone, ijk_to_ras, surface_points=2000, turns=(0.0,))[0]
 
 
 def mirror_skull(mask: np.ndarray, ijk_to_ras: np.ndarray, plane: Plane | None = None) -> MirrorResult:

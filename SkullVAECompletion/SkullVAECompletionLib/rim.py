@@ -29,7 +29,7 @@ import logging
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -126,6 +126,7 @@ class Frame:
     mm_to_input: np.ndarray  # 4×4: model mm → input index
     input_shape: np.ndarray
     reach_mm: float  # distance from the centre to the farthest expected bone
+    mirror: np.ndarray  # 4×4 reflection about the mid-sagittal plane, in the frame's (model mm) coordinates
 
 
 # ----------------------------------------------------------------------------------------------- directions
@@ -228,6 +229,19 @@ def _to_input_index(frame: Frame, points_mm: np.ndarray) -> np.ndarray:
 def _inside_input(frame: Frame, points_mm: np.ndarray) -> np.ndarray:
     index = _to_input_index(frame, points_mm)
     return np.all((index >= -0.5) & (index <= frame.input_shape - 0.5), axis=-1)
+
+
+def _mirrored_rays(frame: Frame, directions: np.ndarray) -> tuple[Frame, np.ndarray]:
+    """The mirror images of rays from the centre: rays from the mirrored centre (a frame) along these directions."""
+    mirrored_frame = replace(frame, centre=frame.mirror[:3, :3] @ frame.centre + frame.mirror[:3, 3])
+    return mirrored_frame, directions @ frame.mirror[:3, :3].T
+
+
+def _mirrored_directions(frame: Frame, directions: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """Directions, seen from the centre, of the mirror images of the points at ``radii`` along ``directions``."""
+    mirrored_frame, mirrored = _mirrored_rays(frame, directions)
+    vectors = mirrored_frame.centre + mirrored * radii[:, None] - frame.centre
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
 
 
 def _segment_ends(profile: np.ndarray, radii: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
@@ -360,7 +374,9 @@ def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
     ray_area = 4.0 * math.pi / len(directions) * outer[chosen] ** 2  # mm² per direction at the shell
     area = np.bincount(component, weights=ray_area, minlength=count)
     has_core = np.bincount(component, weights=core[chosen], minlength=count) > 0
-    symmetric = mirrored_fraction(directions, open_ray, graph, chosen, component, count)
+    radii = np.where(np.isfinite(outer), outer, np.nanmedian(outer[has_shell]))
+    symmetric = mirrored_fraction(directions, _mirrored_directions(frame, directions, radii), open_ray, graph,
+                                  chosen, component, count)
     keep = np.flatnonzero((area >= options.min_hole_mm2) & has_core & (symmetric < options.max_mirrored_fraction))
     relabel = np.full(count, -1)
     relabel[keep] = np.arange(len(keep))
@@ -368,15 +384,15 @@ def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
     return HoleSeeds(directions, labels, outer, len(keep), shell_fraction)
 
 
-def mirrored_fraction(directions: np.ndarray, open_ray: np.ndarray, graph: sparse.csr_matrix, chosen: np.ndarray,
-                      component: np.ndarray, count: int) -> np.ndarray:
+def mirrored_fraction(directions: np.ndarray, mirror_directions: np.ndarray, open_ray: np.ndarray,
+                      graph: sparse.csr_matrix, chosen: np.ndarray, component: np.ndarray, count: int) -> np.ndarray:
     """Per bone-free region: the fraction of its left-right mirror image that is bone-free and another region.
 
     Natural openings come in pairs (orbits, optic canals, foramina), one on each side of the mid-sagittal plane;
-    a defect is one-sided, or one region across the midline whose mirror image is itself. The model grid is
-    aligned with RAS, so the mirror flips the R-L component of a direction.
+    a defect is one-sided, or one region across the midline whose mirror image is itself. ``mirror_directions``:
+    where each direction's point on the shell lies, mirrored, seen from the centre.
     """
-    mirrored = cKDTree(directions).query(directions * np.array([-1.0, 1.0, 1.0]))[1]
+    mirrored = cKDTree(directions).query(mirror_directions)[1]
     near_open = open_ray | (graph @ open_ray.astype(np.int32) > 0)  # a step of tolerance for pose and asymmetry
     region = np.full(len(directions), -1)
     region[chosen] = component
@@ -570,6 +586,11 @@ def measure_patch(frame: Frame, seeds: HoleSeeds, label: int, options: RimOption
     natural = open_on_healthy_side(frame, patch, directions, exp_outer.ravel(), exp_inner.ravel(), hole, options)
     if natural.any():
         hole = components_touching(hole & ~natural, seed)
+        # What is left must still have a core, like a hole on the coarse sphere: not just the edge of a natural
+        # opening that its mirror image does not quite match (no two orbits are alike).
+        core = ndimage.binary_erosion(hole, iterations=max(1, int(round(
+            math.radians(options.detection_step_deg) * radius / pixel_mm))))
+        hole = components_touching(hole, core)
     # Bone enclosed by missing bone (a depressed or loose fragment, a bridge) lies inside the defect: the surfaces
     # are fitted to the rim outside it; the fragment itself stays as it is (the implant never covers input bone).
     hole = ndimage.binary_fill_holes(hole)
@@ -584,19 +605,20 @@ def open_on_healthy_side(frame: Frame, patch: Patch, directions: np.ndarray, exp
     """Hole pixels whose mirror image (across the mid-sagittal plane through the centre) is bone-free too and
     not part of this hole: natural openings, which come in pairs; a defect is one-sided or crosses the midline.
 
-    The model grid is aligned with RAS, so the mirror flips a direction's R-L component. Two separate holes that
-    mirror each other exactly are taken for natural openings (the coarse detection does the same).
+    Two separate holes that mirror each other exactly are taken for natural openings (the coarse detection does
+    the same).
     """
-    mirrored = directions * np.array([-1.0, 1.0, 1.0])
-    pixels = np.rint(patch.grid_coordinates(mirrored)).astype(int)
+    mirror_frame, mirrored = _mirrored_rays(frame, directions)
+    pixels = np.rint(patch.grid_coordinates(_mirrored_directions(frame, directions, expected_outer))).astype(int)
     inside = np.all((pixels >= 0) & (pixels < patch.size), axis=1)
     mirror_in_hole = np.zeros(len(directions), bool)
     mirror_in_hole[inside] = hole[pixels[inside, 0], pixels[inside, 1]]
     candidates = np.flatnonzero(hole.ravel() & ~mirror_in_hole)
     natural = np.zeros(len(directions), bool)
     if candidates.size:
-        profile = input_profile(frame, mirrored[candidates], expected_outer[candidates], expected_inner[candidates],
-                                options.window_mm, options.detection_radial_step_mm, presence=DETECTION_PRESENCE)
+        profile = input_profile(mirror_frame, mirrored[candidates], expected_outer[candidates],
+                                expected_inner[candidates], options.window_mm, options.detection_radial_step_mm,
+                                presence=DETECTION_PRESENCE)
         natural[candidates] = ~profile.present & profile.in_view
     return natural.reshape(hole.shape)
 
@@ -757,9 +779,26 @@ def voxelise(frame: Frame, fit: PatchFit) -> tuple[np.ndarray, np.ndarray]:
 
 # ----------------------------------------------------------------------------------------------- the stage
 
+def _mirror_in_model_mm(mapping: GridMapping, spacing: float, centre: np.ndarray,
+                        mirror_ras: np.ndarray | None) -> np.ndarray:
+    """The mid-sagittal reflection in model millimetres: ``mirror_ras`` carried over, or (without it) the flip of
+    the R-L axis about the centre (the model grid is aligned with RAS)."""
+    if mirror_ras is None:
+        flip = np.eye(4)
+        flip[0, 0], flip[0, 3] = -1.0, 2.0 * centre[0]
+        return flip
+    mm_to_ras = np.asarray(mapping.model_to_ras, float) @ np.diag([1.0 / spacing] * 3 + [1.0])
+    return np.linalg.inv(mm_to_ras) @ np.asarray(mirror_ras, float) @ mm_to_ras
+
+
+
 def fit_implant(expected: np.ndarray, defective: np.ndarray, mapping: GridMapping,
-                options: RimOptions | None = None) -> RimFit:
-    """The rim-conforming implant for ``defective`` (input grid) given the expected skull on the model grid."""
+                options: RimOptions | None = None, mirror_ras: np.ndarray | None = None) -> RimFit:
+    """The rim-conforming implant for ``defective`` (input grid) given the expected skull on the model grid.
+
+    ``mirror_ras``: the 4×4 reflection about the patient's mid-sagittal plane (RAS), for the checks against the
+    healthy side (a turned or tilted head); by default the plane x = const through the cranial centre.
+    """
     options = options or RimOptions()
     implant = np.zeros(mapping.input_shape, np.uint8, order="F")
     spacing = float(mapping.grid.spacing_mm)
@@ -776,6 +815,7 @@ def fit_implant(expected: np.ndarray, defective: np.ndarray, mapping: GridMappin
         defective=defective.view(np.uint8) if defective.dtype == np.bool_ else defective.astype(np.uint8),
         mm_to_input=mapping.model_to_input @ mm_to_model,
         input_shape=np.asarray(mapping.input_shape, dtype=float),
+        mirror=_mirror_in_model_mm(mapping, spacing, centre, mirror_ras),
     )
     seeds = find_holes(frame, options)
     if seeds.shell_fraction > options.max_hole_fraction:
