@@ -14,6 +14,7 @@ from vtkmodules.util import numpy_support
 from SkullVAECompletionLib.geometry import GridMapping, GridSpec, plan_mapping, to_model_grid
 from SkullVAECompletionLib.io import mask_to_surface, surface_topology
 from SkullVAECompletionLib.metrics import dice, hd95
+from SkullVAECompletionLib.mirror import quick_midsagittal_plane
 from SkullVAECompletionLib.rim import RimOptions, fit_implant, interpolate_surface, thin_plate_surface
 from SkullVAECompletionLib.synthetic import ShellSpec, centred_ijk_to_ras, ras_grid, skull_shell
 
@@ -127,6 +128,28 @@ def test_natural_openings_are_left_alone(shell):
     assert "no defect" in fit.message
     # The open skull base of the shell is open in the expected skull too: never filled.
     assert run(complete, complete, matrix).implant.sum() == 0
+
+
+def test_natural_openings_of_a_turned_head_are_left_alone(shell):
+    complete, matrix = shell
+    direction = np.array((0.45, 1.0, 0.4))
+    orbit = ball(matrix, SPEC.surface_point(direction), 14.0)
+    other_orbit = ball(matrix, SPEC.surface_point(direction * (-1.0, 1.0, 1.0)), 14.0)
+    defective = complete & ~orbit & ~other_orbit
+    # The same voxels with the head turned by 8° in RAS, and a decode that closes one orbit only (so the two do not
+    # pair up on the coarse sphere): only the healthy side can tell that this opening is natural.
+    angle = np.radians(8.0)
+    turned = np.eye(4)
+    turned[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    turned = turned @ matrix
+    mapping = plan_mapping(complete, turned, GRID)
+    expected = to_model_grid(complete & ~other_orbit, mapping)
+    plane = quick_midsagittal_plane(to_model_grid(defective, mapping), mapping.model_to_ras)
+    assert abs(plane.normal @ turned[:3, 0]) / np.linalg.norm(turned[:3, 0]) > 0.998  # the head's own R-L axis
+    fit = fit_implant(expected, np.asfortranarray(defective), mapping, mirror_ras=plane.matrix())
+    assert fit.implant.sum() == 0, fit.message
+    # Mirrored R-L about the centre instead, the other orbit is missed and this one gets an implant.
+    assert fit_implant(expected, np.asfortranarray(defective), mapping).implant.sum() > 0
 
 
 def test_an_opening_joined_to_a_defect_stays_open_when_the_healthy_side_has_it_too(shell):
