@@ -118,6 +118,22 @@ def test_a_sinus_next_to_the_defect_is_not_filled(shell):
     assert (implant & air).sum() <= 0.02 * air.sum()
 
 
+def test_the_smallest_defect_is_a_burr_hole(shell):
+    complete, matrix = shell
+    x, y, z = ras_grid(SHAPE, matrix)
+    axis = np.array((-1.0, -0.3, 0.2)) / np.linalg.norm((-1.0, -0.3, 0.2))
+    along = x * axis[0] + y * axis[1] + z * axis[2]
+    off_axis = np.sqrt(np.maximum(x**2 + y**2 + z**2 - along**2, 0.0))
+    # A burr hole 11 mm across, through the whole shell (≈ 95 mm² on the surface): a defect.
+    removed = complete & (along > 0) & (off_axis <= 5.5)
+    fit = run(complete & ~removed, complete, matrix)
+    assert len(fit.holes) == 1 and dice(fit.implant, removed) >= 0.6, fit.message
+    # Below the smallest defect's area (by default 60 mm², a gap ≈ 9 mm across: thin bone that a threshold lost)
+    # it is left alone.
+    fit = run(complete & ~removed, complete, matrix, min_hole_mm2=120.0)
+    assert fit.implant.sum() == 0 and not fit.holes
+
+
 def test_natural_openings_are_left_alone(shell):
     complete, matrix = shell
     # "Orbits": a symmetric pair of openings that the expected skull (like a blurred decode) closes over.

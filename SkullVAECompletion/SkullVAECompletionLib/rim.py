@@ -72,7 +72,7 @@ class RimOptions:
     outward_search_mm: float = 15.0  # ...unless bone lies this far beyond the window (a sinus' front wall)
     min_thickness_mm: float = 0.8
     max_thickness_mm: float = 25.0
-    min_hole_mm2: float = 40.0  # smaller bone-free patches are noise of the decode, not a defect
+    min_hole_mm2: float = 60.0  # smaller bone-free patches (a gap under ≈ 9 mm across: thin bone) are not a defect
     max_hole_fraction: float = 0.5  # a "hole" over this fraction of the expected shell: the input is not this skull
     max_patch_half_angle_deg: float = 80.0
     min_elevation_deg: float = -35.0  # directions further below the horizontal point at the skull base and face
@@ -692,6 +692,10 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
     fill &= np.isfinite(fit_outer) & np.isfinite(fit_inner)
     fit_inner = np.minimum(fit_inner, fit_outer)
     area = float(defect.sum()) * pixel_mm**2
+    if area < options.min_hole_mm2:  # measured finely, the coarse hole was a thin spot, not missing bone
+        logger.debug("a bone-free patch of %.0f mm² is below the smallest defect (%.0f mm²)", area,
+                     options.min_hole_mm2)
+        return ""
     sunken_area = float((defect & present).sum()) * pixel_mm**2  # bone inside the defect: sunken fragments
     kind = "depressed" if sunken_area >= options.min_hole_mm2 else "missing"
     return PatchFit(measured.patch, fill, fit_outer, fit_inner, Hole(measured.patch.axes[0], area, kind, sunken_area))
