@@ -67,6 +67,22 @@ def test_holes_are_filled_and_meet_the_rim(shell, name, holes):
     assert hd95(fit.implant, truth, SPACING) <= 2.0, name
 
 
+def test_bone_thinned_around_the_hole_does_not_thin_the_implant(shell):
+    complete, matrix = shell
+    x, y, z = ras_grid(SHAPE, matrix)
+    a, b, c = SPEC.semi_axes_mm
+    radius = np.sqrt((x / a) ** 2 + (y / b) ** 2 + (z / c) ** 2)
+    inner = 1.0 - SPEC.thickness_mm / min(a, b, c)
+    centre = SPEC.surface_point((0.3, 0.2, 1.0))
+    hole = ball(matrix, centre, 20.0)
+    # A ragged defect: in alternate sectors around the hole the inner table is eaten away (about 3 mm of bone).
+    sectors = np.sin(6.0 * np.arctan2(y - centre[1], x - centre[0])) > 0
+    thinned = ball(matrix, centre, 32.0) & ~hole & sectors & (radius < inner + 0.04)
+    fit = run(complete & ~hole & ~thinned, complete, matrix)
+    # Those rays are thinner than their neighbours, never thicker: they do not set the implant's thickness.
+    assert dice(fit.implant.astype(bool) & hole, complete & hole) >= 0.95
+
+
 def test_hole_touching_the_field_of_view(shell):
     complete, matrix = shell
     defective, truth = holes_case(shell, ((0.0, 0.3, 1.0), 30.0))

@@ -68,6 +68,7 @@ class RimOptions:
     rim_band_mm: float = 1.5  # the implant reaches this far past the bone-free directions, into the rim's bevel
     rim_skip_mm: float = 4.5  # rays this close to a hole may graze its edge: their radii are re-estimated
     outlier_mm: float = 2.0  # intact rays this far from the interpolated surface are re-estimated
+    thin_outlier_mm: float = 0.5  # ... or this much thinner (near a defect a ray may have lost bone, never gained it)
     depression_mm: float = 3.0  # bone next to a defect sunken this far below the fitted outer table joins it
     outward_search_mm: float = 15.0  # ...unless bone lies this far beyond the window (a sinus' front wall)
     min_thickness_mm: float = 0.8
@@ -678,7 +679,8 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
         smooth_outer = ndimage.gaussian_filter(np.nan_to_num(fit_outer), smoothing)
         smooth_thickness = ndimage.gaussian_filter(np.nan_to_num(fit_thickness), smoothing)
         reliable = plausible & (np.abs(outer - smooth_outer) <= options.outlier_mm) & (
-            np.abs(thickness - smooth_thickness) <= options.outlier_mm)
+            np.abs(thickness - smooth_thickness) <= options.outlier_mm) & (
+            thickness >= smooth_thickness - options.thin_outlier_mm)
         sunken = present & ~beyond & (outer < smooth_outer - options.depression_mm)
         # Sunken bone next to the missing bone (a depressed fracture's fragments) joins the defect.
         depressed = components_touching(sunken, ndimage.binary_dilation(hole, iterations=skip + 1))
