@@ -284,14 +284,10 @@ class SkullCompleter:
             return defect_type, probabilities.get(defect_type, 0.0)
         if encoded.detected_type in available:
             return encoded.detected_type, probabilities.get(encoded.detected_type, 0.0)
+        # Detected as a class the model has no shift for (a complete skull): its most likely defect class.
         chosen = max(available, key=lambda t: probabilities.get(t, 0.0))
-        if encoded.detected_type not in available:
-            logger.warning(
-                "the skull looks %s (p=%.2f); completing it as %s anyway",
-                encoded.detected_type,
-                probabilities[encoded.detected_type],
-                chosen,
-            )
+        logger.warning("the skull looks %s (p=%.2f); completing it as %s anyway", encoded.detected_type,
+                       probabilities.get(encoded.detected_type, 0.0), chosen)
         return chosen, probabilities.get(chosen, 0.0)
 
     def complete(

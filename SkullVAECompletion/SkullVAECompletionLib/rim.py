@@ -240,8 +240,8 @@ def _mirrored_rays(frame: Frame, directions: np.ndarray) -> tuple[Frame, np.ndar
 
 def _mirrored_directions(frame: Frame, directions: np.ndarray, radii: np.ndarray) -> np.ndarray:
     """Directions, seen from the centre, of the mirror images of the points at ``radii`` along ``directions``."""
-    mirrored_frame, mirrored = _mirrored_rays(frame, directions)
-    vectors = mirrored_frame.centre + mirrored * radii[:, None] - frame.centre
+    points = frame.centre + directions * radii[:, None]
+    vectors = points @ frame.mirror[:3, :3].T + frame.mirror[:3, 3] - frame.centre
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
 
 
@@ -580,8 +580,8 @@ def measure_patch(frame: Frame, seeds: HoleSeeds, label: int, options: RimOption
     coordinates = np.rint(patch.grid_coordinates(seeds.directions[members])).astype(int)
     inside = np.all((coordinates >= 0) & (coordinates < patch.size), axis=1)
     seed[coordinates[inside, 0], coordinates[inside, 1]] = True
-    seed = ndimage.binary_dilation(seed, iterations=max(1, int(round(
-        math.radians(options.detection_step_deg) * radius / pixel_mm))))
+    coarse_step = max(1, int(round(math.radians(options.detection_step_deg) * radius / pixel_mm)))  # in pixels
+    seed = ndimage.binary_dilation(seed, iterations=coarse_step)
     hole = components_touching(~present & in_view & defined, seed)
     # An opening the healthy side has too (an orbit next to a fronto-orbital defect) is natural: not the defect.
     natural = open_on_healthy_side(frame, patch, directions, exp_outer.ravel(), exp_inner.ravel(), hole, options)
@@ -589,9 +589,7 @@ def measure_patch(frame: Frame, seeds: HoleSeeds, label: int, options: RimOption
         hole = components_touching(hole & ~natural, seed)
         # What is left must still have a core, like a hole on the coarse sphere: not just the edge of a natural
         # opening that its mirror image does not quite match (no two orbits are alike).
-        core = ndimage.binary_erosion(hole, iterations=max(1, int(round(
-            math.radians(options.detection_step_deg) * radius / pixel_mm))))
-        hole = components_touching(hole, core)
+        hole = components_touching(hole, ndimage.binary_erosion(hole, iterations=coarse_step))
     # Bone enclosed by missing bone (a depressed or loose fragment, a bridge) lies inside the defect: the surfaces
     # are fitted to the rim outside it; the fragment itself stays as it is (the implant never covers input bone).
     hole = ndimage.binary_fill_holes(hole)
@@ -603,8 +601,8 @@ def measure_patch(frame: Frame, seeds: HoleSeeds, label: int, options: RimOption
 
 def open_on_healthy_side(frame: Frame, patch: Patch, directions: np.ndarray, expected_outer: np.ndarray,
                          expected_inner: np.ndarray, hole: np.ndarray, options: RimOptions) -> np.ndarray:
-    """Hole pixels whose mirror image (across the mid-sagittal plane through the centre) is bone-free too and
-    not part of this hole: natural openings, which come in pairs; a defect is one-sided or crosses the midline.
+    """Hole pixels whose mirror image (across the frame's mid-sagittal plane) is bone-free too and not part of this
+    hole: natural openings, which come in pairs; a defect is one-sided or crosses the midline.
 
     Two separate holes that mirror each other exactly are taken for natural openings (the coarse detection does
     the same).
@@ -785,17 +783,14 @@ def voxelise(frame: Frame, fit: PatchFit) -> tuple[np.ndarray, np.ndarray]:
 
 # ----------------------------------------------------------------------------------------------- the stage
 
-def _mirror_in_model_mm(mapping: GridMapping, spacing: float, centre: np.ndarray,
-                        mirror_ras: np.ndarray | None) -> np.ndarray:
+def _mirror_in_model_mm(mm_to_ras: np.ndarray, centre: np.ndarray, mirror_ras: np.ndarray | None) -> np.ndarray:
     """The mid-sagittal reflection in model millimetres: ``mirror_ras`` carried over, or (without it) the flip of
     the R-L axis about the centre (the model grid is aligned with RAS)."""
     if mirror_ras is None:
         flip = np.eye(4)
         flip[0, 0], flip[0, 3] = -1.0, 2.0 * centre[0]
         return flip
-    mm_to_ras = np.asarray(mapping.model_to_ras, float) @ np.diag([1.0 / spacing] * 3 + [1.0])
     return np.linalg.inv(mm_to_ras) @ np.asarray(mirror_ras, float) @ mm_to_ras
-
 
 
 def fit_implant(expected: np.ndarray, defective: np.ndarray, mapping: GridMapping,
@@ -821,7 +816,7 @@ def fit_implant(expected: np.ndarray, defective: np.ndarray, mapping: GridMappin
         defective=defective.view(np.uint8) if defective.dtype == np.bool_ else defective.astype(np.uint8),
         mm_to_input=mapping.model_to_input @ mm_to_model,
         input_shape=np.asarray(mapping.input_shape, dtype=float),
-        mirror=_mirror_in_model_mm(mapping, spacing, centre, mirror_ras),
+        mirror=_mirror_in_model_mm(mapping.model_to_ras @ mm_to_model, centre, mirror_ras),
     )
     seeds = find_holes(frame, options)
     if seeds.shell_fraction > options.max_hole_fraction:

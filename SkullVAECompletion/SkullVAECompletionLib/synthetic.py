@@ -17,6 +17,16 @@ class ShellSpec:
     thickness_mm: float = 7.0
     base_cut_mm: float = -35.0  # below this height (relative to the centre) the shell is open
 
+    @property
+    def inner_radius(self) -> float:
+        """The inner surface of the (thinner) vault in units of :meth:`relative_radius`."""
+        return 1.0 - self.thickness_mm / min(self.semi_axes_mm)
+
+    def relative_radius(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Ellipsoidal radius of points (mm from the shell's centre): 1 on the outer surface."""
+        a, b, c = self.semi_axes_mm
+        return np.sqrt((x / a) ** 2 + (y / b) ** 2 + (z / c) ** 2)
+
     def surface_point(self, directions: np.ndarray) -> np.ndarray:
         """Where rays from the shell's centre (directions (..., 3), any length) leave its outer surface (mm)."""
         d = np.asarray(directions, float)
@@ -53,12 +63,11 @@ def skull_shell(
     """A complete synthetic skull as a bool (i, j, k) array."""
     x, y, z = ras_grid(shape, ijk_to_ras)
     x, y, z = x - centre_ras[0], y - centre_ras[1], z - centre_ras[2]
-    a, b, c = spec.semi_axes_mm
-    radius = np.sqrt((x / a) ** 2 + (y / b) ** 2 + (z / c) ** 2)
-    relative_thickness = spec.thickness_mm / min(a, b, c)
+    _, b, c = spec.semi_axes_mm
+    radius = spec.relative_radius(x, y, z)
     # The face (anterior, low) is thicker bone, so front and back differ.
     face = (y > 0.5 * b) & (z < 0.2 * c)
-    inner = 1.0 - np.where(face, 2.0 * relative_thickness, relative_thickness)
+    inner = np.where(face, 2.0 * spec.inner_radius - 1.0, spec.inner_radius)
     shell = (radius <= 1.0) & (radius >= inner) & (z >= spec.base_cut_mm)
     return shell
 
