@@ -34,6 +34,21 @@ def test_decoded_skull_slightly_off_the_input_gives_only_the_defect():
     assert (implant.astype(bool) & far).sum() < 0.02 * implant.sum()
 
 
+def test_the_bone_threshold_reads_a_faint_decode():
+    """A decoder that blurs thin bone gives it a probability below 0.5: a lower threshold still reads it."""
+    matrix = centred_ijk_to_ras(SHAPE, SPACING)
+    complete = skull_shell(SHAPE, matrix)
+    hole = cranial_defect(SHAPE, matrix, radius_mm=30)
+    defective = complete & ~hole
+    mapping = plan_mapping(defective, matrix, GRID)
+    model_input = to_model_grid(defective, mapping)
+    faint = 0.45 * to_model_grid(complete, mapping)
+    assert not implant_region(faint, model_input, GRID.spacing_mm).any(), "0.45 is not bone at the default 0.5"
+    region = implant_region(faint, model_input, GRID.spacing_mm, threshold=0.2)
+    implant = implant_at_input_resolution(faint, region, defective, mapping, threshold=0.2)
+    assert dice(implant, complete & hole) > 0.7
+
+
 def test_no_defect_means_no_implant():
     matrix = centred_ijk_to_ras(SHAPE, SPACING)
     complete = skull_shell(SHAPE, matrix)

@@ -41,6 +41,18 @@ def test_facial_defects_use_the_decode_extraction(completer, encoded):
     assert completer.complete(encoded, defect_type="facial").extraction == "decode"
 
 
+def test_the_bundle_sets_the_decode_threshold_per_class(completer, encoded, monkeypatch):
+    default = completer.complete(encoded, gamma=1.0, defect_type="facial")
+    options = {**completer.bundle.manifest["completion"], "decode_threshold": {"facial": 0.05}}
+    monkeypatch.setitem(completer.bundle.manifest, "completion", options)
+    lowered = completer.complete(encoded, gamma=1.0, defect_type="facial")
+    assert lowered.implant.sum() > default.implant.sum(), "a lower threshold reads more of the decode as bone"
+    cranial = completer.complete(encoded, gamma=1.0, defect_type="cranial", extraction="decode")
+    monkeypatch.setitem(completer.bundle.manifest, "completion", {**options, "decode_threshold": {}})
+    assert np.array_equal(cranial.implant, completer.complete(encoded, gamma=1.0, defect_type="cranial",
+                                                              extraction="decode").implant), "other classes: 0.5"
+
+
 def test_unknown_options_are_refused_clearly(completer, encoded):
     with pytest.raises(InputError, match="unknown extraction"):
         completer.complete(encoded, extraction="magic")

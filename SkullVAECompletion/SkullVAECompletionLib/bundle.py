@@ -198,6 +198,10 @@ def _check_vectors(manifest: dict[str, Any], path: Path) -> None:
     method = manifest["completion"].get("method", "dev")
     if method not in COMPLETION_METHODS:
         raise BundleError(f"{path}: unknown completion method '{method}' (known: {', '.join(COMPLETION_METHODS)})")
+    for defect, threshold in manifest["completion"].get("decode_threshold", {}).items():
+        if not isinstance(threshold, int | float) or not 0.0 < threshold < 1.0:
+            raise BundleError(f"{path}: completion decode_threshold['{defect}'] must be a probability between 0 and "
+                              f"1, got {threshold!r}")
     if WEIGHTS_NAME not in manifest["files"]:
         raise BundleError(f"{path}: the manifest lists no {WEIGHTS_NAME} checksum")
 

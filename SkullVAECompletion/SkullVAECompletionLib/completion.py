@@ -24,7 +24,7 @@ from .bundle import ModelBundle, load_bundle
 from .detection import BY_CLASS_HEAD, located_class
 from .errors import CancelledError, DeviceError, InputError
 from .geometry import GridMapping, plan_mapping, refined_mapping, to_input_grid, to_model_grid
-from .implant import distance_to_input_bone, implant_at_input_resolution, implant_region
+from .implant import BONE_THRESHOLD, distance_to_input_bone, implant_at_input_resolution, implant_region
 from .mirror import check_unilateral, mirror_implant, mirror_skull, quick_midsagittal_plane
 from .networks import bone_probability
 from .rim import RimOptions, fit_implant
@@ -370,7 +370,8 @@ class SkullCompleter:
             message, holes, surface_field = "", [], None
         else:
             implant, message, holes, surface_field = extract_implant(
-                encoded, probability, extraction, options, smoothing, expected_mapping if method == "mirror" else None)
+                encoded, probability, extraction, options, smoothing, expected_mapping if method == "mirror" else None,
+                defect_type=chosen)
         if message:
             logger.info("%s", message)
         defective = encoded.defective
@@ -556,20 +557,24 @@ def mirrored_expectation(encoded: EncodedSkull) -> tuple[np.ndarray, GridMapping
 
 def extract_implant(
     encoded: EncodedSkull, probability: np.ndarray, extraction: str, options: dict, smoothing: bool = True,
-    expected_mapping: GridMapping | None = None,
+    expected_mapping: GridMapping | None = None, defect_type: str = "",
 ) -> tuple[np.ndarray, str, list, list | None]:
     """The implant (uint8, input grid) cut from an expected skull, a message when it is empty or partial, the holes
     and the rim stage's signed fields [(block, lo)] when there are any.
 
     ``probability``: the expected skull on the model grid (or on ``expected_mapping``'s grid, for "rim").
+    ``defect_type``: picks the decode extraction's bone threshold from ``options["decode_threshold"]`` (per class;
+    the decoder blurs thin facial bone below 0.5, so the bundle may lower it there).
     """
     if extraction == "rim":
         fit = fit_implant(probability, encoded.defective, expected_mapping or encoded.mapping,
                           RimOptions.from_dict(options.get("rim")), encoded.midsagittal_reflection())
         return fit.implant, fit.message, fit.holes, fit.fields or None
     spacing = encoded.mapping.grid.spacing_mm
-    region = implant_region(probability, encoded.model_input, spacing, encoded.distance_to_bone())
-    implant = implant_at_input_resolution(probability, region, encoded.defective, encoded.mapping, smoothing)
+    threshold = float(options.get("decode_threshold", {}).get(defect_type, BONE_THRESHOLD))
+    region = implant_region(probability, encoded.model_input, spacing, encoded.distance_to_bone(), threshold)
+    implant = implant_at_input_resolution(probability, region, encoded.defective, encoded.mapping, smoothing,
+                                          threshold)
     message = "" if implant.any() else "no defect found: the decoded skull adds no bone away from the input's bone"
     return implant, message, [], None
 

@@ -22,6 +22,7 @@ MIN_ISLAND_FRACTION = 0.05  # full-resolution islands under 5 % of the largest a
 MIN_ISLAND_ML = 0.05  # full-resolution islands below 0.05 ml are speckle
 SHADOW_REACH_MM = 15.0  # a hole lets a line towards the skull centre pass bone-free for at least this far
 SMOOTHING_SIGMA_MM = 0.6
+BONE_THRESHOLD = 0.5  # decoded probability that counts as bone (a bundle may set another per class)
 SMOOTHING_TRUNCATE = 4.0  # scipy's default reach of the Gaussian, in σ
 
 
@@ -35,13 +36,15 @@ def implant_region(
     model_input: np.ndarray,
     spacing_mm: float,
     distance_mm: np.ndarray | None = None,
+    threshold: float = BONE_THRESHOLD,
 ) -> np.ndarray:
     """Model-grid region where the implant may be: the cores of decoded-minus-input bone, grown back.
 
-    ``distance_mm``: :func:`distance_to_input_bone` of ``model_input``, if already computed.
-    Returns a bool array on the model grid (empty when the decoded skull adds nothing).
+    ``distance_mm``: :func:`distance_to_input_bone` of ``model_input``, if already computed; ``threshold``: the
+    decoded probability that counts as bone. Returns a bool array on the model grid (empty when the decoded skull
+    adds nothing).
     """
-    decoded = bone_probability > 0.5
+    decoded = bone_probability > threshold
     input_bone = model_input >= 0.5
     candidate = decoded & ~input_bone
     if not candidate.any():
@@ -90,8 +93,12 @@ def implant_at_input_resolution(
     defective: np.ndarray,
     mapping: GridMapping,
     smoothing: bool = True,
+    threshold: float = BONE_THRESHOLD,
 ) -> np.ndarray:
-    """Full-resolution uint8 implant on the input grid; work is confined to the region's bounding box."""
+    """Full-resolution uint8 implant on the input grid; work is confined to the region's bounding box.
+
+    ``threshold``: the decoded probability that counts as bone (interpolated to the input grid).
+    """
     implant = np.zeros(mapping.input_shape, dtype=np.uint8, order="F")
     bounds = nonzero_bounds(region)
     if bounds is None:
@@ -102,7 +109,7 @@ def implant_at_input_resolution(
     probability, _ = to_input_grid(bone_probability, mapping, lo, hi)
     inside, _ = to_input_grid(region.astype(np.float32), mapping, lo, hi)
     block_defective = defective[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-    block = (probability > 0.5) & (inside > 0.5) & ~block_defective
+    block = (probability > threshold) & (inside > 0.5) & ~block_defective
     del probability, inside
     # Smoothing and island removal only on the implant's own bounding box (plus the filter's reach): the
     # region's box is much larger than the implant shell, and these are the slow full-resolution steps.

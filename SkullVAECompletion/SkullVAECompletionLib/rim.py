@@ -12,7 +12,8 @@ patient's own intact bone at the input's full resolution:
 3. **Surfaces per hole** (:func:`fit_hole`): in a latitude-longitude patch whose equator runs through the hole
    (no pole near it), the outer and inner table radii of the intact bone are measured with sub-voxel accuracy.
    Their offsets from the decode's surfaces are interpolated across the hole (the outer surface as a thin plate,
-   which carries the rim's curvature; the thickness as a membrane, robust to a noisy rim);
+   which carries the rim's curvature; the thickness as the decode's, scaled by the rim's ratio to it as a
+   membrane, robust to a noisy rim);
    rays near the rim, which graze a ragged or bevelled edge, and outliers are re-estimated, and bone that is
    present but sunken well below the interpolated outer table (a depressed fracture) joins the defect.
 4. **Voxelisation on the input grid** (:func:`voxelise`): a voxel belongs to the implant when its direction lies in
@@ -80,12 +81,15 @@ class RimOptions:
     max_mirrored_fraction: float = 0.5  # a region whose mirror image is another bone-free region is a natural pair
     shape_smoothing_mm: float = 12.0  # smoothing of the decode's surfaces: its shape stays, its voxels' ripple goes
     shape: str = "decode"  # "decode": decoded surfaces + rim offsets; "rim": the rim's radii interpolated alone
+    thickness: str = "decode"  # "decode": the decode's thickness × the rim's ratio to it; "rim": the rim's alone
     outer_interpolation: str = "thin_plate"  # of the outer surface across a hole: "thin_plate" or "harmonic"
     thin_plate_stiffness: float = 10.0  # the thin plate's smoothing of the rim's voxel noise (0: exact)
 
     def __post_init__(self) -> None:
         if self.shape not in SHAPE_SOURCES:
             raise ValueError(f"rim shape must be one of {SHAPE_SOURCES}, got {self.shape!r}")
+        if self.thickness not in SHAPE_SOURCES:
+            raise ValueError(f"rim thickness must be one of {SHAPE_SOURCES}, got {self.thickness!r}")
         if self.outer_interpolation not in OUTER_INTERPOLATIONS:
             raise ValueError(f"rim outer_interpolation must be one of {OUTER_INTERPOLATIONS}, "
                              f"got {self.outer_interpolation!r}")
@@ -530,6 +534,7 @@ class PatchProfile:
     patch: Patch
     radius: float  # typical outer radius of the expected shell here (mm)
     expected_outer: np.ndarray  # the decode's outer surface, smoothed (mm)
+    expected_inner: np.ndarray  # its inner surface, smoothed (mm)
     present: np.ndarray  # the input has bone near the expected shell
     in_view: np.ndarray
     measurable: np.ndarray  # the whole search window lies in the field of view: the bone's radii are not cut
@@ -595,8 +600,8 @@ def measure_patch(frame: Frame, seeds: HoleSeeds, label: int, options: RimOption
     hole = ndimage.binary_fill_holes(hole)
     window_end = frame.centre + directions * (exp_outer.ravel() + options.window_mm)[:, None]
     measurable = in_view & _inside_input(frame, window_end).reshape(shape)
-    return PatchProfile(patch, radius, exp_outer, present, in_view, measurable, profile.outer.reshape(shape),
-                        profile.inner.reshape(shape), hole)
+    return PatchProfile(patch, radius, exp_outer, exp_inner, present, in_view, measurable,
+                        profile.outer.reshape(shape), profile.inner.reshape(shape), hole)
 
 
 def open_on_healthy_side(frame: Frame, patch: Patch, directions: np.ndarray, expected_outer: np.ndarray,
@@ -635,6 +640,16 @@ def bone_beyond_window(frame: Frame, measured: PatchProfile, pixels: np.ndarray,
                             presence=DETECTION_PRESENCE)
     beyond[pixels] = profile.present
     return beyond
+
+
+def decode_shaped_thickness(measured: PatchProfile, thickness: np.ndarray, known: np.ndarray,
+                            options: RimOptions) -> np.ndarray:
+    """The bone's thickness across a hole: the decode's (smoothed) thickness, scaled by the rim's ratio of measured
+    to decoded thickness, interpolated across the hole. The decode knows where the bone thickens (towards the
+    brow, the occiput); the rim knows by how much this patient's bone differs from it."""
+    decoded = np.maximum(measured.expected_outer - measured.expected_inner, options.min_thickness_mm)
+    ratio = interpolate_surface(thickness / decoded, known)
+    return np.clip(decoded * ratio, options.min_thickness_mm, options.max_thickness_mm)
 
 
 def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) -> PatchFit | str:
@@ -682,6 +697,8 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
         sunken = present & ~beyond & (outer < smooth_outer - options.depression_mm)
         # Sunken bone next to the missing bone (a depressed fracture's fragments) joins the defect.
         depressed = components_touching(sunken, ndimage.binary_dilation(hole, iterations=skip + 1))
+    if options.thickness == "decode":
+        fit_thickness = decode_shaped_thickness(measured, thickness, known, options)
     fit_inner = fit_outer - fit_thickness
     defect = hole | depressed
     # Rays next to the defect that cross only part of the bone (a cut oblique to the rays, a bevel) get the rest.
