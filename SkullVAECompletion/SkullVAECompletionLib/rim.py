@@ -670,8 +670,8 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
     band = max(1, int(round(options.rim_band_mm / pixel_mm)))
     skip = max(1, int(round(options.rim_skip_mm / pixel_mm)))
     smoothing = options.shape_smoothing_mm / pixel_mm
-    # The decode's outer surface carries the shape across the hole; its inner surface does not (a blurred decode
-    # is thin where it fills a hole), so the bone's thickness is carried over from the rim instead.
+    # The decode's outer surface carries the shape across the hole; its thickness is only trusted relative to the
+    # rim's (a blurred decode is thin where it fills a hole): see decode_shaped_thickness.
     base_outer = measured.expected_outer if options.shape == "decode" else np.zeros(hole.shape)
     thin_plate = options.outer_interpolation == "thin_plate" and not (
         # An open rim (the field of view cuts it): a thin plate would extrapolate its slope out of view.
@@ -687,18 +687,19 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
         # The first pass only sorts the rim's rays: the membrane does that as well as the (slower) thin plate.
         fit_outer = base_outer + (thin_plate_surface(residual, known, options.thin_plate_stiffness)
                                   if thin_plate and final else interpolate_surface(residual, known))
-        fit_thickness = interpolate_surface(thickness, known)
-        # Rays that graze a ragged or bevelled edge disagree with their smoothed neighbourhood.
         smooth_outer = ndimage.gaussian_filter(np.nan_to_num(fit_outer), smoothing)
-        smooth_thickness = ndimage.gaussian_filter(np.nan_to_num(fit_thickness), smoothing)
-        reliable = plausible & (np.abs(outer - smooth_outer) <= options.outlier_mm) & (
-            np.abs(thickness - smooth_thickness) <= options.outlier_mm) & (
-            thickness >= smooth_thickness - options.thin_outlier_mm)
         sunken = present & ~beyond & (outer < smooth_outer - options.depression_mm)
         # Sunken bone next to the missing bone (a depressed fracture's fragments) joins the defect.
         depressed = components_touching(sunken, ndimage.binary_dilation(hole, iterations=skip + 1))
-    if options.thickness == "decode":
-        fit_thickness = decode_shaped_thickness(measured, thickness, known, options)
+        if final:
+            break
+        # Rays that graze a ragged or bevelled edge disagree with their smoothed neighbourhood.
+        smooth_thickness = ndimage.gaussian_filter(np.nan_to_num(interpolate_surface(thickness, known)), smoothing)
+        reliable = plausible & (np.abs(outer - smooth_outer) <= options.outlier_mm) & (
+            np.abs(thickness - smooth_thickness) <= options.outlier_mm) & (
+            thickness >= smooth_thickness - options.thin_outlier_mm)
+    fit_thickness = (decode_shaped_thickness(measured, thickness, known, options) if options.thickness == "decode"
+                     else interpolate_surface(thickness, known))
     fit_inner = fit_outer - fit_thickness
     defect = hole | depressed
     # Rays next to the defect that cross only part of the bone (a cut oblique to the rays, a bevel) get the rest.
