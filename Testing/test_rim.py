@@ -81,6 +81,26 @@ def test_bone_thinned_around_the_hole_does_not_thin_the_implant(shell):
     assert dice(fit.implant.astype(bool) & hole, complete & hole) >= 0.95
 
 
+def test_the_implant_thickens_where_the_decode_does(shell):
+    """Bone that thickens inside the hole (a boss under the vertex, 8 mm at its middle) and that the rim cannot
+    show: the decode's thickness, scaled to the rim's, carries it; the rim's thickness alone does not."""
+    complete, matrix = shell
+    x, y, z = ras_grid(SHAPE, matrix)
+    centre = SPEC.surface_point((0.0, 0.2, 1.0))
+    distance2 = (x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2
+    boss = 8.0 * np.exp(-distance2 / (2 * 10.0**2)) / min(SPEC.semi_axes_mm)
+    radius = SPEC.relative_radius(x, y, z)
+    thick = complete | ((radius <= 1.0) & (radius >= SPEC.inner_radius - boss) & (z > SPEC.base_cut_mm))
+    hole = ball(matrix, centre, 26.0)
+    truth = thick & hole
+    scores = {}
+    for thickness in ("decode", "rim"):
+        implant = run(thick & ~hole, thick, matrix, thickness=thickness).implant
+        scores[thickness] = dice(implant, truth), hd95(implant, truth, SPACING)
+    assert scores["decode"][0] >= scores["rim"][0] + 0.015, scores
+    assert scores["decode"][1] <= 2.0 < scores["rim"][1], scores
+
+
 def test_hole_touching_the_field_of_view(shell):
     complete, matrix = shell
     defective, truth = holes_case(shell, ((0.0, 0.3, 1.0), 30.0))
