@@ -276,6 +276,8 @@ def test_rim_only_shape_interpolates_the_patients_radii(shell):
     assert dice(fit.implant, truth) >= 0.95
     with pytest.raises(ValueError, match="rim shape"):
         RimOptions(shape="magic")
+    with pytest.raises(ValueError, match="rim thickness"):
+        RimOptions(thickness="magic")
 
 
 def test_coarse_to_fine_voxelisation_gives_the_same_implant(monkeypatch):
