@@ -150,6 +150,22 @@ def test_a_sinus_next_to_the_defect_is_not_filled(shell):
     assert (implant & air).sum() <= 0.02 * air.sum()
 
 
+def test_a_gap_amid_bone_that_is_no_shell_is_not_a_defect(shell):
+    """Beneath a bony arch 8-11 mm outside the shell (like the zygomatic arch over the temporal fossa) no ray sees a
+    shell it could fit to: a bone-free gap there (thin bone lost to the threshold) is left open. The same gap in
+    plain shell is a defect."""
+    complete, matrix = shell
+    x, y, z = ras_grid(SHAPE, matrix)
+    radius = SPEC.relative_radius(x, y, z)
+    axis = np.array([-1.0, 0.2, 0.0]) / np.linalg.norm([-1.0, 0.2, 0.0])
+    cone = (x * axis[0] + y * axis[1] + z * axis[2]) > np.cos(np.radians(30.0)) * np.sqrt(x**2 + y**2 + z**2)
+    arch = cone & (radius >= 1.11) & (radius <= 1.15)
+    gap = ball(matrix, SPEC.surface_point(axis), 13.0)
+    assert len(run(complete & ~gap, complete, matrix).holes) == 1, "in plain shell the gap is a defect"
+    fit = run((complete & ~gap) | arch, complete, matrix)
+    assert fit.holes == [] and not fit.implant.any() and fit.message
+
+
 def test_the_smallest_defect_is_a_burr_hole(shell):
     complete, matrix = shell
     x, y, z = ras_grid(SHAPE, matrix)

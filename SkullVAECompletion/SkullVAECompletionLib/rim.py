@@ -76,6 +76,7 @@ class RimOptions:
     max_thickness_mm: float = 25.0
     min_hole_mm2: float = 60.0  # smaller bone-free patches (a gap under ≈ 9 mm across: thin bone) are not a defect
     max_hole_fraction: float = 0.5  # a "hole" over this fraction of the expected shell: the input is not this skull
+    min_rim_support: float = 1 / 3  # a defect is a gap in a shell: at least this much of the ring around it is shell
     max_patch_half_angle_deg: float = 80.0
     min_elevation_deg: float = -35.0  # directions further below the horizontal point at the skull base and face
     max_mirrored_fraction: float = 0.5  # a region whose mirror image is another bone-free region is a natural pair
@@ -642,6 +643,14 @@ def bone_beyond_window(frame: Frame, measured: PatchProfile, pixels: np.ndarray,
     return beyond
 
 
+def rim_support(defect: np.ndarray, shell: np.ndarray, measurable: np.ndarray, skip: int) -> float:
+    """The fraction of the ring around a defect (from ``skip`` to ``2·skip + 2`` pixels out) where the input's bone
+    is a measurable shell; ring pixels outside the field of view do not count either way."""
+    ring = ndimage.binary_dilation(defect, iterations=2 * skip + 2) & ~ndimage.binary_dilation(defect, iterations=skip)
+    ring &= measurable
+    return float((shell & ring).sum() / ring.sum()) if ring.any() else 0.0
+
+
 def decode_shaped_thickness(measured: PatchProfile, thickness: np.ndarray, known: np.ndarray,
                             options: RimOptions) -> np.ndarray:
     """The bone's thickness across a hole: the decode's (smoothed) thickness, scaled by the rim's ratio of measured
@@ -713,6 +722,13 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
     if area < options.min_hole_mm2:  # measured finely, the coarse hole was a thin spot, not missing bone
         logger.debug("a bone-free patch of %.0f mm² is below the smallest defect (%.0f mm²)", area,
                      options.min_hole_mm2)
+        return ""
+    support = rim_support(defect, plausible, measured.measurable, skip)
+    if support < options.min_rim_support:
+        # Bone-free directions amid bone that is no shell either (the temporal fossa under the zygomatic arch, the
+        # orbit's walls, thin bone lost to the threshold) where the decode merely expects some: not a defect.
+        logger.debug("a bone-free patch of %.0f mm² has shell bone on only %.0f%% of its rim: not a defect", area,
+                     100 * support)
         return ""
     sunken_area = float((defect & present).sum()) * pixel_mm**2  # bone inside the defect: sunken fragments
     kind = "depressed" if sunken_area >= options.min_hole_mm2 else "missing"
