@@ -209,6 +209,17 @@ def test_default_gamma_is_the_best_one_whose_decode_closes_the_defect() -> None:
     assert choose_defaults(rows)[1] == {"vertex": 0.5}
 
 
+def test_the_primary_method_stays_unless_another_is_clearly_better() -> None:
+    from training.aggregate import METHOD_MARGIN, choose_defaults
+
+    def rows(knn_dsc: float) -> list[dict]:
+        return [{"method": method, "type": "vertex", "gamma": 1.0, "dsc": dsc, "case_id": str(case)}
+                for case in range(3) for method, dsc in (("dev", 0.80), ("knn", knn_dsc))]
+
+    assert choose_defaults(rows(0.80 + METHOD_MARGIN / 2))[0] == "dev", "a gap within validation noise"
+    assert choose_defaults(rows(0.80 + 2 * METHOD_MARGIN))[0] == "knn"
+
+
 def test_eta_respects_the_time_budget() -> None:
     history = [{"time_s": 30.0}] * 3
     assert train.eta_text(history, 3, 13, elapsed_s=90.0, limit_s=float("inf")) == "ETA 5.0 min"
