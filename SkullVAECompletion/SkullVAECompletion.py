@@ -109,7 +109,7 @@ SAMPLE_DATA_SHA256 = "bbf16d94657c9b3eabb3c3e9b089eaec0c15e21acb6f5b781a357bdb46
 DEFECT_TYPES = ["auto", "frontal", "frontoorbital", "parietotemporal_left", "parietotemporal_right", "occipital",
                 "vertex", "facial", "cranial"]
 METHODS = ["auto", "dev", "knn", "refine", "mirror"]  # "auto" = the model's default; see completion.METHOD_CHOICES
-EXTRACTIONS = ["rim", "decode"]  # see completion.EXTRACTION_CHOICES
+EXTRACTIONS = ["auto", "rim", "decode", "union"]  # "auto" = the model's choice for the class; see completion.py
 DEVICES = ["auto", "cpu"]  # "auto" = CUDA when available; "cuda" is accepted by the Logic for scripts
 
 
@@ -200,7 +200,7 @@ class SkullVAECompletionParameterNode:
     inputNode: vtkMRMLSegmentationNode | vtkMRMLLabelMapVolumeNode
     defectType: Annotated[str, Choice(DEFECT_TYPES)] = "auto"
     method: Annotated[str, Choice(METHODS)] = "auto"
-    extraction: Annotated[str, Choice(EXTRACTIONS)] = "rim"
+    extraction: Annotated[str, Choice(EXTRACTIONS)] = "auto"
     device: Annotated[str, Choice(DEVICES)] = "auto"
     useDefaultGamma: bool = True
     gamma: Annotated[float, WithinRange(0.0, 2.0)] = 1.0
@@ -418,7 +418,7 @@ class SkullVAECompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                         gamma=None if self.ui.defaultGammaCheckBox.checked else self.ui.gammaSliderWidget.value,
                         defectType=self._parameterNode.defectType, device=self._parameterNode.device,
                         method=None if self._parameterNode.method == "auto" else self._parameterNode.method,
-                        extraction=self._parameterNode.extraction,
+                        extraction=None if self._parameterNode.extraction == "auto" else self._parameterNode.extraction,
                         progress=self.onProgress, modelPath=self._modelPath(),
                         smoothing=self.ui.smoothingCheckBox.checked,
                         uncertaintySamples=self.ui.uncertaintySamplesSpinBox.value
@@ -511,7 +511,7 @@ class _Session:
     distanceModelId: str | None = None
     maxTriangles: int | None = None
     method: str | None = None  # None: the model's default
-    extraction: str | None = None  # None: the rim-conforming stage
+    extraction: str | None = None  # None: the model's choice for the class (else the rim-conforming stage)
 
 
 class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
@@ -598,8 +598,8 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
         :param maxTriangles: decimate the exported STL to at most this many triangles (within 0.2 mm).
         :param method: "dev", "knn", "refine" (decoder with a latent shift) or "mirror" (the healthy side mirrored);
             None: the model's default.
-        :param extraction: "rim" (implant surfaces fitted to the intact bone, the default) or "decode" (decoded
-            minus input bone, the paper's way).
+        :param extraction: "rim" (implant surfaces fitted to the intact bone), "decode" (decoded minus input bone,
+            the paper's way) or "union" (both); None: the model's choice for the defect class, else "rim".
         :raises InputError, BundleError, DeviceError, CancelledError: with the message the GUI shows.
         """
         if self.isRunning:

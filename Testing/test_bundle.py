@@ -110,6 +110,8 @@ def test_newer_format_version_asks_for_an_update(bundle_copy):
         (lambda m: m["dev"].update(cranial=[0.0, 1.0]), r"dev\['cranial'\] must be a list of 8 numbers"),
         (lambda m: m["default_gamma"].pop("facial"), "no default gamma for defect type 'facial'"),
         (lambda m: m["completion"].update(method="magic"), "unknown completion method"),
+        (lambda m: m["completion"].update(extraction_by_class={"facial": "magic"}),
+         r"extraction_by_class\['facial'\] is 'magic'"),
         (lambda m: m["completion"].update(decode_threshold={"facial": 1.5}),
          r"decode_threshold\['facial'\] must be a probability"),
     ],

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from SkullVAECompletionLib.cli import main
 from SkullVAECompletionLib.completion import SkullCompleter
@@ -17,8 +18,8 @@ from SkullVAECompletionLib.metrics import dice
 from SkullVAECompletionLib.synthetic import centred_ijk_to_ras, cranial_defect, skull_shell
 
 
-@pytest.mark.parametrize("extraction", ["rim", "decode"])
-def test_both_extractions_give_an_implant_beside_the_input(completer, encoded, synthetic_case, extraction):
+@pytest.mark.parametrize("extraction", ["rim", "decode", "union"])
+def test_every_extraction_gives_an_implant_beside_the_input(completer, encoded, synthetic_case, extraction):
     result = completer.complete(encoded, gamma=1.0, defect_type="cranial", extraction=extraction)
     defective = synthetic_case["defective"].astype(bool)
     assert result.extraction == extraction
@@ -39,6 +40,37 @@ def test_rim_is_the_default_and_a_gamma_step_reuses_the_encoding(completer, enco
 
 def test_facial_defects_use_the_decode_extraction(completer, encoded):
     assert completer.complete(encoded, defect_type="facial").extraction == "decode"
+
+
+def test_union_is_the_rim_implant_plus_the_decoded_bone(completer, encoded):
+    rim, decode, union = (completer.complete(encoded, gamma=1.0, defect_type="cranial", extraction=extraction)
+                          for extraction in ("rim", "decode", "union"))
+    assert np.array_equal(union.implant, rim.implant | decode.implant)
+    assert union.implant_field is None, "the rim's fields do not describe the union: its STL comes from the voxels"
+    assert [h.area_mm2 for h in union.holes] == [h.area_mm2 for h in rim.holes]
+    assert completer.complete(encoded, defect_type="facial", extraction="union").extraction == "decode"
+
+
+def test_union_adds_no_decoded_bone_where_the_rim_finds_no_defect(completer, synthetic_case):
+    """A complete skull and a decode a voxel thicker all round: decoded-minus-input bone everywhere along the skull
+    (the paper's way makes an implant of it), but no defect for the rim stage, so the union adds nothing."""
+    from SkullVAECompletionLib.completion import extract_implant
+    from SkullVAECompletionLib.geometry import to_model_grid
+
+    complete = synthetic_case["complete"]
+    encoded = completer.encode(complete, synthetic_case["ijk_to_ras"])
+    thicker = ndimage.binary_dilation(to_model_grid(complete, encoded.mapping) > 0.5, iterations=2).astype(np.float32)
+    decode, _, _, _ = extract_implant(encoded, thicker, "decode", {})
+    union, message, holes, _ = extract_implant(encoded, thicker, "union", {})
+    assert decode.any() and not union.any() and holes == [] and message
+
+
+def test_the_bundle_chooses_the_extraction_per_class(completer, encoded, monkeypatch):
+    options = {**completer.bundle.manifest["completion"], "extraction_by_class": {"cranial": "union"}}
+    monkeypatch.setitem(completer.bundle.manifest, "completion", options)
+    assert completer.complete(encoded, gamma=1.0, defect_type="cranial").extraction == "union"
+    assert completer.complete(encoded, gamma=1.0, defect_type="cranial", extraction="rim").extraction == "rim", \
+        "an explicit choice wins"
 
 
 def test_the_bundle_sets_the_decode_threshold_per_class(completer, encoded, monkeypatch):

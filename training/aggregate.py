@@ -176,6 +176,7 @@ def build_manifest(cfg: dict, stats: dict[str, Any], default_gamma: dict[str, fl
             "refine_lr": float(agg.get("refine_lr", 0.05)),
             "refine_prior_weight": float(agg.get("refine_prior_weight", 1e-3)),
             "decode_threshold": {k: float(v) for k, v in (agg.get("decode_threshold") or {}).items()},
+            "extraction_by_class": {k: str(v) for k, v in (agg.get("extraction_by_class") or {}).items()},
         },
         "training": training,
         "evaluation": evaluation or {},

@@ -36,6 +36,7 @@ PAIRED_LATENT_KEYS = ("defective", "delta", "type_index")  # type_index: positio
 DEFAULT_MODEL_NAME = "skullvae-cranium-population"
 LEGACY_DEFECT_CLASSES = ("cranial", "facial")  # the classes of format-1 bundles
 COMPLETION_METHODS = ("dev", "knn", "refine")
+EXTRACTIONS = ("rim", "decode", "union")  # how the implant is cut from the decode (completion.py says more)
 
 REQUIRED_KEYS = {
     "format": str,
@@ -202,6 +203,10 @@ def _check_vectors(manifest: dict[str, Any], path: Path) -> None:
         if not isinstance(threshold, int | float) or not 0.0 < threshold < 1.0:
             raise BundleError(f"{path}: completion decode_threshold['{defect}'] must be a probability between 0 and "
                               f"1, got {threshold!r}")
+    for defect, extraction in manifest["completion"].get("extraction_by_class", {}).items():
+        if extraction not in EXTRACTIONS:
+            raise BundleError(f"{path}: completion extraction_by_class['{defect}'] is {extraction!r}; known: "
+                              f"{', '.join(EXTRACTIONS)}")
     if WEIGHTS_NAME not in manifest["files"]:
         raise BundleError(f"{path}: the manifest lists no {WEIGHTS_NAME} checksum")
 

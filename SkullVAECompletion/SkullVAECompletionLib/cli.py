@@ -74,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--extraction",
         choices=EXTRACTION_CHOICES,
         default=None,
-        help="rim: implant surfaces fitted to the intact bone around the defect (default); "
-        "decode: decoded minus input bone (the paper's way)",
+        help="rim: implant surfaces fitted to the intact bone around the defect; "
+        "decode: decoded minus input bone (the paper's way); union: both (default: the model's choice for the "
+        "defect class, else rim)",
     )
     parser.add_argument("--label", type=int, default=None, help="use this label of a multi-label map")
     parser.add_argument("--no-smoothing", action="store_true", help="do not smooth the implant surface")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bundle import ModelBundle, load_bundle
+from .bundle import EXTRACTIONS, ModelBundle, load_bundle
 from .detection import BY_CLASS_HEAD, located_class
 from .errors import CancelledError, DeviceError, InputError
 from .geometry import GridMapping, plan_mapping, refined_mapping, to_input_grid, to_model_grid
@@ -37,8 +37,11 @@ AUTO = "auto"  # defect class: the detected one (the bundle's classes are the ot
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 PRECISION_CHOICES = ("float32", "auto", "float16")
 # How the implant is cut from the decode: "rim" fits its surfaces to the patient's intact bone (rim.py);
-# "decode" takes decoded-minus-input bone at the decode's own resolution (implant.py, the paper's way).
-EXTRACTION_CHOICES = ("rim", "decode")
+# "decode" takes decoded-minus-input bone at the decode's own resolution (implant.py, the paper's way); "union" adds
+# the decode's bone to the rim's implant, for regions where the defect is more than the shell the rim's rays see (the
+# fronto-orbital region's orbital roofs and sinus walls). A bundle may set it per class (extraction_by_class).
+EXTRACTION_CHOICES = EXTRACTIONS
+RIM_EXTRACTIONS = ("rim", "union")
 # Where the expected skull comes from: the decoder with a latent shift (dev: class DEV, knn: DEV of the nearest
 # training pairs, refine: + latent refinement), or the patient's own healthy side mirrored (mirror.py).
 DECODER_METHODS = ("dev", "knn", "refine")
@@ -46,6 +49,7 @@ METHOD_CHOICES = (*DECODER_METHODS, "mirror")
 DEFAULT_EXTRACTION = "rim"
 HALF_PRECISION_MIN_DICE = 0.995  # "auto" uses float16 only if its decoded skull agrees this well with float32
 DECODE_CACHE_SIZE = 8
+UNION_MARGIN_MM = 10.0  # "union": the decoded bone is added this close to the rim's defects (their boxes) only
 MIRROR_GRID_MM = 2.0  # grid of the mirror method's expected skull
 UNCERTAINTY_SEED = 20220929  # fixed: the same input gives the same uncertainty map
 
@@ -303,8 +307,9 @@ class SkullCompleter:
     ) -> CompletionResult:
         """Decode z + γ·DEV and extract the implant at the input's resolution.
 
-        ``extraction``: "rim" (default: surfaces fitted to the intact bone, rim.py) or "decode" (decoded minus
-        input bone, implant.py); the bundle's ``completion_options["extraction"]`` may set another default.
+        ``extraction``: "rim" (surfaces fitted to the intact bone, rim.py), "decode" (decoded minus input bone,
+        implant.py) or "union" (both); None: the bundle's choice for the class (``completion_options`` keys
+        ``extraction_by_class``, then ``extraction``), else "rim".
 
         With ``defect_type`` "auto" the class head proposes the class; once the rim stage has fitted an implant,
         the region where it lies decides (detection.py), and the completion is redone with that class if it differs.
@@ -314,7 +319,7 @@ class SkullCompleter:
                         progress=progress, extraction=extraction)
         locate = defect_type == AUTO and encoded.located is None
         result = self._complete_as(encoded, gamma, defect_type, **settings)
-        if not locate or result.extraction != "rim" or result.method == "mirror":
+        if not locate or result.extraction not in RIM_EXTRACTIONS or result.method == "mirror":
             return result
         tick = time.perf_counter()
         encoded.located = located_class(encoded.head_type, result.implant, encoded.mapping, encoded.model_input,
@@ -346,13 +351,16 @@ class SkullCompleter:
         timings: dict[str, float] = {}
         start = time.perf_counter()
         chosen, confidence, gamma, method, options = self._resolve(encoded, gamma, defect_type, method)
-        extraction = extraction or options.get("extraction", DEFAULT_EXTRACTION)
+        extraction = extraction or options.get("extraction_by_class", {}).get(chosen) or options.get(
+            "extraction", DEFAULT_EXTRACTION)
         if extraction not in EXTRACTION_CHOICES:
             raise InputError(f"unknown extraction {extraction!r}; choose one of {', '.join(EXTRACTION_CHOICES)}")
-        if extraction == "rim" and chosen == "facial":
+        if extraction in RIM_EXTRACTIONS and chosen == "facial":
             # Rays from the cranial centre do not parameterise the face (several layers of bone on each ray).
             extraction = "decode"
             logger.debug("facial defect: the implant is the decoded bone (the rim fit is for the cranial vault)")
+        if extraction == "union" and method == "mirror":
+            extraction = "rim"  # the mirrored skull is the patient's own bone: nothing for a decode to add
         if method == "mirror":
             _report(progress, 0.4, "Mirroring the healthy side")
             if encoded.mirror is None:
@@ -363,7 +371,8 @@ class SkullCompleter:
             _report(progress, 0.4, f"Decoding ({chosen}, γ = {gamma:.2f}, {method})")
             probability = self._decode_cached(encoded, chosen, gamma, method, options)
         timings["decode"] = time.perf_counter() - start
-        _report(progress, 0.7, "Fitting the implant to the rim" if extraction == "rim" else "Extracting the implant")
+        _report(progress, 0.7, "Fitting the implant to the rim" if extraction in RIM_EXTRACTIONS
+                else "Extracting the implant")
         tick = time.perf_counter()
         if method == "mirror" and extraction == "decode":
             implant = mirror_implant(encoded.defective, encoded.mapping.ijk_to_ras, encoded.mirror)[0]
@@ -566,17 +575,36 @@ def extract_implant(
     ``defect_type``: picks the decode extraction's bone threshold from ``options["decode_threshold"]`` (per class;
     the decoder blurs thin facial bone below 0.5, so the bundle may lower it there).
     """
+    if extraction == "decode":
+        implant = decoded_implant(encoded, probability, options, smoothing, defect_type)
+        message = "" if implant.any() else "no defect found: the decoded skull adds no bone away from the input's bone"
+        return implant, message, [], None
+    fit = fit_implant(probability, encoded.defective, expected_mapping or encoded.mapping,
+                      RimOptions.from_dict(options.get("rim")), encoded.midsagittal_reflection())
     if extraction == "rim":
-        fit = fit_implant(probability, encoded.defective, expected_mapping or encoded.mapping,
-                          RimOptions.from_dict(options.get("rim")), encoded.midsagittal_reflection())
         return fit.implant, fit.message, fit.holes, fit.fields or None
-    spacing = encoded.mapping.grid.spacing_mm
+    if not fit.fields:
+        return fit.implant, fit.message, fit.holes, None  # the rim found no defect: the decode has nothing to add
+    # Near the defects the rim found (their boxes, grown by UNION_MARGIN_MM), the decoded bone is or-ed into the
+    # rim's implant (in place, on its own bounding box: no second full-size pass).
+    margin = np.ceil(UNION_MARGIN_MM / encoded.mapping.input_spacing).astype(int)
+    lo = np.min([corner for _, corner in fit.fields], axis=0) - margin
+    hi = np.max([corner + block.shape for block, corner in fit.fields], axis=0) + margin
+    implant = decoded_implant(encoded, probability, options, smoothing, defect_type, out=fit.implant, within=(lo, hi))
+    # The rim's fields describe only its own part: the union's surface is made from its voxels.
+    return implant, fit.message, fit.holes, None
+
+
+def decoded_implant(encoded: EncodedSkull, probability: np.ndarray, options: dict, smoothing: bool = True,
+                    defect_type: str = "", out: np.ndarray | None = None,
+                    within: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Decoded minus input bone at the input's resolution (implant.py), with the class's bone threshold; ``out``:
+    an implant (uint8, input grid) to add it to; ``within``: an input-index box (lo, hi) to confine it to."""
     threshold = float(options.get("decode_threshold", {}).get(defect_type, BONE_THRESHOLD))
-    region = implant_region(probability, encoded.model_input, spacing, encoded.distance_to_bone(), threshold)
-    implant = implant_at_input_resolution(probability, region, encoded.defective, encoded.mapping, smoothing,
-                                          threshold)
-    message = "" if implant.any() else "no defect found: the decoded skull adds no bone away from the input's bone"
-    return implant, message, [], None
+    region = implant_region(probability, encoded.model_input, encoded.mapping.grid.spacing_mm,
+                            encoded.distance_to_bone(), threshold)
+    return implant_at_input_resolution(probability, region, encoded.defective, encoded.mapping, smoothing, threshold,
+                                       out, within)
 
 
 def check_cancel(cancelled: Callable[[], bool]) -> ProgressCallback:

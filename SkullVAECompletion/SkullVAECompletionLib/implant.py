@@ -94,16 +94,22 @@ def implant_at_input_resolution(
     mapping: GridMapping,
     smoothing: bool = True,
     threshold: float = BONE_THRESHOLD,
+    out: np.ndarray | None = None,
+    within: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Full-resolution uint8 implant on the input grid; work is confined to the region's bounding box.
 
-    ``threshold``: the decoded probability that counts as bone (interpolated to the input grid).
+    ``threshold``: the decoded probability that counts as bone (interpolated to the input grid). ``out``: a uint8
+    array on the input grid to add the implant to (or-ed on its bounding box only) instead of a new one.
+    ``within``: an input-index box (lo, hi) outside which nothing is added.
     """
-    implant = np.zeros(mapping.input_shape, dtype=np.uint8, order="F")
+    implant = np.zeros(mapping.input_shape, dtype=np.uint8, order="F") if out is None else out
     bounds = nonzero_bounds(region)
     if bounds is None:
         return implant
     lo, hi = model_box_in_input(mapping, bounds[0] - 1, bounds[1])
+    if within is not None:
+        lo, hi = np.maximum(lo, within[0]), np.minimum(hi, within[1])
     if np.any(hi <= lo):
         return implant  # the implant lies outside the input's field of view
     probability, _ = to_input_grid(bone_probability, mapping, lo, hi)
@@ -130,7 +136,7 @@ def implant_at_input_resolution(
         del smoothed
     block = remove_small_islands(block, spacing)
     start, stop = lo + sub_lo, lo + sub_hi
-    implant[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]] = block
+    implant[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]] |= block
     return implant
 
 
