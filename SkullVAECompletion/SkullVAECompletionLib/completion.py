@@ -117,6 +117,9 @@ class CompletionResult:
     holes: list = field(default_factory=list)  # rim.Hole per defect found by the rim stage
     # The rim stage's signed fields [(block, lo corner)], > 0 exactly on the implant's voxels: the STL's surfaces.
     implant_field: list | None = field(default=None, repr=False)
+    # The rim stage's fields of the defects it found, also when the implant is more than they describe ("union"):
+    # where the defect lies decides its class (detection.py).
+    defect_fields: list | None = field(default=None, repr=False)
     class_probabilities: dict[str, float] = field(default_factory=dict)  # the model's, for the detection
     detected_by: str = BY_CLASS_HEAD  # what decided detected_type: the class head or the defect's position
 
@@ -323,7 +326,7 @@ class SkullCompleter:
             return result
         tick = time.perf_counter()
         encoded.located = located_class(encoded.head_type, result.implant, encoded.mapping, encoded.model_input,
-                                        self.bundle.defect_classes, result.implant_field)
+                                        self.bundle.defect_classes, result.defect_fields)
         result.timings["detect"] = time.perf_counter() - tick
         result.timings["total"] += result.timings["detect"]
         if encoded.detected_type in self.bundle.defect_classes and encoded.detected_type != result.defect_type:
@@ -376,9 +379,9 @@ class SkullCompleter:
         tick = time.perf_counter()
         if method == "mirror" and extraction == "decode":
             implant = mirror_implant(encoded.defective, encoded.mapping.ijk_to_ras, encoded.mirror)[0]
-            message, holes, surface_field = "", [], None
+            message, holes, defect_fields = "", [], None
         else:
-            implant, message, holes, surface_field = extract_implant(
+            implant, message, holes, defect_fields = extract_implant(
                 encoded, probability, extraction, options, smoothing, expected_mapping if method == "mirror" else None,
                 defect_type=chosen)
         if message:
@@ -411,7 +414,8 @@ class SkullCompleter:
             extraction=extraction,
             message=message,
             holes=holes,
-            implant_field=surface_field,
+            implant_field=defect_fields if extraction == "rim" else None,  # "union": more than the rim's part
+            defect_fields=defect_fields,
             class_probabilities=dict(encoded.class_probabilities),
             detected_by=encoded.detected_by,
         )
@@ -569,7 +573,7 @@ def extract_implant(
     expected_mapping: GridMapping | None = None, defect_type: str = "",
 ) -> tuple[np.ndarray, str, list, list | None]:
     """The implant (uint8, input grid) cut from an expected skull, a message when it is empty or partial, the holes
-    and the rim stage's signed fields [(block, lo)] when there are any.
+    and the rim stage's signed fields [(block, lo)] when there are any (for "union": of its rim part only).
 
     ``probability``: the expected skull on the model grid (or on ``expected_mapping``'s grid, for "rim").
     ``defect_type``: picks the decode extraction's bone threshold from ``options["decode_threshold"]`` (per class;
@@ -591,8 +595,7 @@ def extract_implant(
     lo = np.min([corner for _, corner in fit.fields], axis=0) - margin
     hi = np.max([corner + block.shape for block, corner in fit.fields], axis=0) + margin
     implant = decoded_implant(encoded, probability, options, smoothing, defect_type, out=fit.implant, within=(lo, hi))
-    # The rim's fields describe only its own part: the union's surface is made from its voxels.
-    return implant, fit.message, fit.holes, None
+    return implant, fit.message, fit.holes, fit.fields
 
 
 def decoded_implant(encoded: EncodedSkull, probability: np.ndarray, options: dict, smoothing: bool = True,
