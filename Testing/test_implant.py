@@ -12,13 +12,18 @@ SHAPE = (96, 112, 92)
 SPACING = (2.0, 2.0, 2.0)
 
 
-def test_decoded_skull_slightly_off_the_input_gives_only_the_defect():
+def shell_with_hole():
+    """A skull shell with a 30 mm cranial hole: matrix, complete, hole, defective, its mapping and model-grid input."""
     matrix = centred_ijk_to_ras(SHAPE, SPACING)
     complete = skull_shell(SHAPE, matrix)
     hole = cranial_defect(SHAPE, matrix, radius_mm=30)
     defective = complete & ~hole
     mapping = plan_mapping(defective, matrix, GRID)
-    model_input = to_model_grid(defective, mapping)
+    return matrix, complete, hole, defective, mapping, to_model_grid(defective, mapping)
+
+
+def test_decoded_skull_slightly_off_the_input_gives_only_the_defect():
+    matrix, complete, hole, defective, mapping, model_input = shell_with_hole()
     # A "decoded" complete skull, shifted by one model voxel and slightly thicker: speckle everywhere along the bone.
     decoded = np.roll(to_model_grid(complete, mapping), 1, axis=1)
     decoded = np.clip(decoded * 1.3, 0, 1)
@@ -36,12 +41,7 @@ def test_decoded_skull_slightly_off_the_input_gives_only_the_defect():
 
 def test_the_bone_threshold_reads_a_faint_decode():
     """A decoder that blurs thin bone gives it a probability below 0.5: a lower threshold still reads it."""
-    matrix = centred_ijk_to_ras(SHAPE, SPACING)
-    complete = skull_shell(SHAPE, matrix)
-    hole = cranial_defect(SHAPE, matrix, radius_mm=30)
-    defective = complete & ~hole
-    mapping = plan_mapping(defective, matrix, GRID)
-    model_input = to_model_grid(defective, mapping)
+    _, complete, hole, defective, mapping, model_input = shell_with_hole()
     faint = 0.45 * to_model_grid(complete, mapping)
     assert not implant_region(faint, model_input, GRID.spacing_mm).any(), "0.45 is not bone at the default 0.5"
     region = implant_region(faint, model_input, GRID.spacing_mm, threshold=0.2)
