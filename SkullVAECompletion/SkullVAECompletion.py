@@ -848,8 +848,11 @@ def _designAndFit(completion: Any, design: DesignOptions | None, ijkToRas: np.nd
     from SkullVAECompletionLib.fit import fit_report  # noqa: PLC0415
     from SkullVAECompletionLib.io import mask_to_surface  # noqa: PLC0415
 
-    defective = completion.completed.astype(bool) & ~completion.implant.astype(bool)
-    result, _ = apply_design(completion, defective, ijkToRas, design or DesignOptions())
+    design = design or DesignOptions()
+    if not measure and not design.changes_shape:
+        return completion, None, None  # the γ slider's preview: nothing to reshape or measure
+    defective = completion.completed.astype(bool) & ~completion.implant.astype(bool)  # three full-volume passes
+    result, _ = apply_design(completion, defective, ijkToRas, design)
     if not measure or not np.any(result.implant):
         return result, None, None
     surface = mask_to_surface(result.implant, ijkToRas) if withSurface else None
