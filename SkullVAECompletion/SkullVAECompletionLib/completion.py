@@ -49,7 +49,7 @@ METHOD_CHOICES = (*DECODER_METHODS, "mirror")
 DEFAULT_EXTRACTION = "rim"
 HALF_PRECISION_MIN_DICE = 0.995  # "auto" uses float16 only if its decoded skull agrees this well with float32
 DECODE_CACHE_SIZE = 8
-UNION_MARGIN_MM = 10.0  # "union": the decoded bone is added this close to the rim's defects (their boxes) only
+UNION_MARGIN_MM = 5.0  # "union": the decoded bone is added this close to the rim's defects (their boxes) only
 MIRROR_GRID_MM = 2.0  # grid of the mirror method's expected skull
 UNCERTAINTY_SEED = 20220929  # fixed: the same input gives the same uncertainty map
 
