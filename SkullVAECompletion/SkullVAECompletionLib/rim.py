@@ -8,7 +8,8 @@ patient's own intact bone at the input's full resolution:
    shell (its outermost bone segment); the input's bone is searched in a window around it.
 2. **Defect localisation** (:func:`find_holes`): directions where the decode expects shell and the patient has no
    bone in the window, grouped into holes on the sphere. Natural openings are where the decode expects no bone;
-   directions whose expected shell lies outside the input's field of view are never holes.
+   directions whose expected shell lies outside the input's field of view are never holes. A hole must be a gap in
+   a shell: measurable shell bone around at least a third of it (:func:`rim_support`, checked on its patch).
 3. **Surfaces per hole** (:func:`fit_hole`): in a latitude-longitude patch whose equator runs through the hole
    (no pole near it), the outer and inner table radii of the intact bone are measured with sub-voxel accuracy.
    Their offsets from the decode's surfaces are interpolated across the hole (the outer surface as a thin plate,
