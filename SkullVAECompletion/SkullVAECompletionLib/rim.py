@@ -139,11 +139,12 @@ class Frame:
 # ----------------------------------------------------------------------------------------------- directions
 
 @functools.lru_cache(maxsize=4)
-def detection_sphere(step_deg: float) -> tuple[np.ndarray, sparse.csr_matrix]:
-    """The detection directions and their neighbour graph (the same for every skull and γ: built once)."""
+def detection_sphere(step_deg: float) -> tuple[np.ndarray, sparse.csr_matrix, cKDTree]:
+    """The detection directions, their neighbour graph and a search tree over them (the same for every skull and
+    γ: built once)."""
     directions = fibonacci_directions(step_deg)
     directions.flags.writeable = False
-    return directions, neighbour_graph(directions, step_deg)
+    return directions, neighbour_graph(directions, step_deg), cKDTree(directions)
 
 
 def fibonacci_directions(step_deg: float) -> np.ndarray:
@@ -348,7 +349,7 @@ class HoleSeeds:
 
 def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
     """Directions where the expected skull has shell and the input has no bone near it, grouped into holes."""
-    directions, graph = detection_sphere(options.detection_step_deg)
+    directions, graph, tree = detection_sphere(options.detection_step_deg)
     outer, inner = expected_shell(frame, directions, options.decode_step_mm)
     # Straight below the cranial cavity lie the skull base's openings (foramen magnum, jugular foramina):
     # never an implant site, and often cut by the field of view.
@@ -382,8 +383,8 @@ def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
     area = np.bincount(component, weights=ray_area, minlength=count)
     has_core = np.bincount(component, weights=core[chosen], minlength=count) > 0
     radii = np.where(np.isfinite(outer), outer, np.nanmedian(outer[has_shell]))
-    symmetric = mirrored_fraction(directions, _mirrored_directions(frame, directions, radii), open_ray, graph,
-                                  chosen, component, count)
+    partners = tree.query(_mirrored_directions(frame, directions, radii))[1]
+    symmetric = mirrored_fraction(partners, open_ray, graph, chosen, component, count)
     keep = np.flatnonzero((area >= options.min_hole_mm2) & has_core & (symmetric < options.max_mirrored_fraction))
     relabel = np.full(count, -1)
     relabel[keep] = np.arange(len(keep))
@@ -391,19 +392,18 @@ def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
     return HoleSeeds(directions, labels, outer, len(keep), shell_fraction)
 
 
-def mirrored_fraction(directions: np.ndarray, mirror_directions: np.ndarray, open_ray: np.ndarray,
-                      graph: sparse.csr_matrix, chosen: np.ndarray, component: np.ndarray, count: int) -> np.ndarray:
+def mirrored_fraction(partners: np.ndarray, open_ray: np.ndarray, graph: sparse.csr_matrix, chosen: np.ndarray,
+                      component: np.ndarray, count: int) -> np.ndarray:
     """Per bone-free region: the fraction of its left-right mirror image that is bone-free and another region.
 
     Natural openings come in pairs (orbits, optic canals, foramina), one on each side of the mid-sagittal plane;
-    a defect is one-sided, or one region across the midline whose mirror image is itself. ``mirror_directions``:
-    where each direction's point on the shell lies, mirrored, seen from the centre.
+    a defect is one-sided, or one region across the midline whose mirror image is itself. ``partners``: per
+    direction, the direction nearest to its point on the shell mirrored, seen from the centre.
     """
-    mirrored = cKDTree(directions).query(mirror_directions)[1]
     near_open = open_ray | (graph @ open_ray.astype(np.int32) > 0)  # a step of tolerance for pose and asymmetry
-    region = np.full(len(directions), -1)
+    region = np.full(len(open_ray), -1)
     region[chosen] = component
-    partner = mirrored[chosen]
+    partner = partners[chosen]
     other_side = near_open[partner] & (region[partner] != component)
     return np.bincount(component, weights=other_side, minlength=count) / np.bincount(component, minlength=count)
 
