@@ -851,7 +851,7 @@ def _designAndFit(completion: Any, design: DesignOptions | None, ijkToRas: np.nd
     design = design or DesignOptions()
     if not measure and not design.changes_shape:
         return completion, None, None  # the γ slider's preview: nothing to reshape or measure
-    defective = completion.completed.astype(bool) & ~completion.implant.astype(bool)  # three full-volume passes
+    defective = completion.defective  # the input skull the completion was made from
     result, _ = apply_design(completion, defective, ijkToRas, design)
     if not measure or not np.any(result.implant):
         return result, None, None

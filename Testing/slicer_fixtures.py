@@ -17,7 +17,7 @@ slicer = pytest.importorskip("slicer")  # slicer-core
 
 import SkullVAECompletion as module  # noqa: E402
 from SkullVAECompletionLib import mrml  # noqa: E402
-from SkullVAECompletionLib.completion import SkullCompleter  # noqa: E402
+from SkullVAECompletionLib.completion import CompletionResult, SkullCompleter  # noqa: E402
 
 __all__ = [
     "FakeCompleter",
@@ -126,19 +126,6 @@ class FakeEncoded:
     decode_cache: dict = field(default_factory=dict)
 
 
-@dataclass
-class FakeResult:
-    completed: np.ndarray
-    implant: np.ndarray
-    defect_type: str
-    detected_type: str
-    confidence: float
-    gamma: float
-    uncertainty: np.ndarray | None = None
-    timings: dict = field(default_factory=dict)
-    implant_volume_ml: float = 0.0
-
-
 class FakeCompleter:
     """The engine's interface with an exact answer: the analytic complete skull at each voxel's RAS position.
 
@@ -163,7 +150,7 @@ class FakeCompleter:
 
     def complete(self, encoded: FakeEncoded, gamma: float | None = None, defect_type: str = "auto",
                  smoothing: bool = True, uncertainty_samples: int = 0, progress: Any = None,
-                 method: str | None = None, extraction: str | None = None) -> FakeResult:
+                 method: str | None = None, extraction: str | None = None) -> CompletionResult:
         self.completeCalls += 1
         self.lastOptions = {"method": method, "extraction": extraction}
         gamma = 1.0 if gamma is None else float(gamma)
@@ -177,10 +164,12 @@ class FakeCompleter:
         centre = np.asarray(module.SYNTHETIC_HOLE_CENTRE_RAS, np.float32)
         inside = ((ras - centre) ** 2).sum(axis=-1) <= (gamma * module.SYNTHETIC_HOLE_RADIUS_MM) ** 2
         implant = complete.astype(bool) & ~encoded.mask & inside
-        completed = encoded.mask | implant
         uncertainty = implant.astype(np.float32) * 0.5 if uncertainty_samples else None
-        return FakeResult(completed.astype(np.uint8), implant.astype(np.uint8), "cranial" if defect_type == "auto"
-                          else defect_type, "cranial", 0.9, gamma, uncertainty, {"total": 0.0}, float(implant.sum()))
+        return CompletionResult(defective=encoded.mask, implant=implant.astype(np.uint8),
+                                defect_type="cranial" if defect_type == "auto" else defect_type,
+                                detected_type="cranial", confidence=0.9, gamma=gamma, method=method or "dev",
+                                uncertainty=uncertainty, timings={"total": 0.0},
+                                implant_volume_ml=float(implant.sum()))
 
 
 @pytest.fixture

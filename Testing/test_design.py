@@ -128,7 +128,7 @@ def test_apply_design_recomputes_the_completed_skull(case):
     from SkullVAECompletionLib.completion import CompletionResult
 
     implant, defective = case["implant"].astype(np.uint8), case["defective"].astype(np.uint8)
-    result = CompletionResult(completed=(implant | defective), implant=implant, defect_type="cranial",
+    result = CompletionResult(defective=defective, implant=implant, defect_type="cranial",
                               detected_type="cranial", confidence=1.0, gamma=1.0, method="dev",
                               implant_volume_ml=float(implant.sum()) * 0.125 / 1000)
     designed, info = apply_design(result, defective, case["ijk_to_ras"], DesignOptions(thickness_mm=2.0))

@@ -102,7 +102,7 @@ def test_cli_design_options_summary_and_distance_map(tmp_path, synthetic_case, m
 
         def complete(self, encoded, **kwargs):
             implant = (synthetic_case["complete"].astype(bool) & ~encoded).astype(np.uint8)
-            return CompletionResult(completed=(encoded | implant.astype(bool)).astype(np.uint8), implant=implant,
+            return CompletionResult(defective=encoded, implant=implant,
                                     defect_type="cranial", detected_type="cranial", confidence=0.9, gamma=1.0,
                                     method="dev", implant_volume_ml=float(implant.sum()) * 27 / 1000)
 

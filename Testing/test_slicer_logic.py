@@ -166,6 +166,8 @@ def test_gamma_update_in_place(scene, fake_logic, real_logic):
     assert nodeCount(scene) == nodes and result.GetID() == nodeId
     assert fake_logic.fake.encodeCalls == 1  # re-decoded only
     assert result.GetAttribute("SkullVAECompletion.Gamma") == "0.5000"
+    # Only the changed box of the completed skull was made (CompletionResult.completed is built on first use).
+    assert summary.result._completed is None
     # Both segments hold exactly the new result (the skull is updated in place inside the changed box).
     for segmentId, expected in ((mrml.SKULL_SEGMENT_ID, summary.result.completed),
                                 (mrml.IMPLANT_SEGMENT_ID, summary.result.implant)):

@@ -27,13 +27,18 @@ from tqdm import tqdm
 
 from SkullVAECompletionLib import regions
 from SkullVAECompletionLib.bundle import ModelBundle, load_bundle, save_bundle
-from SkullVAECompletionLib.completion import EXTRACTION_CHOICES, CompletionResult, EncodedSkull, SkullCompleter
+from SkullVAECompletionLib.completion import (
+    EXTRACTION_CHOICES,
+    CompletionResult,
+    EncodedSkull,
+    SkullCompleter,
+    extract_implant,
+)
 from SkullVAECompletionLib.errors import InputError
 from SkullVAECompletionLib.geometry import to_model_grid
 from SkullVAECompletionLib.implant import implant_region
 from SkullVAECompletionLib.metrics import defect_area_fill, defect_fill, implant_metrics
 from SkullVAECompletionLib.networks import bone_probability
-from SkullVAECompletionLib.rim import RimOptions, fit_implant
 from training.aggregate import (
     Stage1Decoding,
     defect_classes_of,
@@ -237,20 +242,21 @@ def ceiling_row(bundle: ModelBundle, encoded: EncodedSkull, case: dict[str, np.n
     how much of what is lost comes from the decoder, and how much from the stage itself."""
     complete = (np.asarray(case["defective"]) > 0) | (np.asarray(case["implant"]) > 0)
     tick = time.perf_counter()
-    fit = fit_implant(to_model_grid(complete, encoded.mapping), encoded.defective, encoded.mapping,
-                      RimOptions.from_dict(bundle.completion_options.get("rim")))
+    # The engine's own rim stage (its healthy-side checks about the skull's mid-sagittal plane included).
+    implant, message, _, _ = extract_implant(encoded, to_model_grid(complete, encoded.mapping), "rim",
+                                             bundle.completion_options, defect_type=identity["type"])
     seconds = time.perf_counter() - tick
-    scores = implant_metrics(fit.implant, case["implant"], case["defective"], spacing)
-    volume_ml = float(fit.implant.sum()) * float(np.prod(spacing)) / 1000.0
+    scores = implant_metrics(implant, case["implant"], case["defective"], spacing)
+    volume_ml = float(implant.sum()) * float(np.prod(spacing)) / 1000.0
     return {**identity, "variant": CEILING, "role": "variant", "gamma": NO_GAMMA, "used_class": identity["type"],
             "method": "truth", "extraction": "rim", **scores, "implant_ml": volume_ml, **NO_FILL,
-            "detected": encoded.detected_type, "seconds": round(seconds, 2), "message": fit.message}
+            "detected": encoded.detected_type, "seconds": round(seconds, 2), "message": message}
 
 
 def empty_result(defective: np.ndarray, kind: str, gamma: float, variant: Variant, message: str) -> CompletionResult:
     """What a refused completion counts as in the tables: an empty implant (DSC 0), with the reason."""
     empty = np.zeros(defective.shape, np.uint8)
-    return CompletionResult(completed=np.asarray(defective, np.uint8), implant=empty, defect_type=kind,
+    return CompletionResult(defective=defective, implant=empty, defect_type=kind,
                             detected_type=kind, confidence=0.0, gamma=gamma, method=variant.method,
                             extraction=variant.extraction or "rim", message=message)
 

@@ -102,7 +102,10 @@ class EncodedSkull:
 
 @dataclass
 class CompletionResult:
-    completed: np.ndarray  # uint8 0/1 on the input grid
+    """One completion on the input grid. ``completed`` (uint8 0/1) = ``defective`` ∪ ``implant``, made on first use:
+    a γ step that only updates the implant's box (the module's slider) does not pay for a whole-volume pass."""
+
+    defective: np.ndarray = field(repr=False)  # the input skull (bool or 0/1), never modified
     implant: np.ndarray  # uint8 0/1 on the input grid
     defect_type: str
     detected_type: str
@@ -122,6 +125,24 @@ class CompletionResult:
     defect_fields: list | None = field(default=None, repr=False)
     class_probabilities: dict[str, float] = field(default_factory=dict)  # the model's, for the detection
     detected_by: str = BY_CLASS_HEAD  # what decided detected_type: the class head or the defect's position
+    _completed: np.ndarray | None = field(default=None, init=False, repr=False)
+
+    @property
+    def completed(self) -> np.ndarray:
+        """The completed skull, uint8 0/1 on the input grid (made once, then kept)."""
+        if self._completed is None:
+            self._completed = self.completed_in(np.zeros(3, int), np.asarray(self.implant.shape))
+        return self._completed
+
+    def completed_in(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """The completed skull inside the input-index box [lo, hi) only (uint8 0/1)."""
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+        if self._completed is not None:
+            return self._completed[box]
+        defective = self.defective[box]
+        # A bool array viewed as uint8 (no copy) or-ed with the implant: one pass over the box.
+        return (defective.view(np.uint8) if defective.dtype == np.bool_ else defective.astype(np.uint8)) | \
+            self.implant[box]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -386,9 +407,6 @@ class SkullCompleter:
                 defect_type=chosen)
         if message:
             logger.info("%s", message)
-        defective = encoded.defective
-        # A bool array viewed as uint8 (no copy) or-ed with the implant: one pass over the volume.
-        completed = (defective.view(np.uint8) if defective.dtype == np.bool_ else defective.astype(np.uint8)) | implant
         timings["implant"] = time.perf_counter() - tick
         uncertainty = None
         if uncertainty_samples > 0:
@@ -401,7 +419,7 @@ class SkullCompleter:
         _report(progress, 1.0, "Done")
         voxel_ml = float(np.prod(encoded.mapping.input_spacing)) / 1000.0
         return CompletionResult(
-            completed=completed,
+            defective=encoded.defective,
             implant=implant,
             defect_type=chosen,
             detected_type=encoded.detected_type,

@@ -125,15 +125,18 @@ class Crop:
         return 0.25 * float(np.mean(self.spacing))
 
 
-def crop_around(mask: np.ndarray, ijk_to_ras: np.ndarray, margin_mm: float) -> Crop | None:
-    """The mask's bounding box grown by ``margin_mm`` (clipped to the volume); None for an empty mask."""
-    bounds = nonzero_bounds(mask)
-    if bounds is None:
+def crop_around(mask: np.ndarray | tuple[np.ndarray, ...], ijk_to_ras: np.ndarray, margin_mm: float) -> Crop | None:
+    """The bounding box of a mask (or of several on one grid: of their union, without making it) grown by
+    ``margin_mm`` (clipped to the volume); None when all are empty."""
+    masks = mask if isinstance(mask, tuple) else (mask,)
+    boxes = [b for b in map(nonzero_bounds, masks) if b is not None]
+    if not boxes:
         return None
+    bounds = (np.min([b[0] for b in boxes], axis=0), np.max([b[1] for b in boxes], axis=0))
     spacing = voxel_spacing(ijk_to_ras)
     margin = np.ceil(margin_mm / spacing).astype(int) + 2
     lo = np.maximum(bounds[0] - margin, 0)
-    hi = np.minimum(bounds[1] + margin, np.asarray(mask.shape))
+    hi = np.minimum(bounds[1] + margin, np.asarray(masks[0].shape))
     matrix = np.asarray(ijk_to_ras, dtype=float).copy()
     matrix[:3, 3] = matrix[:3, :3] @ lo + matrix[:3, 3]
     return Crop(lo, hi, spacing, matrix)
@@ -161,8 +164,11 @@ def outside_region(solid: np.ndarray, crop: Crop, centre_ras: np.ndarray) -> np.
     than the solid does, inside (cavity) otherwise; enclosed pockets are inside. A completion that does not seal
     the defect joins the two: small leaks are closed (up to 5 mm); a larger one gives None.
     """
+    to_solid = None  # the distance to the solid: one transform serves every closing radius
     for radius_mm in CLOSE_LEAKS_MM:
-        closed = solid if radius_mm == 0 else _close(solid, crop.spacing, radius_mm)
+        if radius_mm > 0 and to_solid is None:
+            to_solid = edt_mm(~solid, crop.spacing)
+        closed = solid if radius_mm == 0 else _close(solid, crop.spacing, radius_mm, to_solid)
         labels, count = ndimage.label(~closed)
         if count < 2:
             continue
@@ -236,8 +242,9 @@ def outside_by_rays(solid: np.ndarray, crop: Crop, centre_ras: np.ndarray, part:
     return outside
 
 
-def _close(mask: np.ndarray, spacing: np.ndarray, radius_mm: float) -> np.ndarray:
-    grown = edt_mm(~mask, spacing) <= radius_mm
+def _close(mask: np.ndarray, spacing: np.ndarray, radius_mm: float, to_mask: np.ndarray | None = None) -> np.ndarray:
+    """Morphological closing with a ball; ``to_mask``: the distance (mm) to ``mask`` when already known."""
+    grown = (edt_mm(~mask, spacing) if to_mask is None else to_mask) <= radius_mm
     return ~(edt_mm(grown, spacing) <= radius_mm) | mask
 
 
@@ -411,7 +418,7 @@ def _drop_fragments(part: np.ndarray) -> np.ndarray:
 def apply_design(
     result: Any, defective: np.ndarray, ijk_to_ras: np.ndarray, options: DesignOptions
 ) -> tuple[Any, DesignResult]:
-    """A completion result (``implant``, ``completed`` on the input grid) with the design applied.
+    """A :class:`~SkullVAECompletionLib.completion.CompletionResult` with the design applied.
 
     Returns a copy of ``result`` with the designed implant, completed = defective ∪ implant, the new implant
     volume, and the :class:`DesignResult`. Default options return ``result`` itself.
@@ -419,10 +426,8 @@ def apply_design(
     designed = design_implant(result.implant, defective, ijk_to_ras, options)
     if not options.changes_shape:
         return result, designed
-    completed = np.asarray(defective).astype(bool)
-    completed |= designed.implant.astype(bool)
     voxel_ml = float(np.prod(voxel_spacing(ijk_to_ras))) / 1000.0
-    changes = {"implant": designed.implant, "completed": completed.astype(np.uint8)}
-    if hasattr(result, "implant_volume_ml"):
-        changes["implant_volume_ml"] = float(np.count_nonzero(designed.implant)) * voxel_ml
-    return dataclasses.replace(result, **changes), designed
+    # completed = defective ∪ the designed implant, made when it is used
+    volume_ml = float(np.count_nonzero(designed.implant)) * voxel_ml
+    return dataclasses.replace(result, implant=designed.implant, defective=defective,
+                               implant_volume_ml=volume_ml), designed

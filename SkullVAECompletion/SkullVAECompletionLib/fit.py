@@ -8,6 +8,7 @@ read on its mid-surface): for a plate, its extent along the surface normal.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,24 +78,30 @@ def fit_report(
     defect = implant if defect is None else np.asarray(defect)
     spacing = voxel_spacing(ijk_to_ras)
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    crop = crop_around(implant.astype(bool) | defect.astype(bool), ijk_to_ras, FIT_MARGIN_MM)
+    crop = crop_around((implant, defect), ijk_to_ras, FIT_MARGIN_MM)
     window = crop.slices
     bone = np.asarray(defective[window]).astype(bool)
     part = implant[window].astype(bool) & ~bone
     hole = defect[window].astype(bool)
     warnings: list[str] = []
 
-    to_bone = edt_mm(~bone, crop.spacing)
-    if surface is not None:
-        add_distance_array(surface, to_bone, crop)
     centre = skull_centre_ras(defective, ijk_to_ras)
-    outside = outside_region(bone | part, crop, centre)
+    # The outside of the skull (its leak closings: the longest chain) is found beside the other measures: scipy's
+    # distance transforms release the GIL, so the two run on two cores.
+    with ThreadPoolExecutor(1) as pool:
+        outside_job = pool.submit(outside_region, bone | part, crop, centre)
+        to_bone = edt_mm(~bone, crop.spacing)
+        if surface is not None:
+            add_distance_array(surface, to_bone, crop)
+        del to_bone
+        mid_surface = _mid_surface(part, crop)
+        gap = _rim_gap(part, bone, hole, crop, centre)
+        overlap = _rim_overlap(part, bone, hole, crop)
+        area = _surface_area_mm2(surface if surface is not None else _surface(implant, ijk_to_ras))
+        outside = outside_job.result()
     if outside is None:
         warnings.append("the implant does not close the defect: thickness is measured across the implant")
-    thickness = _plate_thickness(part, outside, crop)
-    gap = _rim_gap(part, bone, hole, crop, centre)
-    overlap = _rim_overlap(part, bone, hole, crop)
-    area = _surface_area_mm2(surface if surface is not None else _surface(implant, ijk_to_ras))
+    thickness = _plate_thickness(part, mid_surface, outside, crop)
     return FitReport(
         volume_ml=float(np.count_nonzero(part)) * voxel_ml,
         area_cm2=area / 100.0,
@@ -106,16 +113,20 @@ def fit_report(
     )
 
 
-def _plate_thickness(part: np.ndarray, outside: np.ndarray | None, crop: Crop) -> dict[str, float] | None:
-    """Thickness along the outer surface's normal, read through the implant's mid-surface.
-
-    The mid-surface is the ridge of the implant's distance map; the normal there points to the nearest voxel
-    outside the skull (without a known outside: to the nearest voxel outside the implant); the thickness is the
-    implant's chord along that line (trilinear, sub-voxel). Over a flange that is the flange's own thickness.
-    """
+def _mid_surface(part: np.ndarray, crop: Crop) -> np.ndarray:
+    """The implant's mid-surface: the ridge of its distance map."""
     inside = edt_mm(part, crop.spacing)
-    ridge = part & (inside >= ndimage.maximum_filter(inside, size=3))
-    del inside
+    return part & (inside >= ndimage.maximum_filter(inside, size=3))
+
+
+def _plate_thickness(part: np.ndarray, ridge: np.ndarray, outside: np.ndarray | None, crop: Crop
+                     ) -> dict[str, float] | None:
+    """Thickness along the outer surface's normal, read through the implant's mid-surface (``ridge``).
+
+    The normal at the mid-surface points to the nearest voxel outside the skull (without a known outside: to the
+    nearest voxel outside the implant); the thickness is the implant's chord along that line (trilinear,
+    sub-voxel). Over a flange that is the flange's own thickness.
+    """
     points = np.argwhere(ridge)
     if len(points) == 0:
         return None

@@ -325,13 +325,18 @@ def _separable_trilinear(
 
     The last product is one GEMM that writes the whole block; 7–10× faster than ``affine_transform``.
     """
-    weights = []
+    weights, used = [], [slice(None)] * 3
     for axis in range(3):
         model_axis = model_axes[axis]
         coordinates = input_to_model[model_axis, axis] * np.arange(shape[axis]) + input_to_model[model_axis, 3]
-        weights.append(_linear_weights(coordinates, values.shape[model_axis]))
+        axis_weights = _linear_weights(coordinates, values.shape[model_axis])
+        # Only the model slices the block reaches enter the products (a block is often a small part of the grid).
+        columns = np.flatnonzero(axis_weights.any(axis=0))
+        span = slice(int(columns[0]), int(columns[-1]) + 1) if columns.size else slice(0, 1)
+        weights.append(np.ascontiguousarray(axis_weights[:, span]))
+        used[model_axis] = span
     # Model array with its axes in input-axis order, reversed: (m_k, m_j, m_i) for input axes (k, j, i).
-    field_kji = np.ascontiguousarray(np.transpose(values, (model_axes[2], model_axes[1], model_axes[0])))
+    field_kji = np.ascontiguousarray(np.transpose(values[tuple(used)], (model_axes[2], model_axes[1], model_axes[0])))
     with torch.inference_mode():
         data = torch.from_numpy(field_kji)
         w_i, w_j, w_k = (torch.from_numpy(w) for w in weights)

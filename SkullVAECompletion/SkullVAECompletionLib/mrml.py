@@ -399,8 +399,10 @@ def _extentBox(image: Any) -> tuple[np.ndarray, np.ndarray] | None:
     return (lo, hi) if np.all(hi > lo) else None
 
 
-def _replaceInBox(node: Any, segmentId: str, array: np.ndarray, box: tuple[np.ndarray, np.ndarray]) -> bool:
-    """Overwrite a segment's own full-grid labelmap inside ``box`` in place; False if its layout does not allow it.
+def _replaceInBox(node: Any, segmentId: str, shape: tuple[int, ...], box: tuple[np.ndarray, np.ndarray],
+                  valuesIn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> bool:
+    """Overwrite a segment's own full-grid labelmap (of the input's ``shape``) inside ``box`` with
+    ``valuesIn(lo, hi)``, in place; False if its layout does not allow it.
 
     Writing into the existing labelmap and marking it modified avoids two full-volume copies per γ update.
     """
@@ -412,13 +414,13 @@ def _replaceInBox(node: Any, segmentId: str, array: np.ndarray, box: tuple[np.nd
     shared = segmentation.GetNumberOfLayers() != segmentation.GetNumberOfSegments()
     if image is None or shared or segment.GetLabelValue() != 1 or image.GetScalarType() != _vtk().VTK_UNSIGNED_CHAR:
         return False
-    if image.GetExtent() != (0, array.shape[0] - 1, 0, array.shape[1] - 1, 0, array.shape[2] - 1):
+    if image.GetExtent() != (0, shape[0] - 1, 0, shape[1] - 1, 0, shape[2] - 1):
         return False
     dims = image.GetDimensions()
     voxels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
     (lo, hi) = box
     view = voxels.transpose(2, 1, 0)[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-    view[...] = array[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    view[...] = valuesIn(lo, hi)
     image.Modified()  # the segmentation observes its source representation: views and derived surfaces update
     return True
 
@@ -437,14 +439,13 @@ def updateResultSegments(node: Any, result: Any, ijkToRas: np.ndarray) -> None:
     boxes = [b for b in (_extentBox(segmentation.GetSegment(IMPLANT_SEGMENT_ID).GetRepresentation(BINARY_LABELMAP)),
                          nonzero_bounds(result.implant)) if b is not None]
     changed = (np.min([b[0] for b in boxes], axis=0), np.max([b[1] for b in boxes], axis=0)) if boxes else None
-    updates = (
-        (SKULL_SEGMENT_ID, result.completed, False),
-        (IMPLANT_SEGMENT_ID, result.implant, True),
-    )
-    for segmentId, array, crop in updates:
-        if not crop and (changed is None or _replaceInBox(node, segmentId, array, changed)):
-            continue
-        image = croppedImage(array, ijkToRas) if crop else arrayToOrientedImage(array, ijkToRas)
+    # The completed skull is only made inside that box (CompletionResult.completed_in), unless the layout needs all.
+    updates = []
+    if changed is not None and not _replaceInBox(node, SKULL_SEGMENT_ID, result.implant.shape, changed,
+                                                 result.completed_in):
+        updates.append((SKULL_SEGMENT_ID, arrayToOrientedImage(result.completed, ijkToRas)))
+    updates.append((IMPLANT_SEGMENT_ID, croppedImage(result.implant, ijkToRas)))
+    for segmentId, image in updates:
         if not logic.SetBinaryLabelmapToSegment(image, node, segmentId, logic.MODE_REPLACE):
             raise RuntimeError(f"Could not update segment '{segmentId}' of {describeNode(node)}.")
     # Keep the 3D view in sync: rebuild the surfaces only if they were shown before.
