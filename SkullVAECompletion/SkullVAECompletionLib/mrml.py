@@ -386,7 +386,11 @@ def croppedImage(array: np.ndarray, ijkToRas: np.ndarray) -> Any:
     """The mask's bounding box as a vtkOrientedImageData whose extent is that box's index range on the full grid."""
     from .geometry import nonzero_bounds  # noqa: PLC0415  (the engine is loaded by then)
 
-    bounds = nonzero_bounds(array)
+    return boxImage(array, ijkToRas, nonzero_bounds(array))
+
+
+def boxImage(array: np.ndarray, ijkToRas: np.ndarray, bounds: tuple[np.ndarray, np.ndarray] | None) -> Any:
+    """:func:`croppedImage` with the mask's nonzero bounds (lo, hi) already known (None: empty)."""
     lo, hi = bounds if bounds is not None else (np.zeros(3, int), np.ones(3, int))  # empty: one zero voxel
     image = arrayToOrientedImage(array[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], ijkToRas)
     image.SetExtent(int(lo[0]), int(hi[0]) - 1, int(lo[1]), int(hi[1]) - 1, int(lo[2]), int(hi[2]) - 1)
@@ -436,15 +440,16 @@ def updateResultSegments(node: Any, result: Any, ijkToRas: np.ndarray) -> None:
         if segmentation.GetSegment(segmentId) is None:
             raise InputError(f"{describeNode(node)} has no segment '{segmentId}'; run the completion again.")
     # Only voxels of the old or the new implant can change in the completed skull (= input ∪ implant).
+    implantBox = nonzero_bounds(result.implant)
     boxes = [b for b in (_extentBox(segmentation.GetSegment(IMPLANT_SEGMENT_ID).GetRepresentation(BINARY_LABELMAP)),
-                         nonzero_bounds(result.implant)) if b is not None]
+                         implantBox) if b is not None]
     changed = (np.min([b[0] for b in boxes], axis=0), np.max([b[1] for b in boxes], axis=0)) if boxes else None
     # The completed skull is only made inside that box (CompletionResult.completed_in), unless the layout needs all.
     updates = []
     if changed is not None and not _replaceInBox(node, SKULL_SEGMENT_ID, result.implant.shape, changed,
                                                  result.completed_in):
         updates.append((SKULL_SEGMENT_ID, arrayToOrientedImage(result.completed, ijkToRas)))
-    updates.append((IMPLANT_SEGMENT_ID, croppedImage(result.implant, ijkToRas)))
+    updates.append((IMPLANT_SEGMENT_ID, boxImage(result.implant, ijkToRas, implantBox)))
     for segmentId, image in updates:
         if not logic.SetBinaryLabelmapToSegment(image, node, segmentId, logic.MODE_REPLACE):
             raise RuntimeError(f"Could not update segment '{segmentId}' of {describeNode(node)}.")
