@@ -193,11 +193,14 @@ def worker_logic(args: argparse.Namespace) -> dict[str, Any]:
         result = logic.process(node, device=args.device, gamma=1.0)
         runs.append(time.perf_counter() - start)
     redecode, measured = [], []
+    # The γ slider: live previews one after another while it is dragged (no fit report, no uncertainty), then one
+    # full update when it is released (with the fit report and the distance map).
     for index in range(args.gamma_repeats):
-        start = time.perf_counter()  # the γ slider's live preview: no fit report, no uncertainty
+        start = time.perf_counter()
         logic.updateGamma(result, 1.1 + 0.1 * index, updateUncertainty=False, measureFit=False)
         redecode.append(time.perf_counter() - start)
-        start = time.perf_counter()  # a full update: with the fit report and the distance map
+    for index in range(args.gamma_repeats):
+        start = time.perf_counter()
         logic.updateGamma(result, 1.15 + 0.1 * index)
         measured.append(time.perf_counter() - start)
     return {
