@@ -262,3 +262,38 @@ def test_evaluation_report_on_the_smoke_bundle(smoke_cfg: dict, workdir: Path) -
     report = (workdir / "results" / "README.md").read_text()
     assert "closes (area)" in report and "Defect-class detection" in report and CEILING in report
     assert json.loads((workdir / "results" / "results.json").read_text())["default_gamma"]
+
+
+def test_stage2_weighs_the_hole_and_the_shift_separately() -> None:
+    """``shift_defect_weight`` sets the defect-band weight of the shifted decode's loss on its own (tried: the hole
+    weighing 20 at γ = 0 and 5 in the shift); by default it is ``defect_weight``."""
+    import copy
+
+    from SkullVAECompletionLib.networks import AggregatedVAE
+    from tiny_model import TINY_NETWORK
+    from training.stages import Batch, dice_loss, stage2_step
+
+    torch.manual_seed(0)
+    model = AggregatedVAE(TINY_NETWORK)
+    model.eval()
+    shape = (2, 1, *TINY_NETWORK.grid)
+    complete = (torch.rand(shape) > 0.7).float()
+    implant = torch.zeros(shape)
+    implant[:, :, 10:16, 10:16, 20:26] = complete[:, :, 10:16, 10:16, 20:26]
+    batch = Batch(complete - implant, implant, complete, torch.tensor([1, 1]))
+    table = torch.zeros(2, TINY_NETWORK.latent_size)
+    table[1] = 0.5
+
+    def shift_loss(**weights: float | None) -> float:
+        trained = copy.deepcopy(model)
+        optimiser = torch.optim.SGD(trained.decoder.parameters(), lr=0.0)
+        return stage2_step(trained, batch, optimiser, sample_latent=False, shift_weight=1.0, dev_table=table,
+                           **weights).shift
+
+    with torch.no_grad():
+        mu, _ = model.encode(batch.input)
+        dice_only = dice_loss(model.decode(mu + table[batch.class_index]), complete).item()
+    assert shift_loss(defect_weight=20.0, shift_defect_weight=0.0) == pytest.approx(dice_only, rel=1e-5)
+    five = shift_loss(defect_weight=20.0, shift_defect_weight=5.0)
+    assert dice_only < five < shift_loss(defect_weight=20.0)
+    assert shift_loss(defect_weight=5.0) == pytest.approx(five, rel=1e-5)

@@ -148,6 +148,7 @@ def stage2_step(
     defect_weight: float = 0.0,
     shift_weight: float = 0.0,
     dev_table: torch.Tensor | None = None,
+    shift_defect_weight: float | None = None,
 ) -> StepLosses:
     """One step of the decoupled decoder on the frozen stage-1 encoder.
 
@@ -175,7 +176,8 @@ def stage2_step(
             shifted = model.decode(mu + dev_table[batch.class_index])
         shift = dice_loss(shifted, batch.complete)
         if band is not None:
-            shift = shift + defect_weight * masked_cross_entropy(shifted, batch.complete, band)
+            weight = defect_weight if shift_defect_weight is None else shift_defect_weight
+            shift = shift + weight * masked_cross_entropy(shifted, batch.complete, band)
         total = total + shift_weight * shift
     _optimise(total, optimiser, scaler)
     return StepLosses(dice.item(), 0.0, total.item(), defect.item(), 0.0, shift.item())

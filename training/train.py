@@ -590,7 +590,8 @@ def run_stage(cfg: dict, stage: str, resume: bool = False, runtime: Runtime | No
                 losses = stages.stage2_step(stepper, batch, optimiser, sample_latent=settings.get("latent") != "mean",
                                             scaler=scaler, amp_device=amp_device,
                                             defect_weight=float(settings.get("defect_weight", 0.0)),
-                                            shift_weight=float(settings.get("shift_weight", 0.0)), dev_table=table)
+                                            shift_weight=float(settings.get("shift_weight", 0.0)), dev_table=table,
+                                            shift_defect_weight=settings.get("shift_defect_weight"))
             else:
                 losses = stages.stage1_step(stepper, batch, optimiser, weights, scaler=scaler, amp_device=amp_device)
             for key, attribute in TRAIN_LOSSES.items():
