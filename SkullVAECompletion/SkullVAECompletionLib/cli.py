@@ -150,7 +150,7 @@ def complete_file(completer: SkullCompleter, path: Path, args: argparse.Namespac
         progress=progress,
         extraction=args.extraction,
     )
-    defective = result.completed.astype(bool) & ~result.implant.astype(bool)  # the input's bone, binary
+    defective = result.defective  # the input's bone, binary (validated)
     completion_implant = result.implant
     result, design = apply_design(result, defective, ijk_to_ras, options)
     for warning in design.warnings:
@@ -182,8 +182,7 @@ def complete_file(completer: SkullCompleter, path: Path, args: argparse.Namespac
             targets["preview"], result.completed, result.implant, ijk_to_ras, title, args.overwrite
         )
     if args.render:
-        skull_only = result.completed.astype(bool) & ~result.implant.astype(bool)
-        written["render"] = write_render_png(targets["render"], skull_only, result.implant, ijk_to_ras,
+        written["render"] = write_render_png(targets["render"], defective, result.implant, ijk_to_ras,
                                              overwrite=args.overwrite)
     fit = None
     if result.implant.any():
