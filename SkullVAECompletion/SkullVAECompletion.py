@@ -851,12 +851,11 @@ def _designAndFit(completion: Any, design: DesignOptions | None, ijkToRas: np.nd
     design = design or DesignOptions()
     if not measure and not design.changes_shape:
         return completion, None, None  # the γ slider's preview: nothing to reshape or measure
-    defective = completion.defective  # the input skull the completion was made from
-    result, _ = apply_design(completion, defective, ijkToRas, design)
+    result, _ = apply_design(completion, ijkToRas, design)
     if not measure or not np.any(result.implant):
         return result, None, None
     surface = mask_to_surface(result.implant, ijkToRas) if withSurface else None
-    fit = fit_report(result.implant, defective, ijkToRas, defect=completion.implant, surface=surface)
+    fit = fit_report(result.implant, completion.defective, ijkToRas, defect=completion.implant, surface=surface)
     return result, fit, surface
 
 

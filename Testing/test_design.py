@@ -131,13 +131,13 @@ def test_apply_design_recomputes_the_completed_skull(case):
     result = CompletionResult(defective=defective, implant=implant, defect_type="cranial",
                               detected_type="cranial", confidence=1.0, gamma=1.0, method="dev",
                               implant_volume_ml=float(implant.sum()) * 0.125 / 1000)
-    designed, info = apply_design(result, defective, case["ijk_to_ras"], DesignOptions(thickness_mm=2.0))
+    designed, info = apply_design(result, case["ijk_to_ras"], DesignOptions(thickness_mm=2.0))
     assert designed is not result and result.implant is implant, "the cached result is not changed"
     assert np.array_equal(designed.completed, defective | designed.implant)
     assert designed.implant_volume_ml == pytest.approx(designed.implant.sum() * 0.125 / 1000)
     assert designed.implant_volume_ml < result.implant_volume_ml
     assert info.seconds["total"] > 0
-    same, _ = apply_design(result, defective, case["ijk_to_ras"], DesignOptions())
+    same, _ = apply_design(result, case["ijk_to_ras"], DesignOptions())
     assert same is result
 
 

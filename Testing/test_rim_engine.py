@@ -166,7 +166,7 @@ def test_real_skull_gets_one_rim_fitted_implant_in_its_defect(real_skull_complet
 @pytest.mark.parametrize("options", [{}, {"flange_mm": 5.0}, {"thickness_mm": 3.0}, {"clearance_mm": 1.0}])
 def test_real_skull_stl_is_closed_and_manifold_with_each_design_option(real_skull_completion, options):
     bone, matrix, result = real_skull_completion
-    designed, _ = apply_design(result, bone, matrix, DesignOptions(**options))
+    designed, _ = apply_design(result, matrix, DesignOptions(**options))
     surface_field = None if DesignOptions(**options).changes_shape else designed.implant_field
     topology = surface_topology(mask_to_surface(designed.implant, matrix, field=surface_field))
     assert topology["triangles"] > 1000

@@ -152,7 +152,7 @@ def complete_file(completer: SkullCompleter, path: Path, args: argparse.Namespac
     )
     defective = result.defective  # the input's bone, binary (validated)
     completion_implant = result.implant
-    result, design = apply_design(result, defective, ijk_to_ras, options)
+    result, design = apply_design(result, ijk_to_ras, options)
     for warning in design.warnings:
         logger.warning("  %s: %s", meta.stem, warning)
     probability = result.class_probabilities.get(result.detected_type, result.confidence)

@@ -415,19 +415,17 @@ def _drop_fragments(part: np.ndarray) -> np.ndarray:
     return keep[labels]
 
 
-def apply_design(
-    result: Any, defective: np.ndarray, ijk_to_ras: np.ndarray, options: DesignOptions
-) -> tuple[Any, DesignResult]:
-    """A :class:`~SkullVAECompletionLib.completion.CompletionResult` with the design applied.
+def apply_design(result: Any, ijk_to_ras: np.ndarray, options: DesignOptions) -> tuple[Any, DesignResult]:
+    """A :class:`~SkullVAECompletionLib.completion.CompletionResult` with the design applied against the skull it
+    completed (``result.defective``).
 
     Returns a copy of ``result`` with the designed implant, completed = defective ∪ implant, the new implant
     volume, and the :class:`DesignResult`. Default options return ``result`` itself.
     """
-    designed = design_implant(result.implant, defective, ijk_to_ras, options)
+    designed = design_implant(result.implant, result.defective, ijk_to_ras, options)
     if not options.changes_shape:
         return result, designed
     voxel_ml = float(np.prod(voxel_spacing(ijk_to_ras))) / 1000.0
     # completed = defective ∪ the designed implant, made when it is used
     volume_ml = float(np.count_nonzero(designed.implant)) * voxel_ml
-    return dataclasses.replace(result, implant=designed.implant, defective=defective,
-                               implant_volume_ml=volume_ml), designed
+    return dataclasses.replace(result, implant=designed.implant, implant_volume_ml=volume_ml), designed
