@@ -48,7 +48,7 @@ def _log_rows(path: Path) -> list[dict]:
 
 def test_configs_load_and_build() -> None:
     """Every shipped config parses, and its grid and network agree (the paper's config is one file away)."""
-    for name in ("bundled_cpu", "baseline_small_beta", "paper_full", "smoke"):
+    for name in ("bundled_cpu", "bundled_gpu", "baseline_small_beta", "paper_full", "smoke"):
         cfg = train.load_config(ROOT / "training" / "configs" / f"{name}.yaml")
         network = train.network_config(cfg)
         assert tuple(network.grid) == tuple(cfg["grid"]["shape"])
@@ -94,6 +94,27 @@ def test_a_gpu_checkpoint_resumes_on_the_cpu(smoke_cfg: dict) -> None:
     longer = {**smoke_cfg, "stage1": {**smoke_cfg["stage1"], "epochs": state["epoch"] + 1}}
     train.run_stage(longer, "stage1", resume=True)
     assert train.load_checkpoint(checkpoint)["epoch"] == state["epoch"] + 1
+
+
+def test_a_slim_checkpoint_is_smaller_and_resumes(smoke_cfg: dict, tmp_path: Path) -> None:
+    """The slim copy a GPU machine sends back keeps the weights, config and history, drops the optimiser,
+    and a run resumes from it (with a fresh optimiser)."""
+    checkpoint = train.stage_dir(smoke_cfg, "stage1") / train.CHECKPOINT_NAME
+    full = train.load_checkpoint(checkpoint)
+    slim = train.slim_checkpoint(checkpoint, tmp_path / "slim.pt")
+    state = train.load_checkpoint(slim)
+    assert "optimiser" not in state and "rng" not in state
+    assert state["epoch"] == full["epoch"] and len(state["history"]) == len(full["history"])
+    assert all(torch.equal(state["model"][k], v) for k, v in full["model"].items())
+    assert slim.stat().st_size < 0.6 * checkpoint.stat().st_size
+    cfg = {**smoke_cfg, "output_dir": str(tmp_path / "resumed"),
+           "stage1": {**smoke_cfg["stage1"], "epochs": full["epoch"] + 1}}
+    target = train.stage_dir(cfg, "stage1") / train.CHECKPOINT_NAME
+    target.parent.mkdir(parents=True)
+    target.write_bytes(slim.read_bytes())
+    train.run_stage(cfg, "stage1", resume=True)
+    resumed = train.load_checkpoint(target)
+    assert resumed["epoch"] == full["epoch"] + 1 and "optimiser" in resumed
 
 
 def test_stage2_freezes_encoder_and_baseline_trains(smoke_cfg: dict, smoke_data: dict) -> None:

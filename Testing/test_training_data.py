@@ -143,6 +143,16 @@ def test_generator_deterministic(small_cfg: dict, shell_template) -> None:
     assert a["complete"].shape != d["complete"].shape or not np.array_equal(a["complete"], d["complete"])
 
 
+def test_extra_training_sources_keep_the_validation_and_test_sources() -> None:
+    """A larger training population (the GPU recipe) is evaluated on exactly the same held-out sources."""
+    fractions = {"train": 0.8, "val": 0.1, "test": 0.1}
+    base = generate.assign_splits(60, fractions, seed=1234)
+    extended = generate.assign_splits(60, fractions, seed=1234, extra_train_sources=336)
+    assert {k: extended[k] for k in base} == base and len(extended) == 396
+    assert {extended[sid] for sid in range(60, 396)} == {"train"}
+    assert sorted(s for s, v in base.items() if v == "test") == sorted(s for s, v in extended.items() if v == "test")
+
+
 def test_generated_dataset_files(tmp_path: Path, small_cfg: dict, shell_template) -> None:
     rows = generate.generate_dataset(small_cfg, tmp_path / "gen", template=shell_template, progress=False)
     # Splits never share a source deformation.

@@ -399,8 +399,11 @@ def write_source(result: dict, out: Path, split: str, compression_level: int) ->
 
 # ----------------------------------------------------------------------------- population
 
-def assign_splits(n_sources: int, fractions: dict[str, float], seed: int) -> dict[int, str]:
-    """Split by source deformation id (a source's cases never straddle splits)."""
+def assign_splits(n_sources: int, fractions: dict[str, float], seed: int,
+                  extra_train_sources: int = 0) -> dict[int, str]:
+    """Split by source deformation id (a source's cases never straddle splits). `extra_train_sources` more
+    ids (n_sources, n_sources + 1, ...) all go to "train": a larger training population whose validation and
+    test sources are exactly those of the `n_sources` population (results stay comparable)."""
     order = np.random.default_rng([int(seed), 999_999]).permutation(n_sources)
     names = list(fractions)
     total = sum(fractions.values())
@@ -410,6 +413,7 @@ def assign_splits(n_sources: int, fractions: dict[str, float], seed: int) -> dic
         for sid in order[start:end]:
             out[int(sid)] = name
         start = end
+    out.update(dict.fromkeys(range(n_sources, n_sources + int(extra_train_sources)), "train"))
     return out
 
 
@@ -441,8 +445,9 @@ def generate_dataset(cfg: dict, out: Path, template: tuple[np.ndarray, np.ndarra
     out.mkdir(parents=True, exist_ok=True)
     mask, m = template if template is not None else load_template(cfg.get("template", "auto"))
     tpl = make_template(mask, m)
-    splits = assign_splits(int(cfg["n_sources"]), cfg["splits"], int(cfg["seed"]))
-    jobs = [(sid, splits[sid]) for sid in range(int(cfg["n_sources"]))]
+    splits = assign_splits(int(cfg["n_sources"]), cfg["splits"], int(cfg["seed"]),
+                           int(cfg.get("extra_train_sources", 0)))
+    jobs = sorted(splits.items())
     workers = int(cfg.get("workers", 1))
     t0 = time.time()
     rows: list[dict] = []
@@ -475,6 +480,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--n-sources", type=int, default=None, help="override n_sources")
     p.add_argument("--workers", type=int, default=None, help="override workers")
+    p.add_argument("--extra-train-sources", type=int, default=None,
+                   help="override extra_train_sources (more training sources; validation / test unchanged)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config)
@@ -482,6 +489,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg["n_sources"] = args.n_sources
     if args.workers is not None:
         cfg["workers"] = args.workers
+    if args.extra_train_sources is not None:
+        cfg["extra_train_sources"] = args.extra_train_sources
     generate_dataset(cfg, args.out)
 
 

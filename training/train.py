@@ -129,6 +129,7 @@ def setup_runtime(cfg: dict) -> Runtime:
     device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
     if cuda:
         torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # fixed volume shapes: pick the fastest 3D convolution once
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo", rank=rank, world_size=world_size)
     return Runtime(device=device, rank=rank, world_size=world_size, amp=bool(cfg.get("amp", True)) and cuda)
@@ -373,6 +374,17 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+SLIM_KEYS = ("stage", "epoch", "model", "config", "history", "class_names", "dev")
+
+
+def slim_checkpoint(path: Path, out: Path) -> Path:
+    """A copy of a stage checkpoint without the optimiser, scaler and RNG states (a third of the size): what a
+    lent GPU machine sends back. It aggregates like the full one and resumes with a fresh optimiser."""
+    state = load_checkpoint(path)
+    save_checkpoint(Path(out), {k: state[k] for k in SLIM_KEYS if k in state})
+    return Path(out)
+
+
 def rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -542,10 +554,14 @@ def run_stage(cfg: dict, stage: str, resume: bool = False, runtime: Runtime | No
         # The checkpoint is on the CPU; a run started on a GPU resumes on a CPU and back.
         state = load_checkpoint(checkpoint_path)
         model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
+        if "optimiser" in state:
+            optimiser.load_state_dict(state["optimiser"])
+            restore_rng(state["rng"])
+        else:
+            log.warning("%s is a slim checkpoint (no optimiser state): resuming with a fresh optimiser",
+                        checkpoint_path)
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        restore_rng(state["rng"])
         start_epoch, history = int(state["epoch"]), list(state["history"])
         log.info("resuming %s from epoch %d", stage, start_epoch)
 
