@@ -269,7 +269,9 @@ def launch(name: str, args: argparse.Namespace, nrrd: Path, npz: Path, model: Pa
     ]
     if args.profile and name in args.profile_pipelines.split(","):
         command += ["--profile", str(args.profile)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "SkullVAECompletion"), str(ROOT)])}
+    # Keep the caller's PYTHONPATH after ours: on a lent GPU machine it holds the carried monai / pynrrd.
+    paths = [str(ROOT / "SkullVAECompletion"), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     start = time.perf_counter()

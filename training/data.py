@@ -258,10 +258,15 @@ def preprocess_all(records: list[CaseRecord], grid: Any, cache: str | Path, work
     jobs = [(r, grid, cache) for r in records]
     if workers <= 1:
         return [preprocess_record(*j) for j in tqdm(jobs, desc="preprocess", disable=not progress)]
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(workers) as pool:
-        return list(tqdm(pool.map(_preprocess_star, jobs), total=len(jobs), desc="preprocess", disable=not progress))
+    # "spawn": a forked child of a process whose torch / OpenMP thread pool already ran can hang for ever (it did
+    # in training.aggregate, which loads the model first); chunks keep the per-case overhead small.
+    chunk = max(1, len(jobs) // (workers * 8))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(tqdm(pool.map(_preprocess_star, jobs, chunksize=chunk), total=len(jobs), desc="preprocess",
+                         disable=not progress))
 
 
 def load_entry(entry: dict[str, Any], cache: str | Path, name: str = "input") -> np.ndarray | None:
