@@ -117,9 +117,16 @@ def test_preprocess_and_dataset(tmp_path: Path) -> None:
     _write(tmp_path / "ds" / "cranial" / "a.nrrd", defe)
     recs = data.scan_dataset(tmp_path / "ds")
     grid = geometry.GridSpec(shape=(16, 16, 16), spacing_mm=4.0)
-    entries = data.preprocess_all(recs, grid, tmp_path / "cache", progress=False)
+    torch = pytest.importorskip("torch")
+    torch.ones(64, 64) @ torch.ones(64, 64)  # torch's thread pool has run: forked workers could hang after this
+    entries = data.preprocess_all(recs, grid, tmp_path / "cache", workers=2, progress=False)  # spawned workers
     again = data.preprocess_all(recs, grid, tmp_path / "cache", progress=False)  # from the cache
+    alone = data.preprocess_all(recs, grid, tmp_path / "cache_in_process", progress=False)
     assert entries == again
+    for entry, other in zip(entries, alone, strict=True):
+        for name, file in entry["files"].items():
+            spawned, in_process = tmp_path / "cache" / file, tmp_path / "cache_in_process" / other["files"][name]
+            assert np.array_equal(np.load(spawned), np.load(in_process))
     ds = data.ModelGridDataset(entries, tmp_path / "cache")
     item = ds[[e["case"]["label"] for e in entries].index("cranial")]
     assert item["input"].shape == (1, 16, 16, 16) and item["has_complete"] and item["has_implant"]

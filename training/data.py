@@ -201,6 +201,12 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def cached_entry(rec: CaseRecord, grid: Any, cache: Path) -> dict[str, Any] | None:
+    """The cache entry of a case already preprocessed for this grid, else None."""
+    meta_path = Path(cache) / f"{cache_key(rec, grid)}.json"
+    return json.loads(meta_path.read_text()) if meta_path.exists() else None
+
+
 def preprocess_record(rec: CaseRecord, grid: Any, cache: Path) -> dict[str, Any]:
     """Model-grid volumes of one case (float16 bone fractions), cached; returns the cache entry."""
     cache.mkdir(parents=True, exist_ok=True)
@@ -255,18 +261,24 @@ def preprocess_all(records: list[CaseRecord], grid: Any, cache: str | Path, work
     from tqdm import tqdm
 
     cache = Path(cache)
-    jobs = [(r, grid, cache) for r in records]
-    if workers <= 1:
-        return [preprocess_record(*j) for j in tqdm(jobs, desc="preprocess", disable=not progress)]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    entries = [cached_entry(r, grid, cache) for r in records]
+    missing = [i for i, entry in enumerate(entries) if entry is None]
+    jobs = [(records[i], grid, cache) for i in missing]
+    if workers <= 1 or len(jobs) <= 1:
+        computed = [preprocess_record(*j) for j in tqdm(jobs, desc="preprocess", disable=not progress or not jobs)]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-    # "spawn": a forked child of a process whose torch / OpenMP thread pool already ran can hang for ever (it did
-    # in training.aggregate, which loads the model first); chunks keep the per-case overhead small.
-    chunk = max(1, len(jobs) // (workers * 8))
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(tqdm(pool.map(_preprocess_star, jobs, chunksize=chunk), total=len(jobs), desc="preprocess",
-                         disable=not progress))
+        # "spawn": a forked child of a process whose torch / OpenMP thread pool already ran can hang for ever (it
+        # did in training.aggregate, which loads the model first); chunks keep the per-case overhead small.
+        chunk = max(1, len(jobs) // (workers * 8))
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            computed = list(tqdm(pool.map(_preprocess_star, jobs, chunksize=chunk), total=len(jobs),
+                                 desc="preprocess", disable=not progress))
+    for i, entry in zip(missing, computed, strict=True):
+        entries[i] = entry
+    return entries
 
 
 def load_entry(entry: dict[str, Any], cache: str | Path, name: str = "input") -> np.ndarray | None:
