@@ -378,7 +378,7 @@ SLIM_KEYS = ("stage", "epoch", "model", "config", "history", "class_names", "dev
 
 
 def slim_checkpoint(path: Path, out: Path) -> Path:
-    """A copy of a stage checkpoint without the optimiser, scaler and RNG states (a third of the size): what a
+    """A copy of a stage checkpoint without the optimiser, scaler and RNG states (about half the size): what a
     lent GPU machine sends back. It aggregates like the full one and resumes with a fresh optimiser."""
     state = load_checkpoint(path)
     save_checkpoint(Path(out), {k: state[k] for k in SLIM_KEYS if k in state})
