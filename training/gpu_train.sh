@@ -19,6 +19,11 @@ PYTHON="${PYTHON:-python3}"
 EXTRA_TRAIN_SOURCES="${EXTRA_TRAIN_SOURCES:-336}"
 WORKERS="${WORKERS:-$(nproc)}"
 TOTAL_S="${TOTAL_S:-540}"   # the whole script's budget: the stages share what data preparation leaves of it
+STAGE1_SHARE="${STAGE1_SHARE:-55}"  # per cent of the training time for stage 1
+# STAGE2_FROM: a (slim) stage-2 checkpoint to continue instead of training from the start: every variant skips
+# stage 1 and continues that checkpoint's stage 2 for the whole budget (e.g. the candidate model 2.2, carried).
+STAGE2_FROM="${STAGE2_FROM:-}"
+[ -n "$STAGE2_FROM" ] && STAGE1_SHARE=0
 CONFIG=training/configs/bundled_gpu.yaml
 # name|overrides of bundled_gpu.yaml (space separated --set values)
 VARIANTS="${VARIANTS:-l32_warm|stage1.init_from=Resources/Models/skullvae-cranium-population
@@ -42,18 +47,24 @@ cfg = train.load_config(sys.argv[1], {"data": {"preprocess_workers": int(sys.arg
 sets = train.load_volumes(cfg, ("train", "val"))
 print({k: len(v.volumes) for k, v in sets.items()}, "model-grid volumes")
 PY
-# Stage 1 gets 55 % of the time left (less 30 s for the export), stage 2 the rest. Each stage's training budget
-# leaves 50 s of its share for loading and the epoch that crosses the budget; the hard timeout is the share.
+# Stage 1 gets STAGE1_SHARE % of the time left (less 30 s for the export), stage 2 the rest. Each stage's training
+# budget leaves 50 s of its share for loading and the epoch that crosses the budget; the hard timeout is the share.
 LEFT=$((TOTAL_S - SECONDS - 30))
-STAGE1_S=$((LEFT * 55 / 100)); STAGE2_S=$((LEFT - STAGE1_S))
+STAGE1_S=$((LEFT * STAGE1_SHARE / 100)); STAGE2_S=$((LEFT - STAGE1_S))
 budget_min() { "$PYTHON" -c "print(round(max(0.25, ($1 - 50) / 60), 2))"; }
 echo "model-grid cache ready at ${SECONDS} s; stage 1: ${STAGE1_S} s, stage 2: ${STAGE2_S} s per variant"
 train_variant() {
   local name=$1; shift
   local sets=(--set "output_dir=$SKULLVAE_WORK/runs/$name")
   for item in "$@"; do sets+=(--set "$item"); done
-  timeout "$STAGE1_S" "$PYTHON" -m training.train stage1 --resume --config "$CONFIG" "${sets[@]}" \
-    --set "stage1.time_limit_min=$(budget_min "$STAGE1_S")"
+  if [ -n "$STAGE2_FROM" ]; then  # stage 1 is inside that checkpoint's model (frozen encoder)
+    mkdir -p "$SKULLVAE_WORK/runs/$name/stage1" "$SKULLVAE_WORK/runs/$name/stage2"
+    cp "$STAGE2_FROM" "$SKULLVAE_WORK/runs/$name/stage1/last.pt"
+    cp "$STAGE2_FROM" "$SKULLVAE_WORK/runs/$name/stage2/last.pt"
+  else
+    timeout "$STAGE1_S" "$PYTHON" -m training.train stage1 --resume --config "$CONFIG" "${sets[@]}" \
+      --set "stage1.time_limit_min=$(budget_min "$STAGE1_S")"
+  fi
   if [ -f "$SKULLVAE_WORK/runs/$name/stage1/last.pt" ]; then
     timeout "$STAGE2_S" "$PYTHON" -m training.train stage2 --resume --config "$CONFIG" "${sets[@]}" \
       --set "stage2.time_limit_min=$(budget_min "$STAGE2_S")"
