@@ -273,11 +273,12 @@ def test_evaluation_report_on_the_smoke_bundle(smoke_cfg: dict, workdir: Path) -
     assert located["by"].startswith("class head, then") and located["n"] == len(auto_rows) + len(complete_skulls)
     assert sum(sum(row.values()) for row in located["confusion"].values()) == located["n"]
     assert results["auto"] and {"dsc", "defect_fill", "defect_area_fill"} <= set(results["auto"][0])
-    # The rim stage on the true complete skull, per cranial case: the ceiling a perfect decoder would reach.
-    from training.evaluate import CEILING
+    # The extractions on the true complete skull, per cranial case: the ceilings a perfect decoder would reach.
+    from training.evaluate import CEILING, CEILINGS
 
-    ceiling = [e for e in results["regions"] if e["variant"] == CEILING]
-    assert ceiling and all(0.0 <= e["dsc"] <= 1.0 for e in ceiling)
+    ceilings = {e["variant"] for e in results["regions"] if e["variant"].startswith(CEILING)}
+    assert ceilings == {f"{CEILING}: {suffix}" for suffix in CEILINGS}
+    assert all(0.0 <= e["dsc"] <= 1.0 for e in results["regions"] if e["variant"] in ceilings)
     for name in ("README.md", "results.json", "cases.csv", "detection_confusion.png", "shift_vs_gamma.png"):
         assert (workdir / "results" / name).is_file(), name
     report = (workdir / "results" / "README.md").read_text()
