@@ -67,8 +67,8 @@ from training.train import (
 log = logging.getLogger("training.evaluate")
 METRICS = ("dsc", "bdsc", "hd95")
 # The true complete skull in place of the decode: what a perfect decoder (on the model grid) would reach. Row name
-# suffix → (extraction, rim option overrides). A real decode's surfaces need ~12 mm of smoothing (its voxels
-# ripple); a perfect one needs little, so the ceiling is shown both ways.
+# suffix → (extraction, rim option overrides). A real decode's surfaces need the bundle's 12 mm of smoothing (their
+# errors at that scale are noise); a perfect one needs little, so the rim's ceiling is shown both ways.
 CEILING = "true complete skull as the decode"
 CEILINGS = {
     "rim stage (ceiling of a perfect decoder)": ("rim", {}),
