@@ -210,10 +210,11 @@ def cached_entry(rec: CaseRecord, grid: Any, cache: Path) -> dict[str, Any] | No
 def preprocess_record(rec: CaseRecord, grid: Any, cache: Path) -> dict[str, Any]:
     """Model-grid volumes of one case (float16 bone fractions), cached; returns the cache entry."""
     cache.mkdir(parents=True, exist_ok=True)
+    entry = cached_entry(rec, grid, cache)
+    if entry is not None:
+        return entry
     key = cache_key(rec, grid)
     meta_path = cache / f"{key}.json"
-    if meta_path.exists():
-        return json.loads(meta_path.read_text())
     geometry, _ = _engine()
     defective, m_def = read_binary(rec.defective)
     # Plan on the defective skull (the model input), apply to all: what inference does.
