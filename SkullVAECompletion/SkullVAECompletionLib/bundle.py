@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from .errors import BundleError
 from .geometry import GridSpec
 from .networks import AggregatedVAE, NetworkConfig
+from .options import DECODER_METHODS, EXTRACTION_CHOICES, LEGACY_DEFECT_CLASSES
 
 FORMAT_NAME = "skullvae-bundle"
 # 2: region defect classes ("defect_classes"), an optional class head in the network, config hash and data
@@ -34,9 +35,8 @@ WEIGHTS_NAME = "weights.safetensors"
 LATENTS_NAME = "latents.safetensors"  # optional: paired training latents for the k-NN DEV option
 PAIRED_LATENT_KEYS = ("defective", "delta", "type_index")  # type_index: position in ModelBundle.defect_classes
 DEFAULT_MODEL_NAME = "skullvae-cranium-population"
-LEGACY_DEFECT_CLASSES = ("cranial", "facial")  # the classes of format-1 bundles
-COMPLETION_METHODS = ("dev", "knn", "refine")
-EXTRACTIONS = ("rim", "decode", "union")  # how the implant is cut from the decode (completion.py says more)
+COMPLETION_METHODS = DECODER_METHODS  # the methods a bundle may name as its default
+EXTRACTIONS = EXTRACTION_CHOICES  # how the implant is cut from the decode (options.py says more)
 
 REQUIRED_KEYS = {
     "format": str,

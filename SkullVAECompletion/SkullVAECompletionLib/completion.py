@@ -20,33 +20,30 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bundle import EXTRACTIONS, ModelBundle, load_bundle
+from .bundle import ModelBundle, load_bundle
 from .detection import BY_CLASS_HEAD, located_class
 from .errors import CancelledError, DeviceError, InputError
 from .geometry import GridMapping, plan_mapping, refined_mapping, to_input_grid, to_model_grid
 from .implant import BONE_THRESHOLD, distance_to_input_bone, implant_at_input_resolution, implant_region
 from .mirror import check_unilateral, mirror_implant, mirror_skull, quick_midsagittal_plane
 from .networks import bone_probability
+from .options import (
+    AUTO,
+    DECODER_METHODS,
+    DEFAULT_EXTRACTION,
+    DEVICE_CHOICES,
+    EXTRACTION_CHOICES,
+    METHOD_CHOICES,
+    PRECISION_CHOICES,
+    RIM_EXTRACTIONS,
+)
 from .rim import RimOptions, fit_implant
 from .validation import validate_mask
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[float, str], None]
-AUTO = "auto"  # defect class: the detected one (the bundle's classes are the other choices)
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
-PRECISION_CHOICES = ("float32", "auto", "float16")
-# How the implant is cut from the decode: "rim" fits its surfaces to the patient's intact bone (rim.py);
-# "decode" takes decoded-minus-input bone at the decode's own resolution (implant.py, the paper's way); "union" adds
-# the decode's bone to the rim's implant, for regions where the defect is more than the shell the rim's rays see (the
-# fronto-orbital region's orbital roofs and sinus walls). A bundle may set it per class (extraction_by_class).
-EXTRACTION_CHOICES = EXTRACTIONS
-RIM_EXTRACTIONS = ("rim", "union")
-# Where the expected skull comes from: the decoder with a latent shift (dev: class DEV, knn: DEV of the nearest
-# training pairs, refine: + latent refinement), or the patient's own healthy side mirrored (mirror.py).
-DECODER_METHODS = ("dev", "knn", "refine")
-METHOD_CHOICES = (*DECODER_METHODS, "mirror")
-DEFAULT_EXTRACTION = "rim"
+# The choices (devices, precisions, methods, extractions) are in options.py, shared with the GUI and the CLI.
 HALF_PRECISION_MIN_DICE = 0.995  # "auto" uses float16 only if its decoded skull agrees this well with float32
 DECODE_CACHE_SIZE = 8
 UNION_MARGIN_MM = 5.0  # "union": the decoded bone is added this close to the rim's defects (their boxes) only

@@ -28,8 +28,14 @@ from scipy.spatial import cKDTree
 
 from .errors import InputError
 from .geometry import nonzero_bounds, voxel_spacing
+from .options import (
+    DEFAULT_CLEARANCE_MM,
+    DEFAULT_EDGE_RADIUS_MM,
+    DEFAULT_FLANGE_MM,
+    DEFAULT_FLANGE_THICKNESS_MM,
+)
+from .options import MAX_DESIGN_OPTION_MM as MAX_OPTION_MM
 
-MAX_OPTION_MM = 30.0  # larger values are typing errors (a 3 cm flange or a 3 cm plate is no cranial implant)
 MIN_ISLAND_FRACTION = 0.05  # designed fragments under 5 % of the main piece are dropped
 CLOSE_LEAKS_MM = (0.0, 1.5, 3.0, 5.0)  # closing radii tried when the implant does not seal the defect
 RAY_CONE_COS = 0.5  # ray-based outside: rays within 60° of the implant's direction
@@ -51,10 +57,10 @@ class DesignOptions:
     """
 
     thickness_mm: float | None = None
-    flange_mm: float = 0.0
-    flange_thickness_mm: float = 1.5
-    clearance_mm: float = 0.0
-    edge_radius_mm: float = 0.5
+    flange_mm: float = DEFAULT_FLANGE_MM
+    flange_thickness_mm: float = DEFAULT_FLANGE_THICKNESS_MM
+    clearance_mm: float = DEFAULT_CLEARANCE_MM
+    edge_radius_mm: float = DEFAULT_EDGE_RADIUS_MM
 
     def __post_init__(self) -> None:
         values = {

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 from .errors import BundleError, build_config
@@ -137,6 +136,8 @@ def pooled_occupancy(mask: np.ndarray, ijk_to_ras: np.ndarray, target_mm: float)
     pooled = np.empty(tuple(int(b) for b in blocks), dtype=np.float32)
     # Slabs along the last axis (the slowest in Fortran-ordered masks): contiguous reads, bounded memory.
     slab_blocks = max(1, int(POOLING_SLAB_VOXELS // max(1, np.prod(hi[:2] - lo[:2]) * f[2])))
+    import torch  # noqa: PLC0415  (here, not at import: skull from CT and volume checks run before torch is installed)
+
     with torch.inference_mode():
         for first in range(0, int(blocks[2]), slab_blocks):
             last = min(int(blocks[2]), first + slab_blocks)
@@ -337,6 +338,8 @@ def _separable_trilinear(
         used[model_axis] = span
     # Model array with its axes in input-axis order, reversed: (m_k, m_j, m_i) for input axes (k, j, i).
     field_kji = np.ascontiguousarray(np.transpose(values[tuple(used)], (model_axes[2], model_axes[1], model_axes[0])))
+    import torch  # noqa: PLC0415  (see pooled_occupancy)
+
     with torch.inference_mode():
         data = torch.from_numpy(field_kji)
         w_i, w_j, w_k = (torch.from_numpy(w) for w in weights)

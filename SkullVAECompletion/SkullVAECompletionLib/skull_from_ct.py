@@ -11,8 +11,8 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import InputError
+from .options import DEFAULT_BONE_THRESHOLD_HU
 
-DEFAULT_BONE_THRESHOLD_HU = 300.0
 AIR_BELOW_HU = -200.0  # a head CT always holds air (about -1000 HU) around the head
 MIN_CT_LEVELS = 16  # a mask has 2 values, a CT thousands: fewer than this is not a CT
 
