@@ -269,7 +269,7 @@ def launch(name: str, args: argparse.Namespace, nrrd: Path, npz: Path, model: Pa
     ]
     if args.profile and name in args.profile_pipelines.split(","):
         command += ["--profile", str(args.profile)]
-    # Keep the caller's PYTHONPATH after ours: on a lent GPU machine it holds the carried monai / pynrrd.
+    # Keep the caller's PYTHONPATH after ours: on a bare GPU image it holds monai / pynrrd carried as wheels.
     paths = [str(ROOT / "SkullVAECompletion"), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     if args.device == "cpu":

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check for a lent CUDA machine. Runs: the CUDA tests, the agreement of CUDA float32 / float16 with the CPU on
+# GPU check for a CUDA machine. Runs: the CUDA tests, the agreement of CUDA float32 / float16 with the CPU on
 # the benchmark skull, and the benchmark with --device cuda. Writes everything to ${OUT:-benchmarks/gpu_results}.
 #   bash benchmarks/gpu_check.sh            # from the repository root; about 5 minutes
 #   QUICK=1 bash benchmarks/gpu_check.sh    # about 2 minutes: one repeat, float32, seed and engine pipelines

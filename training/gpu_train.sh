@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Train candidate models on a lent CUDA machine in one go (about 8 minutes on one H200):
+# Train candidate models on a CUDA machine in one go (about 8 minutes on one H200):
 #   1. the GPU population: data_small.yaml's 60 sources + EXTRA_TRAIN_SOURCES more training sources (the
 #      validation and test sources stay those of the CPU population, so results compare);
 #   2. the model-grid cache, once (the runs below share it);
 #   3. stage 1 then stage 2 of each variant of training/configs/bundled_gpu.yaml, all variants at once on the one
 #      GPU (the network is small: one run leaves most of the GPU idle), each stage within its time budget;
 #   4. slim checkpoints (weights, config, history; no optimiser) and the logs into ${OUT:-training/gpu_results}.
-# Then, on any machine: aggregate a returned checkpoint into a bundle (training/README.md, "Training on a GPU").
+# Then, on any machine: aggregate a returned checkpoint into a bundle (training/README.md, "The GPU recipe").
 #   bash training/gpu_train.sh            # from the repository root; needs torch with CUDA, monai, pynrrd
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS="${OUT:-training/gpu_results}"
-LOGS="$RESULTS/logs"  # packed into logs.tar.gz at the end (a lent machine sends back at most 8 files)
+LOGS="$RESULTS/logs"  # packed into logs.tar.gz at the end (few files to copy back from a short-lived machine)
 mkdir -p "$LOGS"
 export SKULLVAE_WORK="${SKULLVAE_WORK:-/tmp/skullvae_gpu_work}"
 export PYTHONPATH="SkullVAECompletion:.${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

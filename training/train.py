@@ -378,8 +378,9 @@ SLIM_KEYS = ("stage", "epoch", "model", "config", "history", "class_names", "dev
 
 
 def slim_checkpoint(path: Path, out: Path) -> Path:
-    """A copy of a stage checkpoint without the optimiser, scaler and RNG states (about half the size): what a
-    lent GPU machine sends back. It aggregates like the full one and resumes with a fresh optimiser."""
+    """A copy of a stage checkpoint without the optimiser, scaler and RNG states (about half the size): small
+    enough to copy back from a short-lived GPU machine. It aggregates like the full one and resumes with a fresh
+    optimiser."""
     state = load_checkpoint(path)
     save_checkpoint(Path(out), {k: state[k] for k in SLIM_KEYS if k in state})
     return Path(out)
