@@ -141,20 +141,25 @@ class SkullVAECompletion(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["SkullVAE Completion contributors"]
         self.parent.helpText = _("""
-<p>Completes a defective skull and designs the cranial implant with an aggregated β-VAE: the skull is encoded,
-its latent code is shifted along the learned defective-to-complete direction (γ·DEV), and decoded; the implant is
-the completed skull minus the input.</p>
-<p><b>Use:</b> select the skull (a segment of a segmentation, or a labelmap volume), keep the bundled model or
+<p>Completes a defective skull and designs a patient-specific cranial implant. An aggregated β-VAE encodes the
+skull, shifts its latent code along the learned direction from the defect's class to complete skulls (γ·DEV) and
+decodes the expected skull; the implant's outer and inner surfaces are then fitted to the patient's intact bone
+around each defect (its rim) at the input's resolution. Design options shape the implant (plate thickness, flange,
+clearance, rounded edges) and a fit report measures it (volume, thickness, gap at the rim).</p>
+<p><b>Use:</b> select the skull (a segment of a segmentation, or a labelmap volume; "Skull from CT" makes one
+from a head CT), keep the bundled model or
 choose a model folder you trained, and click Apply. A new segmentation with the segments "Completed skull" and
-"Implant" is created next to the input. Move γ to preview other completions (0 reconstructs the input, 1 is the
-default); the status line shows the detected defect class (the region: frontal, frontoorbital, parietotemporal
+"Implant" is created next to the input. γ is the model's default for the defect class (bundled model: 1.5,
+vertex 2.0, facial 0.75); uncheck "Use the model's default γ" to move it (0 keeps the input's hole). The status
+line shows the detected defect class (the region: frontal, frontoorbital, parietotemporal
 left/right, occipital, vertex, facial, or no defect) and what decided it: the class head's confidence, or where the
 hole the implant fills lies; choose another class to override it.
 Advanced: implant smoothing, an uncertainty map, STL export of the implant.</p>
 <p><b>Limits:</b> research software, not a medical device. The bundled model was trained on a synthetic population
 derived from ONE real head CT (deformed copies with generated cranial and facial defects), on a coarse model grid;
-see the README for its measured accuracy. For clinical-grade results train a model on real data (SkullFix,
-SkullBreak) with the extension's training/ pipeline and select its folder. Check every implant before use.</p>
+defects unlike those (hemicraniectomy size, several holes, burr holes) and facial defects do poorly. See the
+README for its measured accuracy. For clinical-grade results train a model on real data (SkullFix, SkullBreak) with
+the extension's training/ pipeline and select its folder. Check every implant before use.</p>
 <p><b>Cite:</b> Li, Fragemann, Ahmadi, Kleesiek, Egger, "Training β-VAE by Aggregating a Learned Gaussian
 Posterior with a Decoupled Decoder", arXiv 2209.14783, 2022.</p>
 """)
