@@ -21,6 +21,8 @@ from SkullVAECompletionLib.completion import CompletionResult, SkullCompleter  #
 
 __all__ = [
     "FakeCompleter",
+    "FakeTimer",
+    "FakeWidget",
     "GEOMETRIES",
     "addLabelmap",
     "addSegmentation",
@@ -32,6 +34,7 @@ __all__ = [
     "real_logic",
     "scene",
     "segmentArray",
+    "widget_harness",
 ]
 
 
@@ -198,3 +201,190 @@ def real_logic(tiny_bundle: Any, real_completer: SkullCompleter) -> Any:
 
     logic.completerFactory = factory
     return logic
+
+
+#
+# The widget without the application: stand-ins for the Qt widgets of the .ui, QTimer and the widget base class.
+#
+
+
+class FakeWidget:
+    """A Qt widget as the module uses it through PythonQt: properties, PythonQt ``connect(signal, slot)``, items.
+
+    Setting ``checked``, ``value`` or ``currentIndex`` emits the widget's change signal, as Qt does when a value
+    changes; signals are matched by name (``valueChanged(int)`` and ``valueChanged(double)`` are one signal).
+    """
+
+    SIGNAL_OF = {"checked": "toggled", "value": "valueChanged", "currentIndex": "currentIndexChanged",
+                 "currentPath": "currentPathChanged", "text": "textChanged"}
+
+    def __init__(self, className: str, name: str = "", dynamicProperties: dict | None = None) -> None:
+        self.__dict__.update(_className=className, objectName=name, _properties=dict(dynamicProperties or {}),
+                             _slots={}, items=[], enabled=True, visible=True, checked=False, value=0.0,
+                             currentIndex=-1, text="", toolTip="", currentPath="", minimum=0.0, maximum=99.99,
+                             _node=None, scene=None)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        old = self.__dict__.get(key)
+        self.__dict__[key] = value
+        if key in self.SIGNAL_OF and old != value:
+            self.emit(self.SIGNAL_OF[key], value)
+
+    def className(self) -> str:
+        return self._className
+
+    def connect(self, signal: str, slot: Any) -> None:
+        self._slots.setdefault(signal.split("(")[0], []).append(slot)
+
+    def emit(self, signal: str, *args: Any) -> None:
+        for slot in list(self._slots.get(signal.split("(")[0], [])):
+            slot(*args)
+
+    def setVisible(self, visible: bool) -> None:
+        self.visible = visible
+
+    def setMRMLScene(self, scene: Any) -> None:
+        self.scene = scene
+
+    # QComboBox
+    @property
+    def count(self) -> int:
+        return len(self.items)
+
+    @property
+    def currentData(self) -> Any:
+        return self.items[self.currentIndex][1] if 0 <= self.currentIndex < len(self.items) else None
+
+    def clear(self) -> None:
+        self.__dict__["items"] = []
+        self.currentIndex = -1
+
+    def addItem(self, text: str, data: Any = None) -> None:
+        self.items.append((text, data))
+        if self.currentIndex < 0:
+            self.currentIndex = 0
+
+    def addItems(self, texts: list[str]) -> None:
+        for text in texts:
+            self.addItem(text)
+
+    def findData(self, data: Any) -> int:
+        return next((i for i, (_, d) in enumerate(self.items) if d == data and data is not None), -1)
+
+    def itemText(self, index: int) -> str:
+        return self.items[index][0]
+
+    # qMRMLNodeComboBox
+    def currentNode(self) -> Any:
+        return self._node
+
+    def setCurrentNode(self, node: Any) -> None:
+        changed = (node.GetID() if node else None) != (self._node.GetID() if self._node else None)
+        self.__dict__["_node"] = node
+        if changed:
+            self.emit("currentNodeChanged", node)
+
+    def property(self, name: str) -> Any:  # after the @property uses above: this name shadows the builtin
+        return self._properties.get(name)
+
+
+class FakeTimer:
+    """qt.QTimer: ``fire()`` stands for the timeout (the tests decide when time has passed)."""
+
+    def __init__(self) -> None:
+        self.interval = 0
+        self.active = False
+        self._slots: list = []
+
+    def setSingleShot(self, singleShot: bool) -> None:
+        self.singleShot = singleShot
+
+    def connect(self, signal: str, slot: Any) -> None:
+        self._slots.append(slot)
+
+    def start(self) -> None:
+        self.active = True
+
+    def stop(self) -> None:
+        self.active = False
+
+    def isActive(self) -> bool:
+        return self.active
+
+    def fire(self) -> None:
+        self.active = False
+        for slot in self._slots:
+            slot()
+
+
+def loadFakeUI(path: str) -> FakeWidget:
+    """The .ui file's widgets as FakeWidgets (class, name and the ``SlicerParameterName`` property)."""
+    import xml.etree.ElementTree as ET  # noqa: PLC0415
+
+    root = ET.parse(path).getroot().find("widget")
+    top = FakeWidget(root.get("class"), root.get("name"))
+    top.__dict__["children"] = []
+    for element in root.iter("widget"):
+        if element is root:
+            continue
+        properties = {}
+        for prop in element.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                properties["SlicerParameterName"] = prop.find("string").text
+        top.children.append(FakeWidget(element.get("class"), element.get("name"), properties))
+    return top
+
+
+@dataclass
+class WidgetHarness:
+    widget: Any
+    errors: list
+
+
+@pytest.fixture
+def widget_harness(monkeypatch: pytest.MonkeyPatch, scene: Any) -> Any:
+    """Build the module's widget on the real .ui with stand-in Qt widgets; returns a function making one."""
+    import contextlib  # noqa: PLC0415
+    import types  # noqa: PLC0415
+
+    errors: list = []
+
+    @contextlib.contextmanager
+    def tryWithErrorDisplay(message: str | None = None, show: bool = True, waitCursor: bool = False) -> Any:
+        try:
+            yield
+        except Exception as error:  # Slicer shows a dialog and re-raises
+            errors.append((message, error))
+            raise
+
+    class FakeLayout:
+        def addWidget(self, widget: Any) -> None:
+            self.widget = widget
+
+    def baseInit(self: Any, parent: Any = None) -> None:
+        self.parent = parent or types.SimpleNamespace(isEntered=True)
+        self.layout = FakeLayout()
+
+    monkeypatch.setattr(module, "qt", types.SimpleNamespace(QTimer=FakeTimer))
+    monkeypatch.setattr(module, "ctk", types.SimpleNamespace(ctkPathLineEdit=types.SimpleNamespace(Dirs=1)))
+    monkeypatch.setattr(module.ScriptedLoadableModuleWidget, "__init__", baseInit)
+    monkeypatch.setattr(module.ScriptedLoadableModuleWidget, "setup", lambda self: None, raising=False)
+    monkeypatch.setattr(slicer.util, "loadUI", loadFakeUI)
+    monkeypatch.setattr(slicer.util, "childWidgetVariables",
+                        lambda top: types.SimpleNamespace(**{w.objectName: w for w in top.children}))
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", tryWithErrorDisplay)
+
+    made = []
+
+    def make(logic: Any = None) -> Any:
+        widget = module.SkullVAECompletionWidget()
+        made.append(widget)  # cleaned up even if setup fails half-way (its scene observers are added first)
+        widget.setup()
+        if logic is not None:
+            widget.logic = logic
+        widget.errors = errors
+        return WidgetHarness(widget, errors)
+
+    yield make
+    for widget in made:  # before the scene is closed: no observer may call into a test's widget afterwards
+        widget.cleanup()

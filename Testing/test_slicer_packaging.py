@@ -137,3 +137,39 @@ def test_dependencies_report_missing_packages_outside_slicer(monkeypatch):
     monkeypatch.setattr(dependencies, "REQUIRED_PACKAGES", (*dependencies.REQUIRED_PACKAGES, fake))
     with pytest.raises(dependencies.DependencyError, match="surely-not-installed-pkg"):
         dependencies.ensureDependencies()
+
+
+def test_extension_declares_slicer_5_10_or_later():
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    minimum = re.search(r'set\(SkullVAE_MINIMUM_SLICER_VERSION "([\d.]+)"\)', text)
+    assert minimum and tuple(int(v) for v in minimum.group(1).split(".")) >= (5, 10)
+    # find_package refuses an older Slicer (SlicerConfigVersion.cmake), the explicit check says why
+    assert "find_package(Slicer ${SkullVAE_MINIMUM_SLICER_VERSION} REQUIRED)" in text
+    check = re.search(r"if\(Slicer_VERSION VERSION_LESS SkullVAE_MINIMUM_SLICER_VERSION\)\s*message\(FATAL_ERROR",
+                      text)
+    assert check and text.index("find_package(Slicer") < check.start() < text.index("include(${Slicer_USE_FILE})")
+    # the catalog entry's schema has no version field; the descriptions say it
+    assert "Slicer 5.10 or later" in re.search(r'EXTENSION_DESCRIPTION "([^"]+)"', text).group(1)
+    s4ext = (ROOT / "SkullVAE.s4ext").read_text(encoding="utf-8")
+    assert "Slicer 5.10 or later" in next(line for line in s4ext.splitlines() if line.startswith("description "))
+
+
+def test_slicer_check_script_is_executable_and_prints_usage():
+    script = ROOT / "scripts" / "slicer_check.sh"
+    assert script.stat().st_mode & 0o111, "scripts/slicer_check.sh must be executable"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    out = subprocess.run([str(script)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "usage:" in out.stderr and "SLICER_EXECUTABLE" in out.stderr
+    missing = subprocess.run([str(script), "/nonexistent/Slicer"], capture_output=True, text=True, timeout=30,
+                             cwd=ROOT / "Testing")
+    assert missing.returncode == 2 and "not an executable" in missing.stderr
+    text = script.read_text(encoding="utf-8")
+    for option in ("--no-splash", "--no-main-window", "--testing", "--additional-module-paths", "--python-code"):
+        assert option in text, option
+    assert "slicer.selfTests['SkullVAECompletion']()" in text and "mainWindow().grab()" in text
+
+
+def test_module_categories_use_the_core_module_translation_context():
+    text = MODULE_FILE.read_text(encoding="utf-8")
+    assert 'self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]' in text
+    assert "from slicer.i18n import translate" in text

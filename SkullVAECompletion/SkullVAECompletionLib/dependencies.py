@@ -36,6 +36,8 @@ REQUIRED_PACKAGES = (
     Package("safetensors", "safetensors>=0.4"),
     Package("scipy", "scipy>=1.10"),
 )
+# Skull from CT and the volume checks need no torch (geometry imports it only where tensors are made).
+SKULL_FROM_CT_PACKAGES = tuple(p for p in REQUIRED_PACKAGES if p.importName == "scipy")
 
 # Slicer's own packages: never let pip upgrade or downgrade them.
 PROTECTED_DISTRIBUTIONS = ("numpy", "SimpleITK", "requests", "vtk", "pydicom")
@@ -45,9 +47,10 @@ class DependencyError(RuntimeError):
     """Required packages are missing and were not installed (declined, testing mode, or install failed)."""
 
 
-def missingPackages() -> list[Package]:
-    """The required packages that cannot be imported."""
-    return [p for p in REQUIRED_PACKAGES if importlib.util.find_spec(p.importName) is None]
+def missingPackages(packages: tuple[Package, ...] | None = None) -> list[Package]:
+    """The packages (default: all the engine needs) that cannot be imported."""
+    return [p for p in (REQUIRED_PACKAGES if packages is None else packages)
+            if importlib.util.find_spec(p.importName) is None]
 
 
 def missingMessage(missing: list[Package]) -> str:
@@ -75,12 +78,13 @@ def _constraintsFile() -> str | None:
     return path
 
 
-def ensureDependencies(askConfirmation: bool = True) -> None:
-    """Make sure the engine's packages are importable; install them in Slicer after one confirmation.
+def ensureDependencies(packages: tuple[Package, ...] | None = None, askConfirmation: bool = True) -> None:
+    """Make sure ``packages`` (default: all the engine needs) are importable; install them in Slicer after one
+    confirmation.
 
     Raises :class:`DependencyError` when packages are missing and cannot or may not be installed.
     """
-    missing = missingPackages()
+    missing = missingPackages(packages)
     if not missing:
         return
     import slicer  # noqa: PLC0415  (lazy: only in the application)
@@ -111,7 +115,7 @@ def ensureDependencies(askConfirmation: bool = True) -> None:
         _installTorch(askConfirmation=askConfirmation and not askedHere)
     if others:
         _installOthers(others)
-    stillMissing = missingPackages()
+    stillMissing = missingPackages(packages)
     if stillMissing:
         raise DependencyError(missingMessage(stillMissing) + " Installation did not succeed; see the Python console.")
 
