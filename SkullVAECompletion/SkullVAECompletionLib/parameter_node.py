@@ -12,6 +12,9 @@ that decides whether the panel works:
 - which widget class connects to which type (Slicer's ``guiConnectors.py`` ``canRepresent`` rules, by class name):
   ``connectGui`` raises ``RuntimeError`` for a ``SlicerParameterName`` that has no connector.
 
+Slicer's list, tuple, dict, QColor and parameter-pack serializers are not re-implemented: the stand-in refuses those
+types (stricter than Slicer), so a new field of such a type needs them added here first.
+
 Values are stored in the ``vtkMRMLScriptedModuleNode`` as Slicer stores them (nodes as node references, union
 members under ``name.index``), so a parameter node written here reads the same in the application.
 """
