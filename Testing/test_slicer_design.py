@@ -29,7 +29,7 @@ def test_design_options_are_on_the_parameter_node_and_in_the_ui():
     annotations = module.SkullVAECompletionParameterNode.__annotations__
     for name in (*module.DESIGN_PARAMETERS, "maxTriangles", "showDistanceMap", "ctVolume", "boneThresholdHu"):
         assert name in annotations, name
-    defaults = type("Defaults", (), {n: getattr(module.SkullVAECompletionParameterNode, n)
+    defaults = type("Defaults", (), {n: module.SkullVAECompletionParameterNode.allParameters[n].default
                                      for n in module.DESIGN_PARAMETERS})()
     assert module.designOptionsFromParameters(defaults) == DesignOptions(), "defaults change nothing"
     ui = ElementTree.parse(ROOT / "Resources/UI/SkullVAECompletion.ui")
