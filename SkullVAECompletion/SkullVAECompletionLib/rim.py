@@ -76,6 +76,10 @@ class RimOptions:
     min_thickness_mm: float = 0.8
     max_thickness_mm: float = 25.0
     min_hole_mm2: float = 60.0  # smaller bone-free patches (a gap under ≈ 9 mm across: thin bone) are not a defect
+    # A coarse bone-free patch this fraction of min_hole_mm2, without a coarse core, is measured finely all the same:
+    # the detection sphere's 2.5° (3–4 mm at the shell) cannot give a 10–13 mm burr hole a core of its own.
+    small_hole_fraction: float = 0.3
+    min_core_mm: float = 3.0  # a defect holds a disc of this radius (fine patch): a sliver under 6 mm wide does not
     max_hole_fraction: float = 0.5  # a "hole" over this fraction of the expected shell: the input is not this skull
     min_rim_support: float = 1 / 3  # a defect is a gap in a shell: at least this much of the ring around it is shell
     max_patch_half_angle_deg: float = 80.0
@@ -385,26 +389,53 @@ def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
     radii = np.where(np.isfinite(outer), outer, np.nanmedian(outer[has_shell]))
     partners = tree.query(_mirrored_directions(frame, directions, radii))[1]
     symmetric = mirrored_fraction(partners, open_ray, graph, chosen, component, count)
-    keep = np.flatnonzero((area >= options.min_hole_mm2) & has_core & (symmetric < options.max_mirrored_fraction))
+    large = (area >= options.min_hole_mm2) & has_core & (symmetric < options.max_mirrored_fraction)
+    # Small compact patches in the vault go on to the fine measurement, which sees a burr hole's core and area at
+    # 1 mm (fit_hole); a sliver is several times longer than wide, so its directions lie far from their middle.
+    # Below the vault (orbits, nose, the skull base) small bone-free patches are natural openings and thin bone.
+    compact = _compact_components(directions[chosen], outer[chosen], component, count, area)
+    in_vault = np.bincount(component, weights=directions[chosen, 2], minlength=count) >= 0.0
+    one_sided = mirrored_fraction(partners, open_ray, graph, chosen, component, count, own_mirror=True)
+    small = (area >= options.small_hole_fraction * options.min_hole_mm2) & compact & in_vault & (
+        one_sided < options.max_mirrored_fraction)
+    keep = np.flatnonzero(large | small)
     relabel = np.full(count, -1)
     relabel[keep] = np.arange(len(keep))
     labels[chosen] = relabel[component]
     return HoleSeeds(directions, labels, outer, len(keep), shell_fraction)
 
 
+def _compact_components(directions: np.ndarray, radii: np.ndarray, component: np.ndarray, count: int,
+                        area: np.ndarray) -> np.ndarray:
+    """Per bone-free region: True when it is roughly round, i.e. no direction lies further (as arc length at the
+    shell's ``radii``) from the region's middle than twice the radius of a disc of its area. A band or a sliver is
+    long and narrow: its far ends fail."""
+    sums = np.stack([np.bincount(component, weights=directions[:, axis], minlength=count) for axis in range(3)], 1)
+    middles = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-9)
+    angle = np.arccos(np.clip(np.sum(directions * middles[component], axis=1), -1.0, 1.0))
+    farthest = np.zeros(count)
+    np.maximum.at(farthest, component, angle * radii)
+    return farthest <= 2.0 * np.sqrt(np.maximum(area, 0.0) / math.pi) + 1e-6
+
+
 def mirrored_fraction(partners: np.ndarray, open_ray: np.ndarray, graph: sparse.csr_matrix, chosen: np.ndarray,
-                      component: np.ndarray, count: int) -> np.ndarray:
+                      component: np.ndarray, count: int, own_mirror: bool = False) -> np.ndarray:
     """Per bone-free region: the fraction of its left-right mirror image that is bone-free and another region.
 
     Natural openings come in pairs (orbits, optic canals, foramina), one on each side of the mid-sagittal plane;
     a defect is one-sided, or one region across the midline whose mirror image is itself. ``partners``: per
-    direction, the direction nearest to its point on the shell mirrored, seen from the centre.
+    direction, the direction nearest to its point on the shell mirrored, seen from the centre. ``own_mirror``: a
+    partner next to the region itself is its own mirror image widened by the step of tolerance (a burr hole on the
+    midline, a few directions wide), not another opening.
     """
     near_open = open_ray | (graph @ open_ray.astype(np.int32) > 0)  # a step of tolerance for pose and asymmetry
     region = np.full(len(open_ray), -1)
     region[chosen] = component
     partner = partners[chosen]
     other_side = near_open[partner] & (region[partner] != component)
+    if own_mirror:
+        membership = sparse.csr_matrix((np.ones(len(chosen)), (chosen, component)), shape=(len(open_ray), count))
+        other_side &= np.asarray((graph[partner] @ membership)[np.arange(len(chosen)), component]).ravel() == 0
     return np.bincount(component, weights=other_side, minlength=count) / np.bincount(component, minlength=count)
 
 
@@ -723,6 +754,12 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
     if area < options.min_hole_mm2:  # measured finely, the coarse hole was a thin spot, not missing bone
         logger.debug("a bone-free patch of %.0f mm² is below the smallest defect (%.0f mm²)", area,
                      options.min_hole_mm2)
+        return ""
+    if not ndimage.binary_erosion(defect, iterations=max(1, int(round(options.min_core_mm / pixel_mm)))).any():
+        # A sliver (the decode's surface offset from the patient's along a band, a natural opening's blurred edge)
+        # can reach the area without holding a disc anywhere: not missing bone.
+        logger.debug("a bone-free patch of %.0f mm² is nowhere %.0f mm wide: not a defect", area,
+                     2 * options.min_core_mm)
         return ""
     support = rim_support(defect, plausible, measured.measurable, skip)
     if support < options.min_rim_support:
