@@ -14,10 +14,13 @@ Heavy lifting lives in ``SkullVAECompletionLib`` (engine) and ``SkullVAECompleti
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import time
 import unittest
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -662,7 +665,7 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
         start = time.perf_counter()
         self.isRunning = True
         self._cancelRequested = False
-        report = progress or (lambda fraction, message: None)
+        report = self._reporter(progress)
         try:
             inputMask = mrml.inputMaskFromNode(inputNode, segmentId)
             scene = inputNode.GetScene()
@@ -690,46 +693,59 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
             completer, encoded, completion, designed = mrml.runBlocking(
                 work, report, lambda: self._cancelRequested, _processEvents(), self.useWorkerThread)
             result, fit, surface = designed
-            report(0.92, "Creating the segmentation")
-            baseName = inputNode.GetName() or "Skull"
-            segmentationNode = mrml.buildResultSegmentation(result, inputMask, outputName or f"{baseName} completed")
-            uncertaintyNode = None
-            if result.uncertainty is not None:
-                uncertaintyNode = mrml.buildUncertaintyVolume(result.uncertainty, inputMask,
-                                                              f"{segmentationNode.GetName()} uncertainty")
-            distanceNode = None
-            if surface is not None:
-                distanceNode = mrml.buildDistanceModel(surface, f"{segmentationNode.GetName()} distance to skull")
-            summary = self._summary(completer, result, segmentationNode, uncertaintyNode, start, fit, design,
-                                    distanceNode)
-            mrml.setResultAttributes(segmentationNode, summary, inputMask)
-            mrml.setDesignAttributes(segmentationNode, self._record(summary, maxTriangles))
-            nodes = [segmentationNode] + [n for n in (uncertaintyNode, distanceNode) if n is not None]
-            if self._cancelRequested:
-                raise CancelledError("Cancelled by the user; the scene was not changed.")
-            mrml.addResultToScene(scene, nodes, inputNode, inputMask.transformNodeId, showSurfaces)
-            try:
+            # Everything from here on is published inside one rollback: a cancel at any later progress call (the
+            # last, 1.0, included) or any error removes every node added since, the cached session and the files.
+            with mrml.SceneRollback(scene) as rollback:
+                previousResult = self.lastResult
+                rollback.onRollback(lambda: setattr(self, "lastResult", previousResult))
+                report(0.92, "Creating the segmentation")
+                baseName = inputNode.GetName() or "Skull"
+                segmentationNode = mrml.buildResultSegmentation(result, inputMask,
+                                                                outputName or f"{baseName} completed")
+                uncertaintyNode = None
+                if result.uncertainty is not None:
+                    uncertaintyNode = mrml.buildUncertaintyVolume(result.uncertainty, inputMask,
+                                                                  f"{segmentationNode.GetName()} uncertainty")
+                distanceNode = None
+                if surface is not None:
+                    distanceNode = mrml.buildDistanceModel(surface, f"{segmentationNode.GetName()} distance to skull")
+                summary = self._summary(completer, result, segmentationNode, uncertaintyNode, start, fit, design,
+                                        distanceNode)
+                mrml.setResultAttributes(segmentationNode, summary, inputMask)
+                mrml.setDesignAttributes(segmentationNode, self._record(summary, maxTriangles))
+                nodes = [segmentationNode] + [n for n in (uncertaintyNode, distanceNode) if n is not None]
+                mrml.addResultToScene(scene, nodes, inputNode, inputMask.transformNodeId, showSurfaces)
                 if distanceNode is not None:
                     mrml.showDistanceModel(distanceNode, mrml.distanceColorNode(scene))
                 if stlFolder:
                     report(0.96, "Writing the implant STL")
-                    summary.stlFiles = self._exportStl(segmentationNode, result, inputMask, stlFolder, maxTriangles)
-            except BaseException:
-                mrml.removeNodes(scene, nodes)
-                raise
-            self._sessions[segmentationNode.GetID()] = _Session(
-                completer, encoded, inputMask, defectType, smoothing, uncertaintySamples,
-                uncertaintyNode.GetID() if uncertaintyNode is not None else None, completion, design,
-                distanceNode.GetID() if distanceNode is not None else None, maxTriangles, method, extraction)
+                    summary.stlFiles = self._exportStl(segmentationNode, result, inputMask, stlFolder, maxTriangles,
+                                                       rollback)
+                nodeId = segmentationNode.GetID()
+                self._sessions[nodeId] = _Session(
+                    completer, encoded, inputMask, defectType, smoothing, uncertaintySamples,
+                    uncertaintyNode.GetID() if uncertaintyNode is not None else None, completion, design,
+                    distanceNode.GetID() if distanceNode is not None else None, maxTriangles, method, extraction)
+                rollback.onRollback(lambda: self._sessions.pop(nodeId, None))
+                summary.seconds = mrml.elapsed(start)
+                self.lastResult = summary
+                report(1.0, summary.statusText())  # a cancel point too: it takes all of the above back
             inputMask.mask = None  # the encoding keeps what it needs; don't pin the input's voxels
-            # The completion before design is kept in the session for design changes; don't pin its copies twice.
-            summary.seconds = mrml.elapsed(start)
-            self.lastResult = summary
             logging.info("SkullVAE Completion: %s", summary.statusText())
-            report(1.0, summary.statusText())
             return segmentationNode
         finally:
             self.isRunning = False
+
+    def _reporter(self, progress: mrml.ProgressCallback | None) -> mrml.ProgressCallback:
+        """``progress`` made a cancel point: after each call a requested cancel raises CancelledError (the caller's
+        rollback then undoes what the run published), as does the callback raising it itself."""
+        def report(fraction: float, message: str) -> None:
+            if progress is not None:
+                progress(fraction, message)
+            if self._cancelRequested:
+                raise CancelledError(mrml.CANCELLED_MESSAGE)
+
+        return report
 
     def updateGamma(self, segmentationNode: Any, gamma: float, defectType: str | None = None,
                     progress: mrml.ProgressCallback | None = None,
@@ -743,34 +759,40 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
         start = time.perf_counter()
         self.isRunning = True
         self._cancelRequested = False
+        report = self._reporter(progress)
         try:
             samples = session.uncertaintySamples if updateUncertainty else 0
             chosenType = defectType or session.defectType
+
             def work(engineProgress: mrml.ProgressCallback) -> tuple[Any, Any]:
                 completion = session.completer.complete(
                     session.encoded, gamma=gamma, defect_type=chosenType, smoothing=session.smoothing,
                     uncertainty_samples=samples, progress=engineProgress, method=session.method,
                     extraction=session.extraction)
-                return completion, _designAndFit(completion, session.design, session.inputMask.ijkToRas,
-                                                 session.distanceModelId is not None, measureFit)
+                designed = _designAndFit(completion, session.design, session.inputMask.ijkToRas,
+                                         session.distanceModelId is not None, measureFit)
+                engineProgress(0.95, "Updating the result")  # the last cancel point: the scene is not changed yet
+                return completion, designed
 
             completion, (result, fit, surface) = mrml.runBlocking(
-                work, progress, lambda: self._cancelRequested, _processEvents(), self.useWorkerThread)
-            mrml.updateResultSegments(segmentationNode, result, session.inputMask.ijkToRas)
-            session.defectType = chosenType
-            session.completion = completion
-            if measureFit:
-                distanceNode = self._updateDistanceModel(segmentationNode, session, surface)
-            else:  # hidden until measured again: it describes the previous implant
-                distanceNode = segmentationNode.GetScene().GetNodeByID(session.distanceModelId or "")
-                if distanceNode is not None and distanceNode.GetDisplayNode() is not None:
-                    distanceNode.GetDisplayNode().SetVisibility(False)
-            uncertaintyNode = None
-            if session.uncertaintyNodeId:
-                uncertaintyNode = segmentationNode.GetScene().GetNodeByID(session.uncertaintyNodeId)
-                if uncertaintyNode is not None and result.uncertainty is not None:
-                    mrml.updateUncertaintyVolume(uncertaintyNode, result.uncertainty, session.inputMask.ijkToRas)
-            return self._publish(segmentationNode, session, result, fit, uncertaintyNode, distanceNode, start)
+                work, report, lambda: self._cancelRequested, _processEvents(), self.useWorkerThread)
+            with self._inPlaceUpdate(segmentationNode, session):
+                mrml.updateResultSegments(segmentationNode, result, session.inputMask.ijkToRas)
+                session.defectType = chosenType
+                session.completion = completion
+                if measureFit:
+                    distanceNode = self._updateDistanceModel(segmentationNode, session, surface)
+                else:  # hidden until measured again: it describes the previous implant
+                    distanceNode = segmentationNode.GetScene().GetNodeByID(session.distanceModelId or "")
+                    if distanceNode is not None and distanceNode.GetDisplayNode() is not None:
+                        distanceNode.GetDisplayNode().SetVisibility(False)
+                uncertaintyNode = None
+                if session.uncertaintyNodeId:
+                    uncertaintyNode = segmentationNode.GetScene().GetNodeByID(session.uncertaintyNodeId)
+                    if uncertaintyNode is not None and result.uncertainty is not None:
+                        mrml.updateUncertaintyVolume(uncertaintyNode, result.uncertainty,
+                                                     session.inputMask.ijkToRas)
+                return self._publish(segmentationNode, session, result, fit, uncertaintyNode, distanceNode, start)
         finally:
             self.isRunning = False
 
@@ -781,19 +803,43 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
         start = time.perf_counter()
         self.isRunning = True
         self._cancelRequested = False
+        report = self._reporter(progress)
         try:
+            def work(engineProgress: mrml.ProgressCallback) -> tuple[Any, Any, Any]:
+                engineProgress(0.0, "Designing the implant")
+                designed = _designAndFit(session.completion, design, session.inputMask.ijkToRas, distanceMap)
+                engineProgress(0.95, "Updating the result")  # the last cancel point: the scene is not changed yet
+                return designed
+
             result, fit, surface = mrml.runBlocking(
-                lambda engineProgress: _designAndFit(session.completion, design, session.inputMask.ijkToRas,
-                                                     distanceMap),
-                progress, lambda: self._cancelRequested, _processEvents(), self.useWorkerThread)
-            mrml.updateResultSegments(segmentationNode, result, session.inputMask.ijkToRas)
-            session.design = design
-            distanceNode = self._updateDistanceModel(segmentationNode, session, surface if distanceMap else None)
-            uncertaintyNode = segmentationNode.GetScene().GetNodeByID(session.uncertaintyNodeId) \
-                if session.uncertaintyNodeId else None
-            return self._publish(segmentationNode, session, result, fit, uncertaintyNode, distanceNode, start)
+                work, report, lambda: self._cancelRequested, _processEvents(), self.useWorkerThread)
+            with self._inPlaceUpdate(segmentationNode, session):
+                mrml.updateResultSegments(segmentationNode, result, session.inputMask.ijkToRas)
+                session.design = design
+                distanceNode = self._updateDistanceModel(segmentationNode, session, surface if distanceMap else None)
+                uncertaintyNode = segmentationNode.GetScene().GetNodeByID(session.uncertaintyNodeId) \
+                    if session.uncertaintyNodeId else None
+                return self._publish(segmentationNode, session, result, fit, uncertaintyNode, distanceNode, start)
         finally:
             self.isRunning = False
+
+    @contextlib.contextmanager
+    def _inPlaceUpdate(self, segmentationNode: Any, session: _Session) -> Iterator[None]:
+        """The scene side of a γ or design update. Every progress call (the cancel points) happened before it; a
+        cancel requested meanwhile stops it here, before anything changes. On an error inside, the nodes it added
+        are removed and the session and ``lastResult`` are restored (the segments' voxels may hold the new result)."""
+        if self._cancelRequested:
+            raise CancelledError(mrml.CANCELLED_MESSAGE)
+        saved = dataclasses.replace(session)
+        previousResult = self.lastResult
+
+        def restore() -> None:
+            session.__dict__.update(saved.__dict__)
+            self.lastResult = previousResult
+
+        with mrml.SceneRollback(segmentationNode.GetScene()) as rollback:
+            rollback.onRollback(restore)
+            yield
 
     def _publish(self, segmentationNode: Any, session: _Session, result: Any, fit: Any, uncertaintyNode: Any,
                  distanceNode: Any, start: float) -> mrml.CompletionSummary:
@@ -861,7 +907,15 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _exportStl(segmentationNode: Any, result: Any, inputMask: mrml.InputMask, folder: Any,
-                   maxTriangles: int | None) -> list[str]:
+                   maxTriangles: int | None, rollback: mrml.SceneRollback | None = None) -> list[str]:
+        """Write the implant STL; a rollback of the run deletes the files this export created."""
+        existing = set(mrml.prepareFolder(folder).glob("*.stl"))
+        if rollback is not None:
+            def deleteCreated() -> None:
+                for path in set(mrml.prepareFolder(folder).glob("*.stl")) - existing:
+                    path.unlink(missing_ok=True)
+
+            rollback.onRollback(deleteCreated)  # registered first: a failing export may have left a file
         if not maxTriangles:
             return mrml.exportImplantStl(segmentationNode, folder)
         from SkullVAECompletionLib.io import write_stl  # noqa: PLC0415

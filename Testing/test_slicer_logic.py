@@ -298,12 +298,34 @@ def test_cancel_from_progress_leaves_scene_unchanged(scene, real_logic):
 
 
 def test_stl_export_failure_rolls_back(scene, fake_logic, tmp_path):
+    """The STL export fails inside, after the result nodes, the distance model and its colour table were added:
+    the rollback removes them all, and the cached session."""
+    shape, ijkToRas = GEOMETRIES["ras_3mm"]
+    defective, _ = module.makeSyntheticSkull(shape, ijkToRas)
+    node = addLabelmap(scene, defective, ijkToRas)
+    before = mrml.nodeIds(scene)
+    # A folder where the STL file must go: the final rename of the written file fails.
+    (tmp_path / "stl" / "DefectiveSkull completed implant.stl").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError):
+        fake_logic.process(node, stlFolder=tmp_path / "stl", maxTriangles=2000, uncertaintySamples=2)
+    assert mrml.nodeIds(scene) == before
+    assert fake_logic._sessions == {} and fake_logic.lastResult is None
+    assert [p.name for p in (tmp_path / "stl").iterdir()] == ["DefectiveSkull completed implant.stl"]
+    # The same run into a usable folder adds exactly those nodes: the failing run had got that far.
+    fake_logic.process(node, stlFolder=tmp_path / "ok", maxTriangles=2000, uncertaintySamples=2)
+    added = {scene.GetNodeByID(i).GetClassName() for i in mrml.nodeIds(scene)} - {
+        scene.GetNodeByID(i).GetClassName() for i in before}
+    assert {"vtkMRMLSegmentationNode", "vtkMRMLModelNode", "vtkMRMLColorTableNode"} <= added
+
+
+def test_unusable_stl_folder_fails_before_any_work(scene, fake_logic, tmp_path):
     shape, ijkToRas = GEOMETRIES["ras_3mm"]
     defective, _ = module.makeSyntheticSkull(shape, ijkToRas)
     node = addLabelmap(scene, defective, ijkToRas)
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     _expectError(scene, fake_logic, InputError, "STL export folder", node, stlFolder=blocker / "sub")
+    assert fake_logic.fake.encodeCalls == 0
 
 
 # --- the module's own self-test runs under pytest too ---------------------------------------------------------

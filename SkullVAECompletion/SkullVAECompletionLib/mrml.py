@@ -60,6 +60,7 @@ IMPLANT_TERMINOLOGY = (
 )
 
 ATTRIBUTE_PREFIX = "SkullVAECompletion."
+CANCELLED_MESSAGE = "Cancelled by the user; the scene was not changed."
 BINARY_LABELMAP = "Binary labelmap"
 NO_REFERENCE_MARGIN_MM = 30.0  # padding around a segment when its segmentation has no reference geometry
 
@@ -538,6 +539,51 @@ def removeNodes(scene: Any, nodes: list[Any]) -> None:
                 scene.RemoveNode(helper)
 
 
+def nodeIds(scene: Any) -> list[str]:
+    """The IDs of every node in the scene (display, storage and colour nodes included), in scene order."""
+    nodes = (scene.GetNthNode(index) for index in range(scene.GetNumberOfNodes()))
+    return [node.GetID() for node in nodes if node is not None]
+
+
+class SceneRollback:
+    """One undo mechanism for a run: ``with SceneRollback(scene) as rollback: ...``.
+
+    On entry it records the IDs of the scene's nodes; if the block raises anything (CancelledError included), every
+    node added since is removed (newest first: display and storage nodes before their data nodes, colour tables
+    too) and the undo actions registered with :meth:`onRollback` run, newest first. So whatever the block
+    published -- nodes, cached state, files -- is taken back as one, wherever it stopped.
+    """
+
+    def __init__(self, scene: Any) -> None:
+        self.scene = scene
+        self.before: set[str] = set()
+        self._undo: list[Callable[[], None]] = []
+
+    def __enter__(self) -> SceneRollback:
+        self.before = set(nodeIds(self.scene))
+        return self
+
+    def onRollback(self, action: Callable[[], None]) -> None:
+        self._undo.append(action)
+
+    def __exit__(self, excType: Any, exc: Any, traceback: Any) -> bool:
+        if excType is not None:
+            self.rollback()
+        return False  # the exception goes on
+
+    def rollback(self) -> None:
+        for action in reversed(self._undo):
+            try:
+                action()
+            except Exception:  # the original error matters more; an undo that fails is logged, not raised
+                logger.exception("Could not undo a step of a cancelled or failed run")
+        self._undo.clear()
+        added = [self.scene.GetNodeByID(nodeId) for nodeId in nodeIds(self.scene) if nodeId not in self.before]
+        for node in reversed(added):
+            if node is not None and node.GetScene() is self.scene:
+                self.scene.RemoveNode(node)
+
+
 def placeInSubjectHierarchy(scene: Any, nodes: list[Any], inputNode: Any) -> None:
     """Put the result next to the input (i.e. in the input's study), if the input has a hierarchy item."""
     # Only use an existing hierarchy (GetSubjectHierarchyNode would create one: no new nodes on the side).
@@ -780,7 +826,7 @@ def runBlocking(
     def checkCancel() -> None:
         if cancelled.is_set() or isCancelled():
             cancelled.set()
-            raise CancelledError("Cancelled by the user; the scene was not changed.")
+            raise CancelledError(CANCELLED_MESSAGE)
 
     if not useThread:
         def direct(fraction: float, message: str) -> None:
@@ -829,7 +875,7 @@ def runBlocking(
     if "error" in outcome:
         raise outcome["error"]
     if cancelled.is_set():
-        raise CancelledError("Cancelled by the user; the scene was not changed.")
+        raise CancelledError(CANCELLED_MESSAGE)
     return outcome.get("value")
 
 
