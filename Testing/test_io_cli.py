@@ -1,9 +1,10 @@
 """Files and the ``skullvae-complete`` command line, on real NRRD and NIfTI files."""
 
+import json
 import os
-import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel
 import nrrd
@@ -132,19 +133,93 @@ def test_cli_bad_inputs_exit_non_zero_with_a_message(tmp_path, tiny_bundle, caps
         in capsys.readouterr().err
 
 
-def test_cli_read_only_output_folder(case_files, tmp_path, tiny_bundle, capsys, monkeypatch):
-    out = tmp_path / "locked"
-    out.mkdir()
-    out.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    if os.access(out, os.W_OK):  # root ignores permission bits: make the check see what a user would
-        real_access = os.access
-        monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(out) else real_access(p, mode))
-    try:
-        assert main([str(case_files["nrrd"]), "-o", str(out), "--model", str(tiny_bundle)]) == 2
-        assert "not writable" in capsys.readouterr().err
-        assert not any(out.iterdir())
-    finally:
-        out.chmod(stat.S_IRWXU)
+def _run_args(inputs, out, tiny_bundle, *extra):
+    return [*(str(p) for p in inputs), "-o", str(out), "--model", str(tiny_bundle), "--defect-type", "cranial",
+            "--no-preview", "--no-distance-map", *extra]
+
+
+def _owner(out, stem):
+    return json.loads((out / f"{stem}_summary.json").read_text())["input"]
+
+
+def _snapshot(out, prefix):
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name.startswith(prefix)}
+
+
+def test_inputs_with_the_same_name_get_their_own_outputs(case_files, tmp_path, tiny_bundle):
+    """skull.nrrd and skull.nii.gz side by side: skull_nrrd_* and skull_nii_gz_*, together or in separate runs."""
+    folder = tmp_path / "same"
+    folder.mkdir()
+    nrrd_path = write_nrrd(folder / "skull.nrrd", case_files["array"], case_files["matrix"])
+    other = case_files["array"][::-1].copy()  # a different skull: its hole is elsewhere
+    nifti_path = write_nifti(folder / "skull.nii.gz", other, case_files["matrix"])
+    out = tmp_path / "out"
+    assert main(_run_args([folder], out, tiny_bundle)) == 0
+    for stem, path, bone, suffix in (("skull_nrrd", nrrd_path, case_files["array"], ".nrrd"),
+                                     ("skull_nii_gz", nifti_path, other, ".nii.gz")):
+        assert _owner(out, stem) == str(path)
+        completed, _, _ = read_mask(out / f"{stem}_completed{suffix}")
+        implant, _, _ = read_mask(out / f"{stem}_implant{suffix}")
+        assert np.array_equal(completed > 0, (bone > 0) | (implant > 0)), f"{stem} holds its own input's result"
+        assert (out / f"{stem}_implant.stl").is_file()
+    assert not [p.name for p in out.iterdir() if p.name.startswith("skull_") and not p.name.startswith(
+        ("skull_nrrd_", "skull_nii_gz_"))]
+    # A later run of one of them alone gets the same names, and --overwrite replaces only its own files.
+    others = _snapshot(out, "skull_nrrd_")
+    assert main(_run_args([nifti_path], out, tiny_bundle)) == 1, "its outputs exist: not without --overwrite"
+    assert main(_run_args([nifti_path], out, tiny_bundle, "--overwrite", "--no-stl")) == 0
+    assert _snapshot(out, "skull_nrrd_") == others
+    assert not (out / "skull_nii_gz_implant.stl").exists(), "its own earlier STL went with its earlier run"
+    assert _owner(out, "skull_nii_gz") == str(nifti_path)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "no staging or temporary files left"
+
+
+def test_overwrite_never_replaces_another_inputs_outputs(case_files, tmp_path, tiny_bundle, capsys):
+    """Two inputs whose outputs would share names (same file name, different folders): --overwrite refuses."""
+    first, second = tmp_path / "a" / "skull.nrrd", tmp_path / "b" / "skull.nrrd"
+    for path, array in ((first, case_files["array"]), (second, case_files["array"][::-1].copy())):
+        path.parent.mkdir()
+        write_nrrd(path, array, case_files["matrix"])
+    out = tmp_path / "out"
+    assert main(_run_args([first], out, tiny_bundle)) == 0
+    before = _snapshot(out, "skull_")
+    capsys.readouterr()
+    assert main(_run_args([second], out, tiny_bundle, "--overwrite")) == 1
+    assert "belong to another input" in capsys.readouterr().err
+    assert _snapshot(out, "skull_") == before, "the other input's files are untouched"
+    assert main(_run_args([first], out, tiny_bundle, "--overwrite")) == 0, "its own outputs are replaced"
+    assert _owner(out, "skull") == str(first)
+
+
+def test_concurrent_runs_into_one_folder_never_mix_files(case_files, tmp_path, tiny_bundle):
+    """Two CLI processes at once into one output folder: different inputs keep their own files, and two inputs
+    competing for the same names (same file name from two folders, --overwrite) leave one complete set."""
+    first, second = tmp_path / "a" / "skull.nrrd", tmp_path / "b" / "skull.nrrd"
+    arrays = {first: case_files["array"], second: case_files["array"][::-1].copy()}
+    for path, array in arrays.items():
+        path.parent.mkdir()
+        write_nrrd(path, array, case_files["matrix"])
+    other = case_files["nifti"]
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "SkullVAECompletion")}
+    runs = [subprocess.Popen([sys.executable, "-m", "SkullVAECompletionLib.cli",
+                              *_run_args(inputs, out, tiny_bundle, "--overwrite", "-q")],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for inputs in ([first, other], [second])]
+    outcomes = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
+    for run in runs:
+        run.stdout.close()
+        run.stderr.close()
+    owner = Path(_owner(out, "skull"))
+    assert owner in arrays, outcomes
+    completed, _, _ = read_mask(out / "skull_completed.nrrd")
+    implant, _, _ = read_mask(out / "skull_implant.nrrd")
+    assert np.array_equal(completed > 0, (arrays[owner] > 0) | (implant > 0)), "the masks are the owner's"
+    loser = second if owner == first else first
+    code = outcomes[0 if loser == first else 1]
+    assert code[0] == 1 and "belong to another input" in code[1], outcomes
+    assert _owner(out, "skull_b") == str(other), "the other input completed beside them"
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "no staging or temporary files left"
 
 
 def test_console_entry_point_runs_as_a_module():

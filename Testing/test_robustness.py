@@ -15,9 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import shutil
-import stat
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,9 +213,8 @@ CASES = [
          Expect(BundleError, "checksum mismatch", exit_code=2), bundle="corrupted"),
     Case("newer_manifest", lambda: Volume(*base_skull()), Expect(BundleError, "newer than this engine supports"),
          Expect(BundleError, "newer than this engine supports", exit_code=2), bundle="newer"),
-    Case("read_only_output", lambda: Volume(*base_skull()), Expect(InputError, "not writable"),
-         Expect(InputError, "not writable", exit_code=2), read_only_output=True),
 ]
+# A read-only output folder: test_read_only_output_folder_for_a_user (a real one: a non-root process).
 
 
 # --- helpers ------------------------------------------------------------------------------------------------------
@@ -250,25 +248,6 @@ def _file_state(paths: list[Path]) -> dict[str, tuple]:
         digest = _sha256(path) if info.st_size < 100 * 2**20 else ""
         state[str(path)] = (info.st_size, info.st_mtime_ns, digest)
     return state
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-@pytest.fixture
-def locked_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A read-only folder; as root (permission bits ignored) os.access is told the truth a user would see."""
-    folder = tmp_path / "locked"
-    folder.mkdir()
-    folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    if os.access(folder, os.W_OK):
-        real_access = os.access
-        monkeypatch.setattr(
-            os, "access", lambda p, mode, **kw: False if Path(p) == folder and mode & os.W_OK else real_access(p, mode)
-        )
-    yield folder
-    folder.chmod(stat.S_IRWXU)
 
 
 def _write_input(volume: Volume, folder: Path, suffix: str) -> list[Path]:
@@ -365,7 +344,7 @@ def run_logic(case: Case, volume: Volume, scene: Any, logic: Any, bundles: dict,
         node.GetIJKToRASMatrix(matrix)
         return image.GetMTime(), voxels, mrml.matrixToArray(matrix).tobytes()
 
-    before, count, rss = snapshot(), nodeCount(scene), _peak_rss_mb()
+    before, count = snapshot(), nodeCount(scene)
     stlFolder = locked if case.read_only_output else None
     stlFiles = set(locked.iterdir()) if locked else set()
     if case.logic.error is not None:
@@ -387,8 +366,6 @@ def run_logic(case: Case, volume: Volume, scene: Any, logic: Any, bundles: dict,
     assert snapshot() == before, "the input node must not change"
     if locked is not None:
         assert set(locked.iterdir()) == stlFiles, "nothing written into a read-only folder"
-    if volume.huge:
-        assert _peak_rss_mb() - rss < 200, "the huge volume was refused without allocating it"
     return result
 
 
@@ -396,7 +373,7 @@ def run_cli(case: Case, volume: Volume, bundles: dict, tmp_path: Path, locked: P
             capsys: pytest.CaptureFixture) -> tuple[np.ndarray, np.ndarray] | None:
     inputs = _write_input(volume, tmp_path / "in", case.cli_suffix)
     output = locked if case.read_only_output else tmp_path / "out"
-    state, rss = _file_state(inputs), _peak_rss_mb()
+    state = _file_state(inputs)
     argv = [str(inputs[0]), "-o", str(output), "--model", str(bundles[case.bundle]), "--defect-type", "cranial"]
     if case.label is not None:
         argv += ["--label", str(case.label)]
@@ -405,8 +382,6 @@ def run_cli(case: Case, volume: Volume, bundles: dict, tmp_path: Path, locked: P
     err = capsys.readouterr().err
     assert _file_state(inputs) == state, "the input file must not change"
     assert set((tmp_path / "in").iterdir()) == set(inputs), "nothing written beside the input"
-    if volume.huge:
-        assert _peak_rss_mb() - rss < 200, "the huge volume was refused without reading it"
     written = sorted(p.name for p in output.iterdir()) if output.exists() else []
     if case.cli.error is not None:
         assert code == case.cli.exit_code, err
@@ -432,7 +407,7 @@ def run_cli(case: Case, volume: Volume, bundles: dict, tmp_path: Path, locked: P
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_and_unusual_input(case: Case, route: str, scene: Any, real_logic: Any, bundles: dict,
                                tmp_path: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture) -> None:
-    locked = request.getfixturevalue("locked_folder") if case.read_only_output else None
+    locked = None
 
     def run(this: Case, volume: Volume, folder: Path) -> tuple[np.ndarray, np.ndarray] | None:
         if route == "logic":
@@ -456,6 +431,107 @@ def test_huge_volume_is_refused_by_the_engine_without_reading_it(tiny_bundle: Pa
     assert np.prod(volume.array.shape) > MAX_INPUT_VOXELS
     with pytest.raises(InputError, match=r"482 million voxels \(1024 × 1024 × 460\).*Crop"):
         SkullCompleter(tiny_bundle, device="cpu").encode(volume.array, volume.ijk_to_ras)
+
+
+# --- in a fresh process: memory, and a folder really read-only ---------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+CHILD_PRELUDE = f"""
+import json, resource, sys
+sys.path[:0] = [{str(ROOT / 'SkullVAECompletion')!r}, {str(ROOT)!r}, {str(ROOT / 'Testing')!r}]
+import numpy as np, slicer, vtk
+import SkullVAECompletion as module
+from SkullVAECompletionLib import mrml
+from SkullVAECompletionLib.cli import main
+from SkullVAECompletionLib.errors import InputError
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+scene = slicer.vtkMRMLScene()
+slicer.mrmlScene = scene
+"""
+
+
+def run_child(code: str, folder: Path, user: bool = False) -> dict:
+    """Run ``code`` (after CHILD_PRELUDE) in a new Python process; it prints one JSON line, returned here. ``user``:
+    as the unprivileged user ``nobody`` when this is root (root ignores permission bits)."""
+    import subprocess
+    import sys
+
+    script = folder / "child.py"
+    script.write_text(CHILD_PRELUDE + code)
+    command = [sys.executable, str(script)]
+    if user and os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: no unprivileged process for a real read-only folder")
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    env = {**os.environ, "HOME": str(folder), "MPLCONFIGDIR": str(folder)}
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def test_huge_volume_is_refused_without_allocating_it_in_a_fresh_process(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The peak memory of a new process (ru_maxrss only grows: measured in the test's own process it would say
+    nothing once any earlier test had used more) while the Logic and the CLI refuse a 482 MB volume."""
+    inputs = _write_input(huge(), tmp_path / "in", ".nrrd")
+    code = f"""
+result = {{}}
+image = vtk.vtkImageData()
+image.SetDimensions(*{HUGE_SHAPE!r})
+image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)  # reserved, never touched: no resident memory
+node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "Huge")
+node.SetAndObserveImageData(image)
+logic = module.SkullVAECompletionLogic(modelPath={str(tiny_bundle)!r})
+before = peak_mb()
+try:
+    logic.process(node, defectType="cranial")
+    result["logic"] = "no error"
+except InputError as error:
+    result["logic"] = str(error)
+result["logic_mb"] = peak_mb() - before
+before = peak_mb()
+result["cli"] = main([{str(inputs[0])!r}, "-o", {str(tmp_path / "out")!r}, "--model", {str(tiny_bundle)!r}, "-q"])
+result["cli_mb"] = peak_mb() - before
+print(json.dumps(result))
+"""
+    result = run_child(code, tmp_path)
+    assert "million voxels" in result["logic"] and result["cli"] == 1, result
+    assert result["logic_mb"] < 200 and result["cli_mb"] < 200, result
+
+
+def test_read_only_output_folder_for_a_user(tmp_path: Path) -> None:
+    """A folder the user cannot write to (a real one: the check runs in a process of an unprivileged user when the
+    tests run as root): the Logic's STL export and the CLI refuse it before any work, and write nothing."""
+    shared = Path(tempfile.mkdtemp(prefix="skullvae-readonly-"))  # pytest's tmp_path is private to root
+    try:
+        shared.chmod(0o777)
+        locked = shared / "locked"
+        locked.mkdir()
+        locked.chmod(0o555)
+        array, matrix = base_skull()
+        skull = _write_input(Volume(array, matrix), shared / "in", ".nrrd")[0]
+        (shared / "in").chmod(0o755)
+        skull.chmod(0o644)
+        code = f"""
+result = {{}}
+node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "Skull")
+array, _ = module.makeSyntheticSkull()
+slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array.transpose(2, 1, 0)))
+count = scene.GetNumberOfNodes()
+try:
+    module.SkullVAECompletionLogic(modelPath="/no/model/needed").process(node, stlFolder={str(locked)!r})
+    result["logic"] = "no error"
+except InputError as error:
+    result["logic"] = str(error)
+result["nodes_added"] = scene.GetNumberOfNodes() - count
+result["cli"] = main([{str(skull)!r}, "-o", {str(locked)!r}, "--model", "/no/model/needed"])
+print(json.dumps(result))
+"""
+        result = run_child(code, shared, user=True)
+        assert "not writable" in result["logic"] and result["nodes_added"] == 0, result
+        assert result["cli"] == 2, result
+        assert list(locked.iterdir()) == [], "nothing written into the read-only folder"
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 # --- inference precision ------------------------------------------------------------------------------------------

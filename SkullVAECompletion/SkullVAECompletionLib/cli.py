@@ -2,7 +2,9 @@
 
 For each input NAME.nrrd / NAME.nii.gz it writes NAME_completed, NAME_implant (same format and grid),
 NAME_implant.stl, NAME_preview.png, NAME_distance.png (implant coloured by its distance to the skull) and
-NAME_summary.json (run parameters, design options and the fit report) into the output folder.
+NAME_summary.json (run parameters, design options and the fit report) into the output folder. When another volume
+file beside it (or another input of the run) has the same NAME, the format joins it: skull.nrrd and skull.nii.gz
+give skull_nrrd_* and skull_nii_gz_*. All of an input's files appear together at the end, or none of them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from . import __version__
 from .bundle import load_bundle
@@ -23,18 +28,24 @@ from .completion import (
     EXTRACTION_CHOICES,
     METHOD_CHOICES,
     PRECISION_CHOICES,
+    CompletionResult,
     SkullCompleter,
 )
 from .design import DesignOptions, apply_design
 from .detection import BY_DEFECT_POSITION
 from .errors import SkullVAEError
-from .fit import fit_report, summary_record
+from .fit import FitReport, fit_report, summary_record
 from .io import (
+    VolumeMeta,
+    check_targets,
     ensure_writable_folder,
     is_volume_file,
     mask_to_surface,
     output_paths,
+    output_stem,
+    publish_outputs,
     read_mask,
+    staging_folder,
     write_distance_png,
     write_json,
     write_like,
@@ -123,20 +134,26 @@ def collect_inputs(paths: list[Path]) -> list[Path]:
     return files
 
 
-def complete_file(completer: SkullCompleter, path: Path, args: argparse.Namespace) -> dict[str, Path]:
-    """Complete one file and write its outputs; returns the written paths."""
+def complete_file(completer: SkullCompleter, path: Path, args: argparse.Namespace,
+                  stem: str | None = None) -> dict[str, Path]:
+    """Complete one file and write its outputs; returns the written paths.
+
+    ``stem``: what the output names start with (:func:`io.output_stem`; default: the input's NAME). Every output is
+    written into a staging folder first and published at the end in one step (:func:`io.publish_outputs`): a
+    failure anywhere writes nothing, and no other input's files are ever replaced.
+    """
     volume, ijk_to_ras, meta = read_mask(path)
     options = design_options(args)
     skipped = {"stl": args.no_stl, "preview": args.no_preview, "render": not args.render,
                "skull": not args.from_ct, "distance": args.no_distance_map}
-    targets = {k: p for k, p in output_paths(meta, args.output_dir).items() if not skipped.get(k, False)}
-    if not args.overwrite:
-        existing = [str(p) for p in targets.values() if p.exists()]
-        if existing:
-            raise SkullVAEError(f"outputs exist already: {', '.join(existing)}; pass --overwrite to replace them")
+    names = output_paths(meta, args.output_dir, stem)
+    targets = {k: p for k, p in names.items() if not skipped.get(k, False)}
+    # Fail before the work; publishing checks again under the lock.
+    check_targets({**targets, "summary": names["summary"]}, path, args.overwrite)
+    label = stem or meta.stem
 
     def progress(fraction: float, message: str) -> None:
-        logger.info("  %s: %3.0f%% %s", meta.stem, 100 * fraction, message)
+        logger.info("  %s: %3.0f%% %s", label, 100 * fraction, message)
 
     mask = skull_from_ct(volume, args.bone_threshold, name=str(path)) if args.from_ct else volume
     del volume
@@ -154,47 +171,60 @@ def complete_file(completer: SkullCompleter, path: Path, args: argparse.Namespac
     completion_implant = result.implant
     result, design = apply_design(result, ijk_to_ras, options)
     for warning in design.warnings:
-        logger.warning("  %s: %s", meta.stem, warning)
+        logger.warning("  %s: %s", label, warning)
     probability = result.class_probabilities.get(result.detected_type, result.confidence)
     how = (f"from the defect's position; class head {probability:.2f}" if result.detected_by == BY_DEFECT_POSITION
            else f"confidence {probability:.2f}")
-    logger.info("  %s: %s defect (detected %s, %s), γ = %.2f, implant %.1f ml", meta.stem, result.defect_type,
+    logger.info("  %s: %s defect (detected %s, %s), γ = %.2f, implant %.1f ml", label, result.defect_type,
                 result.detected_type, how, result.gamma, result.implant_volume_ml)
-    written = {}
-    if args.from_ct:
-        written["skull"] = write_like(targets["skull"], mask, meta, args.overwrite)
-    written["completed"] = write_like(targets["completed"], result.completed, meta, args.overwrite)
-    written["implant"] = write_like(targets["implant"], result.implant, meta, args.overwrite)
-    if not args.no_stl and result.implant.any():
-        # The rim stage's own surfaces, unless a design option reshaped the implant after it.
-        surface_field = None if options.changes_shape else result.implant_field
-        written["stl"] = write_stl(targets["stl"], result.implant, ijk_to_ras, args.stl_coordinates, args.overwrite,
-                                   max_triangles=args.max_triangles, field=surface_field)
-    elif not result.implant.any():
-        logger.warning("  %s: the implant is empty (%s; γ = %.2f); no STL written", meta.stem,
-                       result.message or "no defect found", result.gamma)
-    if not args.no_preview:
-        title = (
-            f"{meta.stem}: {result.defect_type} defect, gamma = {result.gamma:.2f}, "
-            f"implant {result.implant_volume_ml:.1f} ml"
-        )
-        written["preview"] = write_preview_png(
-            targets["preview"], result.completed, result.implant, ijk_to_ras, title, args.overwrite
-        )
-    if args.render:
-        written["render"] = write_render_png(targets["render"], defective, result.implant, ijk_to_ras,
-                                             overwrite=args.overwrite)
-    fit = None
+    fit, surface = None, None
     if result.implant.any():
         surface = mask_to_surface(result.implant, ijk_to_ras)  # RAS, for the distance map
         fit = fit_report(result.implant, defective, ijk_to_ras, defect=completion_implant, surface=surface)
-        logger.info("  %s: fit: %s", meta.stem, fit.statusText())
-        if not args.no_distance_map:
-            written["distance"] = write_distance_png(targets["distance"], defective, surface, ijk_to_ras,
-                                                     overwrite=args.overwrite)
-    summary = run_summary(path, args, completer, result, options, fit, written)
-    written["summary"] = write_json(targets["summary"], summary, args.overwrite)
-    return written
+        logger.info("  %s: fit: %s", label, fit.statusText())
+    else:
+        logger.warning("  %s: the implant is empty (%s; γ = %.2f); no STL written", label,
+                       result.message or "no defect found", result.gamma)
+    with staging_folder(args.output_dir) as staging:
+        staged = write_outputs(staging, targets, label, path, args, completer, meta, mask, result, defective,
+                               options, fit, surface)
+        return publish_outputs(staged, targets, path, args.overwrite, names.values())
+
+
+def write_outputs(staging: Path, targets: dict[str, Path], label: str, path: Path, args: argparse.Namespace,
+                  completer: SkullCompleter, meta: VolumeMeta, mask: np.ndarray, result: CompletionResult,
+                  defective: np.ndarray, options: DesignOptions, fit: FitReport | None,
+                  surface: Any) -> dict[str, Path]:
+    """Write every output of one input into ``staging`` under its final name; returns them by key (the summary
+    last: it lists the others)."""
+    ijk_to_ras = meta.ijk_to_ras
+    staged: dict[str, Path] = {}
+
+    def at(key: str) -> Path:
+        return staging / targets[key].name
+
+    if args.from_ct:
+        staged["skull"] = write_like(at("skull"), mask, meta)
+    staged["completed"] = write_like(at("completed"), result.completed, meta)
+    staged["implant"] = write_like(at("implant"), result.implant, meta)
+    if not args.no_stl and result.implant.any():
+        # The rim stage's own surfaces, unless a design option reshaped the implant after it.
+        surface_field = None if options.changes_shape else result.implant_field
+        staged["stl"] = write_stl(at("stl"), result.implant, ijk_to_ras, args.stl_coordinates,
+                                  max_triangles=args.max_triangles, field=surface_field)
+    if not args.no_preview:
+        title = (
+            f"{label}: {result.defect_type} defect, "
+            f"gamma = {result.gamma:.2f}, implant {result.implant_volume_ml:.1f} ml"
+        )
+        staged["preview"] = write_preview_png(at("preview"), result.completed, result.implant, ijk_to_ras, title)
+    if args.render:
+        staged["render"] = write_render_png(at("render"), defective, result.implant, ijk_to_ras)
+    if surface is not None and not args.no_distance_map:
+        staged["distance"] = write_distance_png(at("distance"), defective, surface, ijk_to_ras)
+    summary = run_summary(path, args, completer, result, options, fit, {k: targets[k] for k in staged})
+    staged["summary"] = write_json(at("summary"), summary)
+    return staged
 
 
 def design_options(args: argparse.Namespace) -> DesignOptions:
@@ -270,7 +300,8 @@ def _run(args: argparse.Namespace) -> int:
         logger.info("[%d/%d] %s", index, len(files), path)
         start = time.perf_counter()
         try:
-            written = complete_file(completer, path, args)
+            stem = output_stem(path, [other for other in files if other != path])
+            written = complete_file(completer, path, args, stem)
         except (SkullVAEError, OSError) as error:
             failures += 1
             logger.error("error: %s", error)
