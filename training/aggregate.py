@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from SkullVAECompletionLib import regions
-from SkullVAECompletionLib.bundle import ModelBundle, save_bundle
+from SkullVAECompletionLib.bundle import ModelBundle, load_bundle, save_bundle
 from SkullVAECompletionLib.completion import EncodedSkull, SkullCompleter
 from SkullVAECompletionLib.geometry import GridMapping, GridSpec
 from SkullVAECompletionLib.metrics import boundary_dice, defect_area_fill, dice
@@ -194,7 +194,10 @@ def memory_bundle(model: nn.Module, manifest: dict[str, Any], latents: dict[str,
 def model_grid_encoded(completer: SkullCompleter, volume: np.ndarray, model_to_ras: np.ndarray,
                        grid: GridSpec) -> EncodedSkull:
     """Encode a cached model-grid volume as if it were the input (its own grid IS the model grid)."""
-    mapping = GridMapping(grid=grid, input_shape=grid.shape, ijk_to_ras=model_to_ras, model_to_ras=model_to_ras)
+    # A size-normalised grid was placed with the skull's own scale: the cached matrix's spacing tells it.
+    scale = float(np.linalg.norm(np.asarray(model_to_ras)[:3, 0])) / grid.spacing_mm
+    mapping = GridMapping(grid=grid.scaled(scale), input_shape=grid.shape, ijk_to_ras=model_to_ras,
+                          model_to_ras=model_to_ras, scale=scale)
     with torch.inference_mode():
         mu, logvar = completer.model.encode(torch.from_numpy(volume)[None, None].to(completer.device))
     mu, logvar = mu.float().cpu(), logvar.float().cpu()
@@ -394,15 +397,49 @@ def aggregate(cfg: dict, out: Path | None = None) -> Path:
     return folder
 
 
+def reaggregate(cfg: dict, bundle_dir: Path, out: Path | None = None) -> Path:
+    """A bundle's network with latents, centroids and DEVs aggregated anew on ``cfg``'s data and grid (the
+    mapping to the model grid changed, not the network); its default γ and completion settings are kept."""
+    tick = time.perf_counter()
+    torch.set_num_threads(int(cfg.get("threads", 0)) or torch.get_num_threads())
+    bundle = load_bundle(bundle_dir)
+    train = load_volumes(cfg, ("train",))["train"]
+    with torch.inference_mode():
+        latents, _ = encode_set(bundle.model, train.volumes)
+    stats = latent_statistics(latents, train.classes)
+    pairs = paired_latents(latents, train.classes, train.groups, bundle.defect_classes)
+    manifest = {k: v for k, v in bundle.manifest.items() if k not in ("format", "format_version", "network", "files")}
+    manifest.update(
+        version=str(cfg.get("version", manifest["version"])),
+        geometry=grid_spec(cfg).to_dict(),
+        centroids={k: np.asarray(v, float).tolist() for k, v in stats["centroids"].items()},
+        dev={k: np.asarray(v, float).tolist() for k, v in stats["dev"].items()},
+        training_config_sha256=config_sha256(cfg),
+        evaluation={},
+    )
+    manifest["training"] = {**manifest["training"], "reaggregated_from": f"{bundle.model_id} {bundle.version}",
+                            "latent_space": {k: stats[k] for k in ("counts", "dev_norm", "latent_std")}}
+    folder = save_bundle(out or bundle_dir, bundle.model, manifest, paired_latents=pairs, overwrite=True)
+    log.info("bundle re-aggregated into %s in %.1f s (%s)", folder, time.perf_counter() - tick, stats["counts"])
+    return folder
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Aggregate latents and export the model bundle")
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=None, help="bundle folder (default: aggregate.bundle_dir)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (as in training.train)")
+    parser.add_argument("--from-bundle", type=Path, default=None, metavar="FOLDER",
+                        help="keep this bundle's network, γ and settings; aggregate its latents anew on the config's "
+                             "data and grid (after a change of the mapping to the model grid)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    aggregate(load_config(args.config, parse_overrides(args.overrides)), args.out)
+    cfg = load_config(args.config, parse_overrides(args.overrides))
+    if args.from_bundle:
+        reaggregate(cfg, args.from_bundle, args.out)
+    else:
+        aggregate(cfg, args.out)
 
 
 if __name__ == "__main__":

@@ -231,14 +231,7 @@ def load_volumes(cfg: dict, splits: tuple[str, ...] = ("train", "val")) -> dict[
         return {k: v for k, v in _synthetic_volumes(cfg, grid).items() if k in splits}
     from training import data as datamod
 
-    records = datamod.scan_dataset(expand_path(data["root"]), data.get("layout", "auto"))
-    if any(r.split is None for r in records):
-        records = datamod.split_records(records, data.get("splits", {"train": 0.8, "val": 0.1, "test": 0.1}),
-                                        int(data.get("split_seed", cfg["seed"])))
-    records = [r for r in records if r.split in splits]
-    if data.get("max_cases_per_split"):
-        limit = int(data["max_cases_per_split"])
-        records = [r for s in splits for r in [r for r in records if r.split == s][:limit]]
+    records = split_records_of(cfg, splits)
     cache = expand_path(data["cache"])
     entries = datamod.preprocess_all(records, grid, cache, workers=int(data.get("preprocess_workers", 1)))
     out = {}
@@ -257,6 +250,23 @@ def load_volumes(cfg: dict, splits: tuple[str, ...] = ("train", "val")) -> dict[
         out[split] = with_defects(volume_set, [datamod.load_entry(e, cache, "implant") for _, e in chosen],
                                   [datamod.load_entry(e, cache, "complete") for _, e in chosen])
     return out
+
+
+def split_records_of(cfg: dict, splits: tuple[str, ...]) -> list:
+    """The data set's case records (training/data.py) of these splits, split by patient/group when the data
+    has no split of its own."""
+    from training import data as datamod
+
+    data = cfg["data"]
+    records = datamod.scan_dataset(expand_path(data["root"]), data.get("layout", "auto"))
+    if any(r.split is None for r in records):
+        records = datamod.split_records(records, data.get("splits", {"train": 0.8, "val": 0.1, "test": 0.1}),
+                                        int(data.get("split_seed", cfg["seed"])))
+    records = [r for r in records if r.split in splits]
+    if data.get("max_cases_per_split"):
+        limit = int(data["max_cases_per_split"])
+        records = [r for s in splits for r in [r for r in records if r.split == s][:limit]]
+    return records
 
 
 def entry_volume(entry: dict, cache: Path | None, name: str) -> np.ndarray | None:

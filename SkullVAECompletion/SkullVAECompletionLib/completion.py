@@ -23,7 +23,16 @@ import torch
 from .bundle import ModelBundle, load_bundle
 from .detection import BY_CLASS_HEAD, located_class
 from .errors import CancelledError, DeviceError, InputError
-from .geometry import GridMapping, plan_mapping, refined_mapping, to_input_grid, to_model_grid
+from .geometry import (
+    GridMapping,
+    bone_points_ras,
+    plan_mapping_from_occupancy,
+    planning_occupancy,
+    refined_mapping,
+    skull_frame,
+    to_input_grid,
+    to_model_grid,
+)
 from .implant import BONE_THRESHOLD, distance_to_input_bone, implant_at_input_resolution, implant_region
 from .mirror import check_unilateral, mirror_implant, mirror_skull, quick_midsagittal_plane
 from .networks import bone_probability
@@ -38,6 +47,7 @@ from .options import (
     RIM_EXTRACTIONS,
 )
 from .rim import RimOptions, fit_implant
+from .trust import Trust, TrustPolicy, UntrustedInputError, check_skull_shell, reconstruction_trust
 from .validation import validate_mask
 
 logger = logging.getLogger(__name__)
@@ -48,6 +58,8 @@ HALF_PRECISION_MIN_DICE = 0.995  # "auto" uses float16 only if its decoded skull
 DECODE_CACHE_SIZE = 8
 UNION_MARGIN_MM = 5.0  # "union": the decoded bone is added this close to the rim's defects (their boxes) only
 MIRROR_GRID_MM = 2.0  # grid of the mirror method's expected skull
+# Skull sizes (relative to the model's reference size) on which the size-normalised completion was validated.
+VALIDATED_SCALE_RANGE = (0.75, 1.25)
 UNCERTAINTY_SEED = 20220929  # fixed: the same input gives the same uncertainty map
 
 
@@ -68,6 +80,7 @@ class EncodedSkull:
     mirrored: tuple | None = field(default=None, repr=False)  # (input ∪ its mirror image, its grid); cached
     # (class, what decided it) once an "auto" completion has located the defect (detection.py); γ-independent.
     located: tuple[str, str] | None = None
+    trust: Trust | None = None  # how well the model reads this input (trust.py)
 
     def midsagittal_reflection(self) -> np.ndarray | None:
         """The 4×4 RAS reflection about the skull's mid-sagittal plane (the mirror method's when it has run, else a
@@ -122,6 +135,8 @@ class CompletionResult:
     defect_fields: list | None = field(default=None, repr=False)
     class_probabilities: dict[str, float] = field(default_factory=dict)  # the model's, for the detection
     detected_by: str = BY_CLASS_HEAD  # what decided detected_type: the class head or the defect's position
+    trust: Trust | None = None  # how well the model reads the input (trust.py)
+    warnings: list[str] = field(default_factory=list)  # what the user should know before using the implant
     _completed: np.ndarray | None = field(default=None, init=False, repr=False)
 
     @property
@@ -249,12 +264,24 @@ class SkullCompleter:
         name: str = "input",
         label: int | None = None,
         progress: ProgressCallback | None = None,
+        refuse_untrusted: bool = True,
     ) -> EncodedSkull:
-        """Validate the skull, map it to the model grid and encode it (μ, log σ²)."""
+        """Validate the skull, map it to the model grid, encode it (μ, log σ²) and judge how well the model reads it.
+
+        Raises :class:`InputError` for masks that are no skull shell and, with ``refuse_untrusted``,
+        :class:`~.trust.UntrustedInputError` when the model's reconstruction at γ = 0 misses too much of the input's
+        bone (trust.py); ``encoded.trust`` has the figure either way.
+        """
         _report(progress, 0.0, "Checking the input skull")
         defective = validate_mask(mask, ijk_to_ras, name=name, label=label)
         _report(progress, 0.1, "Mapping the skull to the model grid")
-        mapping = plan_mapping(defective, ijk_to_ras, self.bundle.grid)
+        grid = self.bundle.grid
+        occupancy, occ_to_ras = planning_occupancy(defective, ijk_to_ras, grid)
+        points = bone_points_ras(occupancy, occ_to_ras)
+        frame = skull_frame(points, grid.base_slab_mm)
+        check_skull_shell(points, float(occupancy.sum()) * abs(np.linalg.det(occ_to_ras[:3, :3])) / 1000.0,
+                          frame.size_mm, frame.extents_mm, name)
+        mapping = plan_mapping_from_occupancy(occupancy, occ_to_ras, tuple(defective.shape), ijk_to_ras, grid, frame)
         model_input = to_model_grid(defective, mapping)
         if model_input.max() < 0.5:
             raise InputError(f"{name}: the skull does not overlap the model grid; check the volume's geometry")
@@ -270,7 +297,7 @@ class SkullCompleter:
         if self.requested_precision == "auto" and not self._half_verified:
             if self.device.type == "cuda" or self._allow_half_on_cpu:
                 self._check_half_agreement(x, mu)
-        return EncodedSkull(
+        encoded = EncodedSkull(
             mapping=mapping,
             defective=defective,
             model_input=model_input,
@@ -278,6 +305,18 @@ class SkullCompleter:
             logvar=logvar,
             class_probabilities=self.class_probabilities(mu[0].numpy()),
         )
+        encoded.trust = reconstruction_trust(model_input, self._decode_cached(encoded, "", 0.0, "dev", {}),
+                                             self.trust_policy, mapping.scale)
+        if encoded.trust.status == "refuse" and refuse_untrusted:
+            raise UntrustedInputError(encoded.trust.message(name))
+        if encoded.trust.status == "warn":
+            logger.warning("%s", encoded.trust.message(name))
+        return encoded
+
+    @property
+    def trust_policy(self) -> TrustPolicy:
+        """The bundle's thresholds for the trust figure (manifest key ``trust``; defaults without one)."""
+        return TrustPolicy.from_dict(self.bundle.manifest.get("trust"))
 
     def class_probabilities(self, latent: np.ndarray) -> dict[str, float]:
         """Posterior over the bundle's classes: the softmax of its class head on μ when it has one, else
@@ -433,6 +472,8 @@ class SkullCompleter:
             defect_fields=defect_fields,
             class_probabilities=dict(encoded.class_probabilities),
             detected_by=encoded.detected_by,
+            trust=encoded.trust,
+            warnings=completion_warnings(encoded, chosen),
         )
 
     def run(
@@ -498,11 +539,12 @@ class SkullCompleter:
     def _decode_cached(
         self, encoded: EncodedSkull, defect_type: str, gamma: float, method: str, options: dict
     ) -> np.ndarray:
-        key = (defect_type, round(gamma, 6), method)
+        # At γ = 0 the dev and knn shifts are zero whatever the class: one decode serves them all (and the trust).
+        key = ("", 0.0, "dev") if gamma == 0 and method in ("dev", "knn") else (defect_type, round(gamma, 6), method)
         if key in encoded.decode_cache:
             encoded.decode_cache.move_to_end(key)
             return encoded.decode_cache[key]
-        z = self._shift(encoded, defect_type, gamma, method, options)
+        z = encoded.mu if key[0] == "" else self._shift(encoded, defect_type, gamma, method, options)
         if method == "refine":
             z = self._refine(encoded, z, options)
         probability = self._decode(z)[0]
@@ -565,6 +607,21 @@ class SkullCompleter:
         hi = lo + np.asarray(block.shape)
         full[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = block
         return full
+
+
+def completion_warnings(encoded: EncodedSkull, defect_type: str) -> list[str]:
+    """What the user should know about a completion before using its implant (summary ``warnings``)."""
+    warnings = []
+    if encoded.trust is not None and encoded.trust.status != "ok":
+        warnings.append(encoded.trust.message())
+    low, high = VALIDATED_SCALE_RANGE
+    if not low <= encoded.mapping.scale <= high:
+        warnings.append(f"the skull is {encoded.mapping.scale:.2f} times the model's reference size, outside the "
+                        f"range it was validated on ({low}–{high}); check the implant with particular care")
+    if defect_type == "facial":
+        warnings.append("facial defect: the model's facial implants are rough (decoded bone, no rim fit); use this "
+                        "one as a starting point only and check it slice by slice")
+    return warnings
 
 
 def mirrored_expectation(encoded: EncodedSkull) -> tuple[np.ndarray, GridMapping]:

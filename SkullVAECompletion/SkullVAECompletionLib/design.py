@@ -434,4 +434,5 @@ def apply_design(result: Any, ijk_to_ras: np.ndarray, options: DesignOptions) ->
     voxel_ml = float(np.prod(voxel_spacing(ijk_to_ras))) / 1000.0
     # completed = defective ∪ the designed implant, made when it is used
     volume_ml = float(np.count_nonzero(designed.implant)) * voxel_ml
-    return dataclasses.replace(result, implant=designed.implant, implant_volume_ml=volume_ml), designed
+    return dataclasses.replace(result, implant=designed.implant, implant_volume_ml=volume_ml,
+                               warnings=[*result.warnings, *designed.warnings]), designed

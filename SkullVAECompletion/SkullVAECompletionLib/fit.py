@@ -203,6 +203,9 @@ def summary_record(result: Any, model_id: str, model_version: str, options: Any,
         "holes": [{"kind": hole.kind, "area_mm2": round(float(hole.area_mm2), 1)}
                   for hole in getattr(result, "holes", [])],
         "implant_volume_ml": round(float(getattr(result, "implant_volume_ml", 0.0)), 3),
+        # How well the model reads the input (trust.py) and what the user should know before using the implant.
+        "trust": None if getattr(result, "trust", None) is None else result.trust.to_dict(),
+        "warnings": list(getattr(result, "warnings", [])),
         "model_id": model_id,
         "model_version": model_version,
         **options.as_dict(),

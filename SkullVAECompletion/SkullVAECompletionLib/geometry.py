@@ -4,7 +4,11 @@ The model grid is axis-aligned in RAS (axis 0 → Right, 1 → Anterior, 2 → S
 spacing. Its placement is anchored on parts of the skull that cranial and facial defects do not
 reach — the lowest point of the skull (inferior), the back of the occiput (posterior) and the
 left-right centre of the skull base — so a complete skull and the same skull with a defect map
-with the same transform.
+with the same transform. A grid with a reference size (``GridSpec.reference_size_mm``) is also scaled
+to the skull: a similarity transform maps every skull to the size of the training population's mean skull,
+so a child's or a large adult's skull reaches the network at the size it was trained on; the mapping keeps
+the scale and maps the decode back with it. The size is measured on parts that defects rarely reach
+(see :func:`skull_extents_mm`).
 
 Downsampling averages blocks of voxels (area resampling, no aliasing of the thin bone), then
 interpolates trilinearly; upsampling interpolates the model's *probabilities* trilinearly and
@@ -34,6 +38,8 @@ class GridSpec:
     inferior_margin_mm: float = 12.0  # space left below the lowest skull point
     posterior_margin_mm: float = 12.0  # space left behind the occiput
     base_slab_mm: float = 60.0  # height of the skull-base slab that defines the left-right centre
+    # Size (mm, SkullFrame.size_mm) every skull is scaled to; None: placed in millimetres without scaling.
+    reference_size_mm: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
@@ -51,17 +57,28 @@ class GridSpec:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["shape"] = list(self.shape)
+        if data["reference_size_mm"] is None:
+            del data["reference_size_mm"]  # bundles and caches made before size normalisation stay readable
         return data
+
+    def scaled(self, scale: float) -> GridSpec:
+        """This grid on a skull ``scale`` times the reference size: physical spacing and margins scale with it."""
+        if scale == 1.0:
+            return self
+        return replace(self, spacing_mm=self.spacing_mm * scale, inferior_margin_mm=self.inferior_margin_mm * scale,
+                       posterior_margin_mm=self.posterior_margin_mm * scale, base_slab_mm=self.base_slab_mm * scale)
 
 
 @dataclass(frozen=True)
 class GridMapping:
     """Everything needed to go from one input volume to the model grid and back."""
 
-    grid: GridSpec
+    grid: GridSpec  # the grid as placed on this skull: spacing_mm is the physical spacing (scaled)
     input_shape: tuple[int, int, int]
     ijk_to_ras: np.ndarray  # input voxel index → RAS (mm)
     model_to_ras: np.ndarray  # model voxel index → RAS (mm)
+    scale: float = 1.0  # this skull's size / the reference size (1 without size normalisation)
+    size_mm: float | None = None  # this skull's size (SkullFrame.size_mm)
 
     @property
     def model_to_input(self) -> np.ndarray:
@@ -166,8 +183,60 @@ def pooled_occupancy(mask: np.ndarray, ijk_to_ras: np.ndarray, target_mm: float)
 
 def plan_mapping(mask: np.ndarray, ijk_to_ras: np.ndarray, grid: GridSpec) -> GridMapping:
     """Place the model grid on this skull (see the module docstring for the anchors)."""
-    occupancy, occ_to_ras = pooled_occupancy(mask, ijk_to_ras, grid.spacing_mm / 2)
+    occupancy, occ_to_ras = planning_occupancy(mask, ijk_to_ras, grid)
     return plan_mapping_from_occupancy(occupancy, occ_to_ras, tuple(mask.shape), ijk_to_ras, grid)
+
+
+def planning_occupancy(mask: np.ndarray, ijk_to_ras: np.ndarray, grid: GridSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The bone fraction the grid is planned on (half the model spacing) and its index → RAS matrix."""
+    return pooled_occupancy(mask, ijk_to_ras, grid.spacing_mm / 2)
+
+
+def bone_points_ras(occupancy: np.ndarray, occ_to_ras: np.ndarray) -> np.ndarray:
+    """RAS coordinates (mm) of the bone in a pooled occupancy (blocks at least half bone; any bone if none are)."""
+    points = np.argwhere(occupancy >= 0.5)
+    if len(points) == 0:
+        points = np.argwhere(occupancy > 0)
+    return points @ occ_to_ras[:3, :3].T + occ_to_ras[:3, 3]
+
+
+@dataclass(frozen=True)
+class SkullFrame:
+    """Where a skull sits: the anchors of the model grid, and the skull's extents and size."""
+
+    inferior: float  # lowest bone (S, mm)
+    posterior: float  # back of the occiput (A, mm)
+    centre_lr: float  # left-right centre of the skull base (R, mm)
+    extents_mm: np.ndarray  # width, length, height (skull_extents_mm)
+
+    @property
+    def size_mm(self) -> float:
+        """The geometric mean of width and length: a long or a broad head of one size gets the same figure. The
+        height is left out: a scan's field of view often cuts the skull's lowest part, and vault heights vary.
+        On the training population it follows the generator's size factor within 1.5 % (coefficient of
+        variation); defects shorten it by 0–1 % on average, facial ones by up to 4 %."""
+        width, length = np.maximum(self.extents_mm[:2], 1.0)
+        return float(np.sqrt(width * length))
+
+
+def skull_frame(ras: np.ndarray, base_slab_mm: float) -> SkullFrame:
+    """Anchors, extents and size of the skull whose bone lies at ``ras`` (N×3, mm)."""
+    # Low percentiles instead of minima: a few stray voxels must not move the grid.
+    inferior = float(np.percentile(ras[:, 2], 0.05))
+    posterior = float(np.percentile(ras[:, 1], 0.05))
+    base = ras[ras[:, 2] <= inferior + base_slab_mm]
+    centre_lr = float(0.5 * (np.percentile(base[:, 0], 0.5) + np.percentile(base[:, 0], 99.5)))
+    return SkullFrame(inferior, posterior, centre_lr, skull_extents_mm(ras, centre_lr, inferior, posterior))
+
+
+def skull_extents_mm(ras: np.ndarray, centre_lr: float, inferior: float, posterior: float) -> np.ndarray:
+    """Width, length and height of a skull (mm), each from an anchor that defects do not reach to the bone's far
+    side: the width as twice the larger half-width about the skull base's centre (a one-sided defect leaves the
+    other side), the length from the occiput forward, the height from the lowest bone up."""
+    half_width = max(np.percentile(ras[:, 0], 99.5) - centre_lr, centre_lr - np.percentile(ras[:, 0], 0.5))
+    length = np.percentile(ras[:, 1], 99.5) - posterior
+    height = np.percentile(ras[:, 2], 99.5) - inferior
+    return np.array([2.0 * half_width, length, height], dtype=float)
 
 
 def plan_mapping_from_occupancy(
@@ -176,31 +245,32 @@ def plan_mapping_from_occupancy(
     input_shape: tuple[int, ...],
     ijk_to_ras: np.ndarray,
     grid: GridSpec,
+    frame: SkullFrame | None = None,
 ) -> GridMapping:
-    points = np.argwhere(occupancy >= 0.5)
-    if len(points) == 0:
-        points = np.argwhere(occupancy > 0)
-    ras = points @ occ_to_ras[:3, :3].T + occ_to_ras[:3, 3]
-    # Low percentiles instead of minima: a few stray voxels must not move the grid.
-    inferior = np.percentile(ras[:, 2], 0.05)
-    posterior = np.percentile(ras[:, 1], 0.05)
-    base = ras[ras[:, 2] <= inferior + grid.base_slab_mm]
-    centre_lr = 0.5 * (np.percentile(base[:, 0], 0.5) + np.percentile(base[:, 0], 99.5))
-    spacing = grid.spacing_mm
+    """Place ``grid`` on the skull of a planning occupancy (``frame``: its :func:`skull_frame`, if known)."""
+    frame = frame or skull_frame(bone_points_ras(occupancy, occ_to_ras), grid.base_slab_mm)
+    scale = 1.0 if grid.reference_size_mm is None else frame.size_mm / grid.reference_size_mm
+    if scale != 1.0:
+        # The skull-base slab is a fraction of the skull: measure the centre again on the scaled slab.
+        frame = skull_frame(bone_points_ras(occupancy, occ_to_ras), grid.base_slab_mm * scale)
+    placed = grid.scaled(scale)
+    spacing = placed.spacing_mm
     origin = np.array(
         [
-            centre_lr - (grid.shape[0] - 1) * spacing / 2.0,
-            posterior - grid.posterior_margin_mm,
-            inferior - grid.inferior_margin_mm,
+            frame.centre_lr - (grid.shape[0] - 1) * spacing / 2.0,
+            frame.posterior - placed.posterior_margin_mm,
+            frame.inferior - placed.inferior_margin_mm,
         ]
     )
     model_to_ras = np.diag([spacing, spacing, spacing, 1.0])
     model_to_ras[:3, 3] = origin
     return GridMapping(
-        grid=grid,
+        grid=placed,
         input_shape=tuple(int(s) for s in input_shape),  # type: ignore[arg-type]
         ijk_to_ras=np.asarray(ijk_to_ras, dtype=float),
         model_to_ras=model_to_ras,
+        scale=float(scale),
+        size_mm=frame.size_mm,
     )
 
 

@@ -129,3 +129,48 @@ def reoriented(
         matrix[:3, 3] = matrix[:3, 3] + matrix[:3, axis] * (out.shape[axis] - 1)  # index 0 is the old last index
         matrix[:3, axis] = -matrix[:3, axis]
     return np.asfortranarray(out), matrix
+
+
+# Masks that are not a skull, as users hand them in by mistake: the engine must refuse each (trust.py).
+NON_SKULL_KINDS = ("solid_ellipsoid", "brain", "head", "skin_shell", "long_bone", "pelvis")
+
+
+def non_skull_mask(kind: str, spacing_mm: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """(mask uint8, ijk_to_ras) of a head-CT-like field of view holding something that is not a skull:
+
+    - ``solid_ellipsoid``: a brain-sized solid blob (a wrong segment picked);
+    - ``brain``: a brain mask (solid, flattened below);
+    - ``head``: a whole-head / skin mask, filled (what a skin threshold gives);
+    - ``skin_shell``: only the skin surface of a head, 3 mm thick, with a neck;
+    - ``long_bone``: the cortical shell of a femur-like long bone (a bone mask of a leg);
+    - ``pelvis``: a pelvis-like ring of bone (a bone mask of the hips).
+    """
+    if kind not in NON_SKULL_KINDS:
+        raise ValueError(f"unknown non-skull kind {kind!r}; one of {NON_SKULL_KINDS}")
+    extent = {"long_bone": (80.0, 80.0, 460.0), "pelvis": (300.0, 220.0, 240.0)}.get(kind, (220.0, 260.0, 260.0))
+    shape = tuple(int(round(e / spacing_mm)) for e in extent)
+    matrix = centred_ijk_to_ras(shape, (spacing_mm,) * 3)
+    x, y, z = ras_grid(shape, matrix)
+    if kind == "solid_ellipsoid":
+        mask = (x / 65.0) ** 2 + (y / 80.0) ** 2 + (z / 60.0) ** 2 <= 1.0
+    elif kind == "brain":
+        mask = ((x / 68.0) ** 2 + (y / 85.0) ** 2 + (z / 62.0) ** 2 <= 1.0) & (z > -35.0)
+    elif kind == "head":
+        mask = ((x / 80.0) ** 2 + (y / 100.0) ** 2 + (z / 105.0) ** 2 <= 1.0) | (
+            (x / 55.0) ** 2 + (y / 55.0) ** 2 <= 1.0) & (z < -60.0)
+    elif kind == "skin_shell":
+        outer = ((x / 80.0) ** 2 + (y / 100.0) ** 2 + (z / 105.0) ** 2 <= 1.0) | (
+            (x / 55.0) ** 2 + (y / 55.0) ** 2 <= 1.0) & (z < -60.0)
+        inner = ((x / 77.0) ** 2 + (y / 97.0) ** 2 + (z / 102.0) ** 2 <= 1.0) | (
+            (x / 52.0) ** 2 + (y / 52.0) ** 2 <= 1.0) & (z < -60.0)
+        mask = outer & ~inner
+    elif kind == "long_bone":
+        radius = np.sqrt(x**2 + y**2)
+        shaft = (radius <= 14.0) & (radius >= 8.0) & (np.abs(z) <= 190.0)
+        heads = (x**2 + y**2 + (np.abs(z) - 200.0) ** 2) <= 25.0**2
+        mask = shaft | heads
+    else:  # pelvis: a tilted ring (the pelvic brim) with two flaring wings
+        ring = ((np.sqrt((x / 1.15) ** 2 + y**2) - 75.0) ** 2 + (z / 1.5) ** 2) <= 14.0**2
+        wings = ((np.abs(x) - 95.0) ** 2 / 45.0**2 + (y + 20.0) ** 2 / 12.0**2 + (z - 70.0) ** 2 / 60.0**2) <= 1.0
+        mask = ring | wings
+    return np.asfortranarray(mask.astype(np.uint8)), matrix
