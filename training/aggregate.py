@@ -34,7 +34,8 @@ from SkullVAECompletionLib.bundle import ModelBundle, load_bundle, save_bundle
 from SkullVAECompletionLib.completion import EncodedSkull, SkullCompleter
 from SkullVAECompletionLib.geometry import GridMapping, GridSpec
 from SkullVAECompletionLib.metrics import boundary_dice, defect_area_fill, dice
-from SkullVAECompletionLib.networks import AggregatedVAE
+from SkullVAECompletionLib.networks import AggregatedVAE, bone_probability
+from SkullVAECompletionLib.trust import TrustPolicy, policy_from_validation, reconstruction_trust
 from training import stages
 from training.train import (
     CHECKPOINT_NAME,
@@ -386,6 +387,7 @@ def aggregate(cfg: dict, out: Path | None = None) -> Path:
         chosen_gamma = selection["best_gamma"][method]
         log.info("validation (model grid, %d cases): %s", len(val_cases), json.dumps(selection))
     manifest = build_manifest(cfg, stats, chosen_gamma, method, manifest["training"])
+    manifest["trust"] = validation_trust(model, data.get("val", train).volumes)
     manifest["training"]["selection_on_validation"] = {**selection, "cases": len(val_cases),
                                                        "measured_on": "model grid, engine implant extraction",
                                                        "chosen_method": method, "chosen_gamma": chosen_gamma}
@@ -397,13 +399,32 @@ def aggregate(cfg: dict, out: Path | None = None) -> Path:
     return folder
 
 
+def validation_trust(model: nn.Module, volumes: torch.Tensor, batch_size: int = 8) -> dict[str, Any]:
+    """The trust figure (trust.py) of every validation volume, complete and defective, and the thresholds they give
+    (:func:`~SkullVAECompletionLib.trust.policy_from_validation`)."""
+    model.eval()
+    figures = []
+    with torch.inference_mode():
+        mu, _ = encode_set(model, volumes, batch_size)
+        for start in range(0, len(mu), batch_size):
+            decoded = bone_probability(model.decode(torch.from_numpy(mu[start : start + batch_size]))).numpy()
+            for volume, probability in zip(volumes[start : start + batch_size], decoded, strict=True):
+                figures.append(reconstruction_trust(volume[0].float().numpy(), probability, TrustPolicy()).figure)
+    policy = policy_from_validation(figures)
+    log.info("trust on validation (%d volumes): min %.3f, mean %.3f -> %s", len(figures), min(figures),
+             float(np.mean(figures)), policy)
+    return {**policy.to_dict(), "validation": {"min": round(min(figures), 4), "mean": round(float(np.mean(figures)), 4),
+                                               "volumes": len(figures)}}
+
+
 def reaggregate(cfg: dict, bundle_dir: Path, out: Path | None = None) -> Path:
     """A bundle's network with latents, centroids and DEVs aggregated anew on ``cfg``'s data and grid (the
     mapping to the model grid changed, not the network); its default γ and completion settings are kept."""
     tick = time.perf_counter()
     torch.set_num_threads(int(cfg.get("threads", 0)) or torch.get_num_threads())
     bundle = load_bundle(bundle_dir)
-    train = load_volumes(cfg, ("train",))["train"]
+    data = load_volumes(cfg, ("train", "val"))
+    train = data["train"]
     with torch.inference_mode():
         latents, _ = encode_set(bundle.model, train.volumes)
     stats = latent_statistics(latents, train.classes)
@@ -415,6 +436,7 @@ def reaggregate(cfg: dict, bundle_dir: Path, out: Path | None = None) -> Path:
         centroids={k: np.asarray(v, float).tolist() for k, v in stats["centroids"].items()},
         dev={k: np.asarray(v, float).tolist() for k, v in stats["dev"].items()},
         training_config_sha256=config_sha256(cfg),
+        trust=validation_trust(bundle.model, data.get("val", train).volumes),
         evaluation={},
     )
     manifest["training"] = {**manifest["training"], "reaggregated_from": f"{bundle.model_id} {bundle.version}",
