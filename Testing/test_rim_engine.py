@@ -26,7 +26,13 @@ def test_every_extraction_gives_an_implant_beside_the_input(completer, encoded, 
     assert result.implant.dtype == np.uint8 and result.implant.shape == defective.shape
     assert not np.any(result.implant.astype(bool) & defective)
     assert np.array_equal(result.completed.astype(bool), defective | result.implant.astype(bool))
-    assert result.implant.any() or result.message, "an empty implant always comes with a message"
+    # The known hole is filled, and the implant lies in it. Measured with the tiny model (share of the hole filled,
+    # share of the implant in the hole): rim 0.97, 0.93; decode 0.45, 0.81 (its blurred decode); union 0.97, 0.86.
+    truth = synthetic_case["implant"].astype(bool)
+    implant = result.implant.astype(bool)
+    filled = {"rim": 0.9, "decode": 0.4, "union": 0.9}[extraction]
+    assert (implant & truth).sum() >= filled * truth.sum(), (extraction, (implant & truth).sum() / truth.sum())
+    assert (implant & truth).sum() >= 0.75 * implant.sum(), (extraction, (implant & truth).sum() / implant.sum())
 
 
 def test_rim_is_the_default_and_a_gamma_step_reuses_the_encoding(completer, encoded):

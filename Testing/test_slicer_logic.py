@@ -349,7 +349,7 @@ def test_method_and_extraction_reach_the_engine_and_the_node(scene, fake_logic, 
     assert node.GetAttribute("SkullVAECompletion.Method") in ("dev", "knn", "refine")
     node = real_logic.process(addLabelmap(scene, defective, ijkToRas, name="rim"), defectType="cranial")
     assert node.GetAttribute("SkullVAECompletion.Extraction") == "rim"
-    assert real_logic.lastResult.result.implant.any() or node.GetAttribute("SkullVAECompletion.Message")
+    assert real_logic.lastResult.result.implant.sum() > 100, "the synthetic skull's hole gets an implant"
 
 
 def test_gamma_preview_skips_the_fit_and_hides_the_stale_distance_map(scene, fake_logic):
