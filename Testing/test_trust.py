@@ -151,3 +151,17 @@ def test_summary_has_trust_and_warnings(bundled: SkullCompleter, sample: dict):
     assert record["trust"]["figure"] > record["trust"]["threshold"] and record["trust"]["status"] in ("ok", "warn")
     assert any("reference size" in warning for warning in record["warnings"])
 
+
+
+def test_status_line_shows_trust_and_warnings():
+    from types import SimpleNamespace
+
+    from SkullVAECompletionLib import mrml
+
+    trust = Trust(0.7, TrustPolicy(refuse_below=0.55, warn_below=0.78))
+    result = SimpleNamespace(message="", trust=trust, warnings=[trust.message()])
+    summary = mrml.CompletionSummary(segmentationNode=None, uncertaintyNode=None, defectType="vertex",
+                                     detectedType="vertex", confidence=0.9, gamma=2.0, modelId="m", modelVersion="1",
+                                     device="cpu", seconds=1.0, implantVolumeMl=20.0, result=result)
+    text = summary.statusText()
+    assert "trust 0.70" in text and "Warning: input: low trust" in text

@@ -170,7 +170,7 @@ def complete_file(completer: SkullCompleter, path: Path, args: argparse.Namespac
     defective = result.defective  # the input's bone, binary (validated)
     completion_implant = result.implant
     result, design = apply_design(result, ijk_to_ras, options)
-    for warning in design.warnings:
+    for warning in dict.fromkeys([*result.warnings, *design.warnings]):  # trust, size, facial, design
         logger.warning("  %s: %s", label, warning)
     probability = result.class_probabilities.get(result.detected_type, result.confidence)
     how = (f"from the defect's position; class head {probability:.2f}" if result.detected_by == BY_DEFECT_POSITION

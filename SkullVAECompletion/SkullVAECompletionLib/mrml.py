@@ -342,10 +342,14 @@ class CompletionSummary:
             how = f"from where the defect lies; class head {100 * self.confidence:.0f}%"
         else:
             how = f"{100 * self.confidence:.0f}% confidence"
+        trust = getattr(self.result, "trust", None)
+        trusted = "" if trust is None else f"; trust {trust.figure:.2f}"
+        warnings = "".join(f" Warning: {warning}." for warning in getattr(self.result, "warnings", []))
         return (
             f"Detected: {detected} ({how}); completed as "
-            f"{self.defectType} with γ = {self.gamma:.2f}; implant {self.implantVolumeMl:.1f} ml{thickness}; "
-            f"{self.seconds:.1f} s on {self.device}." + (f" {message[0].upper()}{message[1:]}." if message else "")
+            f"{self.defectType} with γ = {self.gamma:.2f}; implant {self.implantVolumeMl:.1f} ml{thickness}"
+            f"{trusted}; {self.seconds:.1f} s on {self.device}."
+            + (f" {message[0].upper()}{message[1:]}." if message else "") + warnings
         )
 
 
