@@ -81,6 +81,7 @@ class EncodedSkull:
     # (class, what decided it) once an "auto" completion has located the defect (detection.py); γ-independent.
     located: tuple[str, str] | None = None
     trust: Trust | None = None  # how well the model reads this input (trust.py)
+    check_seconds: dict[str, float] = field(default_factory=dict)  # what the shell check and the trust cost
 
     def midsagittal_reflection(self) -> np.ndarray | None:
         """The 4×4 RAS reflection about the skull's mid-sagittal plane (the mirror method's when it has run, else a
@@ -279,8 +280,10 @@ class SkullCompleter:
         occupancy, occ_to_ras = planning_occupancy(defective, ijk_to_ras, grid)
         points = bone_points_ras(occupancy, occ_to_ras)
         frame = skull_frame(points, grid.base_slab_mm)
+        tick = time.perf_counter()
         check_skull_shell(points, float(occupancy.sum()) * abs(np.linalg.det(occ_to_ras[:3, :3])) / 1000.0,
                           frame.size_mm, frame.extents_mm, name)
+        shell_seconds = time.perf_counter() - tick
         mapping = plan_mapping_from_occupancy(occupancy, occ_to_ras, tuple(defective.shape), ijk_to_ras, grid, frame)
         model_input = to_model_grid(defective, mapping)
         if model_input.max() < 0.5:
@@ -305,8 +308,10 @@ class SkullCompleter:
             logvar=logvar,
             class_probabilities=self.class_probabilities(mu[0].numpy()),
         )
+        tick = time.perf_counter()
         encoded.trust = reconstruction_trust(model_input, self._decode_cached(encoded, "", 0.0, "dev", {}),
                                              self.trust_policy, mapping.scale)
+        encoded.check_seconds = {"shell_check": shell_seconds, "trust": time.perf_counter() - tick}
         if encoded.trust.status == "refuse" and refuse_untrusted:
             raise UntrustedInputError(encoded.trust.message(name))
         if encoded.trust.status == "warn":
