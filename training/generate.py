@@ -329,6 +329,149 @@ def facial_defect(rng: np.random.Generator, tpl: Template, t_coords: list[np.nda
     return region, {"depth_mm": depth, "half_width_mm": hw, "top_T_mm": float(ztop), "y_from_T_mm": float(y0)}
 
 
+# Clinical defect families (``defects.clinical`` in the config): what cranioplasty patients have, larger and less
+# round than SkullBreak's spheres. Each family has a ``kind``: "cap" (a craniectomy flap: hemicraniectomy,
+# bifrontal, large vertex or occipital), "box" (a SkullFix-style box anywhere on the vault), "multi" (two or three
+# sphere defects of different sizes in different regions), "burr" (10-15 mm burr holes, alone or beside a defect).
+CLINICAL_KINDS = ("cap", "box", "multi", "burr")
+
+
+def _tangent_frame(direction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two unit vectors perpendicular to ``direction`` and to each other (the first horizontal where possible)."""
+    first = np.cross([0.0, 0.0, 1.0], direction)
+    if np.linalg.norm(first) < 1e-6:  # straight up or down
+        first = np.array([1.0, 0.0, 0.0])
+    first /= np.linalg.norm(first)
+    return first, np.cross(direction, first)
+
+
+def _vault_start(tpl: Template, cfg: dict) -> np.ndarray:
+    return tpl.bone_min + np.asarray(cfg["defects"]["vault_centre_frac"]) * (tpl.bone_max - tpl.bone_min)
+
+
+def _side(rng: np.random.Generator, family: dict) -> float:
+    return float(rng.choice([-1.0, 1.0])) if family.get("both_sides") else 1.0
+
+
+def cap_defect(rng: np.random.Generator, tpl: Template, t_coords: list[np.ndarray], family: dict,
+               cfg: dict) -> tuple[np.ndarray, dict]:
+    """A craniectomy flap: the bone seen from the vault centre inside an angular ellipse around one direction,
+    above an elevation floor (the skull base stays), with a smooth irregular border."""
+    az, el = _side(rng, family) * _u(rng, family["azimuth_deg"]), _u(rng, family["elevation_deg"])
+    half_a, half_b = np.deg2rad(_u(rng, family["half_width_deg"])), np.deg2rad(_u(rng, family["half_height_deg"]))
+    floor = _u(rng, family["floor_elevation_deg"])
+    axis = _direction(az, el)
+    first, second = _tangent_frame(axis)
+    rel = [t - np.float32(c) for t, c in zip(t_coords, _vault_start(tpl, cfg), strict=True)]
+    along = sum(r * np.float32(a) for r, a in zip(rel, axis, strict=True))
+    a = np.arctan2(sum(r * np.float32(f) for r, f in zip(rel, first, strict=True)), along)
+    b = np.arctan2(sum(r * np.float32(f) for r, f in zip(rel, second, strict=True)), along)
+    radius = np.sqrt(sum(r**2 for r in rel))
+    elevation = np.degrees(np.arcsin(np.clip(rel[2] / np.maximum(radius, 1e-3), -1.0, 1.0)))
+    # Border noise: a smooth random field over the ellipse's angular coordinates (radians, 0.25 rad grid).
+    step, n = 0.25, 16
+    noise = rng.normal(0.0, float(family.get("border_noise", 0.06)), (n, n)).astype(np.float32)
+    wobble = ndimage.map_coordinates(noise, [(a + np.pi / 2) / step, (b + np.pi / 2) / step], order=1, mode="nearest")
+    region = (along > 0) & ((a / half_a) ** 2 + (b / half_b) ** 2 <= (1.0 + wobble) ** 2) & (elevation >= floor)
+    return region, {"azimuth_deg": az, "elevation_deg": el, "half_width_deg": float(np.degrees(half_a)),
+                    "half_height_deg": float(np.degrees(half_b)), "floor_elevation_deg": floor}
+
+
+def box_defect(rng: np.random.Generator, tpl: Template, t_coords: list[np.ndarray], family: dict,
+               cfg: dict) -> tuple[np.ndarray, dict]:
+    """A SkullFix-style box anywhere on the vault: square in the skull's tangent plane, through the bone."""
+    az, el = _u(rng, (-180.0, 180.0)), _u(rng, family["elevation_deg"])
+    normal = _direction(az, el)
+    centre = surface_point(tpl, _vault_start(tpl, cfg), normal)
+    first, second = _tangent_frame(normal)
+    sides = (_u(rng, family["size_mm"]), _u(rng, family["size_mm"]))
+    inside, outside = family["depth_mm"]
+    rel = [t - np.float32(c) for t, c in zip(t_coords, centre, strict=True)]
+    u = sum(r * np.float32(f) for r, f in zip(rel, first, strict=True))
+    v = sum(r * np.float32(f) for r, f in zip(rel, second, strict=True))
+    w = sum(r * np.float32(f) for r, f in zip(rel, normal, strict=True))
+    region = (np.abs(u) <= sides[0] / 2) & (np.abs(v) <= sides[1] / 2) & (w >= -inside) & (w <= outside)
+    return region, {"azimuth_deg": az, "elevation_deg": el, "centre_T_mm": centre.tolist(), "size_mm": list(sides)}
+
+
+def burr_defect(rng: np.random.Generator, tpl: Template, t_coords: list[np.ndarray], family: dict,
+                cfg: dict) -> tuple[np.ndarray, dict]:
+    """Round 10-15 mm burr holes through the vault, at least ``min_separation_mm`` apart."""
+    start = _vault_start(tpl, cfg)
+    region = np.zeros(t_coords[0].shape, bool)
+    holes: list[dict] = []
+    for _ in range(int(rng.integers(family["count"][0], family["count"][1] + 1))):
+        for _attempt in range(20):
+            axis = _direction(_u(rng, (-180.0, 180.0)), _u(rng, family["elevation_deg"]))
+            centre = surface_point(tpl, start, axis)
+            if all(np.linalg.norm(centre - np.asarray(h["centre_T_mm"])) >= family["min_separation_mm"]
+                   for h in holes):
+                break
+        diameter = _u(rng, family["diameter_mm"])
+        reach = diameter + 30.0
+        sl = _crop_for(t_coords, centre - reach, centre + reach)
+        if sl is None:
+            continue
+        rel = [t[sl] - np.float32(c) for t, c in zip(t_coords, centre, strict=True)]
+        along = sum(r * np.float32(a) for r, a in zip(rel, axis, strict=True))
+        across = np.sqrt(np.maximum(sum(r**2 for r in rel) - along**2, 0.0))
+        region[sl] |= (across <= diameter / 2) & (along >= -25.0) & (along <= 10.0)
+        holes.append({"centre_T_mm": centre.tolist(), "diameter_mm": diameter})
+    return region, {"holes": holes}
+
+
+def multi_defect(rng: np.random.Generator, tpl: Template, t_coords: list[np.ndarray], spacing: np.ndarray,
+                 family: dict, cfg: dict) -> tuple[np.ndarray, dict]:
+    """Two or three sphere defects in different regions, the first large, the others small."""
+    names = list(cfg["defects"]["regions"])
+    count = int(rng.integers(family["holes"][0], family["holes"][1] + 1))
+    chosen = [str(n) for n in rng.choice(names, size=min(count, len(names)), replace=False)]
+    region = np.zeros(t_coords[0].shape, bool)
+    holes = []
+    for index, name in enumerate(chosen):
+        radius = _u(rng, family["main_radius_mm"] if index == 0 else family["other_radius_mm"])
+        spec = {**cfg["defects"]["regions"][name], "main_radius_mm": [radius, 0.01]}
+        sphere_cfg = {**cfg, "defects": {**cfg["defects"], "sphere": {**cfg["defects"]["sphere"],
+                                                                      "secondary_count": [0, 2 if index else 4]}}}
+        mask, params = sphere_defect(rng, tpl, t_coords, spacing, spec, sphere_cfg)
+        region |= mask
+        holes.append({"region": name, **params})
+    return region, {"holes": holes}
+
+
+def clinical_defect(rng: np.random.Generator, tpl: Template, t_coords: list[np.ndarray], spacing: np.ndarray,
+                    family: dict, cfg: dict) -> tuple[np.ndarray, dict]:
+    """One defect of a clinical family (its ``kind``: see CLINICAL_KINDS); a burr family may add a sphere defect."""
+    kind = family["kind"]
+    if kind == "cap":
+        return cap_defect(rng, tpl, t_coords, family, cfg)
+    if kind == "box":
+        return box_defect(rng, tpl, t_coords, family, cfg)
+    if kind == "multi":
+        return multi_defect(rng, tpl, t_coords, spacing, family, cfg)
+    if kind == "burr":
+        region, params = burr_defect(rng, tpl, t_coords, family, cfg)
+        if rng.random() < float(family.get("with_other_prob", 0.0)):
+            name = str(rng.choice(list(cfg["defects"]["regions"])))
+            other, other_params = sphere_defect(rng, tpl, t_coords, spacing, cfg["defects"]["regions"][name], cfg)
+            region |= other
+            params["with"] = {"region": name, **other_params}
+        return region, params
+    raise ValueError(f"unknown clinical defect kind {kind!r}; one of {CLINICAL_KINDS}")
+
+
+def plan_clinical(rng: np.random.Generator, cfg: dict) -> list[str]:
+    """Which clinical families this source gets (drawn without replacement by weight; none by default)."""
+    d = cfg["defects"]
+    weights = d.get("clinical_subtypes") or {}
+    names = [n for n, w in weights.items() if w > 0]
+    k = min(int(d.get("clinical_per_source", 0)), len(names))
+    if not k:
+        return []
+    w = np.asarray([weights[n] for n in names], float)
+    return [str(c) for c in rng.choice(names, size=k, replace=False, p=w / w.sum())]
+
+
 # ----------------------------------------------------------------------------- one source
 
 def plan_defects(rng: np.random.Generator, cfg: dict) -> list[str]:
@@ -370,6 +513,17 @@ def generate_source(source_id: int, tpl: Template, cfg: dict) -> dict:
         defects.append({"subtype": subtype, "label": "facial" if subtype == FACIAL else "cranial",
                         "index": n, "defective": complete & ~region, "implant": implant,
                         "implant_ml": float(implant.sum() * vox_ml), "params": dparams})
+    # Clinical families come after the others, so adding them leaves every earlier defect of a source unchanged.
+    for n, subtype in enumerate(plan_clinical(rng, cfg), start=len(defects)):
+        family = cfg["defects"]["clinical"][subtype]
+        for attempt in range(int(cfg["defects"]["max_tries"])):  # noqa: B007 (used after the loop)
+            region, dparams = clinical_defect(rng, tpl, t_coords, spacing, family, cfg)
+            implant = complete & region
+            if implant.sum() * vox_ml >= float(family.get("min_implant_ml", cfg["defects"]["min_implant_ml"])):
+                break
+        dparams["tries"] = attempt + 1
+        defects.append({"subtype": subtype, "label": "cranial", "index": n, "defective": complete & ~region,
+                        "implant": implant, "implant_ml": float(implant.sum() * vox_ml), "params": dparams})
     return {"source_id": source_id, "complete": complete, "ijk_to_ras": grid_affine(axes), "params": params,
             "defects": defects}
 
