@@ -74,3 +74,12 @@ def test_labels_and_bad_input(shell) -> None:
         regions.defect_class("cranial", np.zeros_like(skull), skull)
     with pytest.raises(ValueError, match="empty"):
         regions.defect_angles(skull, np.zeros_like(skull))
+
+
+def test_the_largest_hole_decides_the_class(shell) -> None:
+    """Two holes: a large occipital one and a small frontal one: the class is the large hole's region."""
+    skull, matrix = shell
+    large = ball_defect(skull, matrix, 180.0, 25.0, radius_mm=30.0)
+    small = ball_defect(skull, matrix, 0.0, 30.0, radius_mm=12.0)
+    assert regions.defect_class("cranial", large | small, skull) == "occipital"
+    assert regions.defect_class("cranial", small, skull) == "frontal"

@@ -44,6 +44,7 @@ def small_cfg() -> dict:
     cfg["grid"].update(spacing_inplane_mm=[2.5, 3.0], spacing_slice_mm=[2.5, 3.5], crop_bottom_mm=[0.0, 5.0])
     cfg["defects"]["sphere"]["opening_mm"] = 3.0
     cfg["defects"]["min_implant_ml"] = 1.0
+    cfg["defects"]["clinical_per_source"] = 0  # the clinical families have a test of their own
     return cfg
 
 
@@ -218,3 +219,37 @@ def test_defect_classes_sit_in_their_regions(small_cfg: dict, shell_template) ->
                 assert c[1] > 0.5 and c[2] < 0.0 and d["label"] == "facial", (st, c)
             assert d["implant_ml"] >= cfg["defects"]["min_implant_ml"]
     assert seen == {"bilateral", "frontoorbital", "parietotemporal", "random", "skullfix", "facial"}
+
+
+def test_clinical_families_sit_where_they_belong(small_cfg: dict, shell_template) -> None:
+    """Each clinical family is drawn, lies in its region with its size, and leaves the other defects unchanged."""
+    from scipy import ndimage
+
+    cfg = copy.deepcopy(small_cfg)
+    cfg["pose"].update(max_rotation_deg=0.0, max_translation_mm=0.0)
+    families = cfg["defects"]["clinical_subtypes"]
+    cfg["defects"]["clinical_per_source"] = len(families)
+    cfg["defects"]["clinical"]["burr"]["with_other_prob"] = 0.0  # burr holes alone: the smallest defect
+    tpl = generate.make_template(*shell_template)
+    res = generate.generate_source(1, tpl, cfg)
+    plain = copy.deepcopy(cfg)
+    plain["defects"]["clinical_per_source"] = 0
+    without = generate.generate_source(1, tpl, plain)
+    for before, after in zip(without["defects"], res["defects"], strict=False):
+        assert before["subtype"] == after["subtype"] and np.array_equal(before["implant"], after["implant"])
+    m = res["ijk_to_ras"]
+    pts = np.argwhere(res["complete"]) @ m[:3, :3].T + m[:3, 3]
+    ctr, half = (pts.min(0) + pts.max(0)) / 2, (pts.max(0) - pts.min(0)) / 2
+    clinical = {d["subtype"]: d for d in res["defects"][len(without["defects"]):]}
+    assert set(clinical) == set(families)
+    centre = {name: (_centroid_ras(d["implant"], m) - ctr) / half for name, d in clinical.items()}
+    volume = {name: d["implant_ml"] for name, d in clinical.items()}
+    assert abs(centre["hemicraniectomy"][0]) > 0.4, centre["hemicraniectomy"]
+    assert centre["bifrontal"][1] > 0.4 and abs(centre["bifrontal"][0]) < 0.2, centre["bifrontal"]
+    assert centre["vertex_large"][2] > 0.5, centre["vertex_large"]
+    assert centre["occipital_large"][1] < -0.4 and abs(centre["occipital_large"][0]) < 0.2, centre["occipital_large"]
+    # The flaps are the largest defects; burr holes the smallest, several of them.
+    assert min(volume[n] for n in ("hemicraniectomy", "bifrontal", "vertex_large")) > volume["burr"]
+    for name, at_least in (("multi", 2), ("burr", 2)):
+        _, pieces = ndimage.label(clinical[name]["implant"], structure=np.ones((3, 3, 3), bool))
+        assert pieces >= at_least, (name, pieces)

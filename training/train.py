@@ -506,10 +506,13 @@ def prepare_model(cfg: dict, stage: str, runtime: Runtime) -> AggregatedVAE:
     if stage != "stage2" and _stage_settings(cfg, stage).get("init_from"):
         warm_start(model, _stage_settings(cfg, stage)["init_from"])
     if stage == "stage2":
-        init = cfg["stage2"].get("init_from") or stage_dir(cfg, "stage1") / CHECKPOINT_NAME
-        state = load_checkpoint(expand_path(init))
-        model.load_state_dict(state["model"])
-        log.info("stage 2 starts from the stage-1 checkpoint %s (epoch %d)", init, state["epoch"])
+        init = expand_path(cfg["stage2"].get("init_from") or stage_dir(cfg, "stage1") / CHECKPOINT_NAME)
+        if init.is_dir():  # a model bundle: its encoder stays frozen, its decoder is trained on
+            warm_start(model, init)
+        else:
+            state = load_checkpoint(init)
+            model.load_state_dict(state["model"])
+            log.info("stage 2 starts from the stage-1 checkpoint %s (epoch %d)", init, state["epoch"])
     return model.to(runtime.device)
 
 

@@ -13,6 +13,7 @@ known, so a left-right flip of a volume maps its class through :data:`MIRRORED_C
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 COMPLETE = "complete"
 FACIAL = "facial"
@@ -56,15 +57,20 @@ def cranial_centre_voxel(skull: np.ndarray) -> np.ndarray:
 
 
 def defect_angles(defect: np.ndarray, skull: np.ndarray) -> tuple[float, float]:
-    """(azimuth, elevation) in degrees of the defect's centre of mass seen from the cranial centre.
+    """(azimuth, elevation) in degrees of the centre of mass of the defect's largest hole (its heaviest connected
+    piece: with several holes the largest one decides the class), seen from the cranial centre.
 
     ``defect`` may be a mask or an occupancy (bone fraction); ``skull`` is the complete skull (or the
     defective one: the bounding box hardly changes) on the same isotropic, RAS-aligned grid.
     """
     weights = np.asarray(defect, dtype=np.float64)
-    total = weights.sum()
-    if total <= 0:
+    if weights.sum() <= 0:
         raise ValueError("the defect mask is empty")
+    labels, count = ndimage.label(weights > 0, structure=np.ones((3, 3, 3), bool))
+    if count > 1:
+        heaviest = 1 + int(np.argmax(ndimage.sum_labels(weights, labels, index=np.arange(1, count + 1))))
+        weights = np.where(labels == heaviest, weights, 0.0)
+    total = weights.sum()
     centre_of_mass = np.array([(weights.sum(axis=tuple(a for a in range(3) if a != axis))
                                 * np.arange(weights.shape[axis])).sum() / total for axis in range(3)])
     return point_angles(centre_of_mass, skull)
