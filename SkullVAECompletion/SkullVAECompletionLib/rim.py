@@ -82,7 +82,10 @@ class RimOptions:
     min_core_mm: float = 3.0  # a defect holds a disc of this radius (fine patch): a sliver under 6 mm wide does not
     max_hole_fraction: float = 0.5  # a "hole" over this fraction of the expected shell: the input is not this skull
     min_rim_support: float = 1 / 3  # a defect is a gap in a shell: at least this much of the ring around it is shell
-    max_patch_half_angle_deg: float = 80.0
+    max_patch_half_angle_deg: float = 80.0  # of a latitude-longitude patch (singular at its poles)
+    # A wider hole (a hemicraniectomy reaching low, a third of the vault) gets an azimuthal equidistant patch about its
+    # middle, regular up to the opposite direction, out to this angle from the middle.
+    max_wide_patch_half_angle_deg: float = 125.0
     min_elevation_deg: float = -35.0  # directions further below the horizontal point at the skull base and face
     max_mirrored_fraction: float = 0.5  # a region whose mirror image is another bone-free region is a natural pair
     shape_smoothing_mm: float = 12.0  # smoothing of the decode's surfaces: its shape stays, its voxels' ripple goes
@@ -389,15 +392,17 @@ def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
     radii = np.where(np.isfinite(outer), outer, np.nanmedian(outer[has_shell]))
     partners = tree.query(_mirrored_directions(frame, directions, radii))[1]
     symmetric = mirrored_fraction(partners, open_ray, graph, chosen, component, count)
-    large = (area >= options.min_hole_mm2) & has_core & (symmetric < options.max_mirrored_fraction)
+    in_vault = np.bincount(component, weights=directions[chosen, 2], minlength=count) >= 0.0
+    # A hole in the vault facing a larger defect on the other side is no natural pair: a hole never hides another.
+    faces_defect = faces_larger_defect(partners, graph, chosen, component, count, area, options) & in_vault
+    large = (area >= options.min_hole_mm2) & has_core & ((symmetric < options.max_mirrored_fraction) | faces_defect)
     # Small compact patches in the vault go on to the fine measurement, which sees a burr hole's core and area at
     # 1 mm (fit_hole); a sliver is several times longer than wide, so its directions lie far from their middle.
     # Below the vault (orbits, nose, the skull base) small bone-free patches are natural openings and thin bone.
     compact = _compact_components(directions[chosen], outer[chosen], component, count, area)
-    in_vault = np.bincount(component, weights=directions[chosen, 2], minlength=count) >= 0.0
     one_sided = mirrored_fraction(partners, open_ray, graph, chosen, component, count, own_mirror=True)
     small = (area >= options.small_hole_fraction * options.min_hole_mm2) & compact & in_vault & (
-        one_sided < options.max_mirrored_fraction)
+        (one_sided < options.max_mirrored_fraction) | faces_defect)
     keep = np.flatnonzero(large | small)
     relabel = np.full(count, -1)
     relabel[keep] = np.arange(len(keep))
@@ -416,6 +421,31 @@ def _compact_components(directions: np.ndarray, radii: np.ndarray, component: np
     farthest = np.zeros(count)
     np.maximum.at(farthest, component, angle * radii)
     return farthest <= 2.0 * np.sqrt(np.maximum(area, 0.0) / math.pi) + 1e-6
+
+
+def partner_fractions(partners: np.ndarray, graph: sparse.csr_matrix, chosen: np.ndarray, component: np.ndarray,
+                      count: int) -> np.ndarray:
+    """(count, count): the fraction of region a's directions whose mirror image lies in region b or next to it."""
+    n = graph.shape[0]
+    membership = sparse.csr_matrix((np.ones(len(chosen)), (chosen, component)), shape=(n, count))
+    near = ((graph @ membership + membership) > 0).astype(np.float64)  # a step of tolerance for pose and asymmetry
+    owners = sparse.csr_matrix((np.ones(len(chosen)), (component, np.arange(len(chosen)))), shape=(count, len(chosen)))
+    hits = np.asarray((owners @ near[partners[chosen]]).todense())
+    return hits / np.maximum(np.bincount(component, minlength=count), 1)[:, None]
+
+
+def faces_larger_defect(partners: np.ndarray, graph: sparse.csr_matrix, chosen: np.ndarray, component: np.ndarray,
+                        count: int, area: np.ndarray, options: RimOptions) -> np.ndarray:
+    """Per bone-free region: its mirror image lies mostly in another region at least twice its area whose own mirror
+    image is mostly elsewhere. Natural openings pair up with their like (two orbits); a burr hole opposite a
+    hemicraniectomy mirrors into the large defect, which does not mirror back into it."""
+    if count < 2:
+        return np.zeros(count, bool)
+    fraction = partner_fractions(partners, graph, chosen, component, count)
+    np.fill_diagonal(fraction, 0.0)
+    level = options.max_mirrored_fraction
+    facing = (fraction >= level) & (fraction.T < level) & (area[None, :] >= 2.0 * area[:, None])
+    return facing.any(axis=1)
 
 
 def mirrored_fraction(partners: np.ndarray, open_ray: np.ndarray, graph: sparse.csr_matrix, chosen: np.ndarray,
@@ -443,11 +473,14 @@ def mirrored_fraction(partners: np.ndarray, open_ray: np.ndarray, graph: sparse.
 
 @dataclass
 class Patch:
-    """A latitude-longitude grid of rays whose equator runs through one hole."""
+    """A grid of rays over one hole: latitude-longitude with the equator through the hole, or (``azimuthal``, for
+    holes too wide for that) azimuthal equidistant about the hole's middle: grid offsets are the angle from the
+    middle along e3 and e2, so the grid is regular everywhere but at the opposite direction."""
 
     axes: np.ndarray  # rows e1 (hole centre), e2, e3
     step: float  # radians between rays
     half_count: int  # the grid spans (−half_count … half_count) · step in latitude and longitude
+    azimuthal: bool = False
 
     @property
     def size(self) -> int:
@@ -456,7 +489,12 @@ class Patch:
     def directions(self) -> np.ndarray:
         angles = (np.arange(self.size) - self.half_count) * self.step
         lat, lon = np.meshgrid(angles, angles, indexing="ij")
-        local = np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=-1)
+        if self.azimuthal:
+            theta = np.hypot(lat, lon)
+            ratio = np.sin(theta) / np.maximum(theta, 1e-12)
+            local = np.stack([np.cos(theta), lon * ratio, lat * ratio], axis=-1)
+        else:
+            local = np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=-1)
         return local @ self.axes  # (lat, lon, 3)
 
     def grid_coordinates(self, vectors: np.ndarray) -> np.ndarray:
@@ -464,6 +502,10 @@ class Patch:
         (float32 for the voxels of an implant's box: a millionth of a pixel is plenty, and 5× faster)."""
         dtype = vectors.dtype if vectors.dtype == np.float32 else np.float64
         local = vectors @ self.axes.T.astype(dtype)
+        if self.azimuthal:
+            sideways = np.hypot(local[..., 1], local[..., 2])
+            scale = np.arctan2(sideways, local[..., 0]) / np.maximum(sideways, 1e-12)
+            return np.stack([local[..., 2] * scale, local[..., 1] * scale], axis=-1) / self.step + self.half_count
         norm = np.linalg.norm(local, axis=-1)
         lat = np.arcsin(np.clip(local[..., 2] / np.maximum(norm, 1e-9), -1.0, 1.0))
         lon = np.arctan2(local[..., 1], local[..., 0])
@@ -482,11 +524,14 @@ def patch_for(directions: np.ndarray, radius_mm: float, options: RimOptions) -> 
     local = directions @ axes.T
     half_angle = max(float(np.max(np.abs(np.arcsin(np.clip(local[:, 2], -1, 1))))),
                      float(np.max(np.abs(np.arctan2(local[:, 1], local[:, 0])))))
-    half_angle += options.patch_margin_mm / radius_mm + math.radians(options.detection_step_deg)
-    if math.degrees(half_angle) > options.max_patch_half_angle_deg:
-        return None
+    margin = options.patch_margin_mm / radius_mm + math.radians(options.detection_step_deg)
     step = options.patch_step_mm / radius_mm
-    return Patch(axes, step, int(math.ceil(half_angle / step)))
+    if math.degrees(half_angle + margin) <= options.max_patch_half_angle_deg:
+        return Patch(axes, step, int(math.ceil((half_angle + margin) / step)))
+    widest = float(np.arccos(np.clip(local[:, 0], -1.0, 1.0)).max()) + margin
+    if math.degrees(widest) > options.max_wide_patch_half_angle_deg:
+        return None
+    return Patch(axes, step, int(math.ceil(widest / step)), azimuthal=True)
 
 
 def grid_adjacency(shape: tuple[int, int]) -> sparse.csr_matrix:
@@ -586,7 +631,7 @@ def measure_patch(frame: Frame, seeds: HoleSeeds, label: int, options: RimOption
     radius = float(np.nanmedian(seeds.expected_outer[members]))
     patch = patch_for(seeds.directions[members], radius, options)
     if patch is None:
-        return (f"a bone-free region wider than {2 * options.max_patch_half_angle_deg:.0f}° seen from the skull's "
+        return (f"a bone-free region wider than {2 * options.max_wide_patch_half_angle_deg:.0f}° seen from the skull's "
                 "centre was not filled: it is too large to be a defect of this skull")
     directions = patch.directions().reshape(-1, 3)
     shape = (patch.size, patch.size)
@@ -622,7 +667,8 @@ def measure_patch(frame: Frame, seeds: HoleSeeds, label: int, options: RimOption
     seed = ndimage.binary_dilation(seed, iterations=coarse_step)
     hole = components_touching(~present & in_view & defined, seed)
     # An opening the healthy side has too (an orbit next to a fronto-orbital defect) is natural: not the defect.
-    natural = open_on_healthy_side(frame, patch, directions, exp_outer.ravel(), exp_inner.ravel(), hole, options)
+    natural = open_on_healthy_side(frame, patch, directions, exp_outer.ravel(), exp_inner.ravel(), hole, options,
+                                   other_holes(seeds, label, options))
     if natural.any():
         hole = components_touching(hole & ~natural, seed)
         # What is left must still have a core, like a hole on the coarse sphere: not just the edge of a natural
@@ -637,19 +683,32 @@ def measure_patch(frame: Frame, seeds: HoleSeeds, label: int, options: RimOption
                         profile.outer.reshape(shape), profile.inner.reshape(shape), hole)
 
 
+def other_holes(seeds: HoleSeeds, label: int, options: RimOptions) -> np.ndarray:
+    """Per detection direction: it lies in (or next to) one of the other holes found, not in hole ``label``."""
+    _, graph, _ = detection_sphere(options.detection_step_deg)
+    other = (seeds.labels >= 0) & (seeds.labels != label)
+    return other | (graph @ other.astype(np.int32) > 0)
+
+
 def open_on_healthy_side(frame: Frame, patch: Patch, directions: np.ndarray, expected_outer: np.ndarray,
-                         expected_inner: np.ndarray, hole: np.ndarray, options: RimOptions) -> np.ndarray:
+                         expected_inner: np.ndarray, hole: np.ndarray, options: RimOptions,
+                         other_defects: np.ndarray | None = None) -> np.ndarray:
     """Hole pixels whose mirror image (across the frame's mid-sagittal plane) is bone-free too and not part of this
     hole: natural openings, which come in pairs; a defect is one-sided or crosses the midline.
 
-    Two separate holes that mirror each other exactly are taken for natural openings (the coarse detection does
-    the same).
+    ``other_defects`` (per detection direction): the other holes found. A mirror image inside one of them is no
+    healthy side, so it says nothing (a small hole opposite a large defect stays a hole). Two separate holes that
+    mirror each other exactly are taken for natural openings (the coarse detection does the same).
     """
     mirror_frame, mirrored = _mirrored_rays(frame, directions)
-    pixels = np.rint(patch.grid_coordinates(_mirrored_directions(frame, directions, expected_outer))).astype(int)
+    mirrored_directions = _mirrored_directions(frame, directions, expected_outer)
+    pixels = np.rint(patch.grid_coordinates(mirrored_directions)).astype(int)
     inside = np.all((pixels >= 0) & (pixels < patch.size), axis=1)
     mirror_in_hole = np.zeros(len(directions), bool)
     mirror_in_hole[inside] = hole[pixels[inside, 0], pixels[inside, 1]]
+    if other_defects is not None and other_defects.any():
+        _, _, tree = detection_sphere(options.detection_step_deg)
+        mirror_in_hole |= other_defects[tree.query(mirrored_directions)[1]]
     candidates = np.flatnonzero(hole.ravel() & ~mirror_in_hole)
     natural = np.zeros(len(directions), bool)
     if candidates.size:
