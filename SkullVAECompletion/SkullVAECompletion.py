@@ -106,20 +106,19 @@ except ImportError:  # slicer-core only (CI, batch scripts): stand-ins, see belo
 
 from SkullVAECompletionLib import mrml, options  # noqa: E402  (no torch import: the engine is imported at first use)
 from SkullVAECompletionLib.dependencies import DependencyError  # noqa: E402  (imports no slicer/torch)
+from SkullVAECompletionLib.errors import CancelledError, InputError, SkullVAEError  # noqa: E402
+from SkullVAECompletionLib.options import CompletionOptions, DesignOptions  # noqa: E402  (torch- and scipy-free)
 
 if TYPE_CHECKING:  # the engine (scipy, torch) is imported at first use, after the dependencies are installed
-    from SkullVAECompletionLib.design import DesignOptions
-from SkullVAECompletionLib.errors import CancelledError, InputError, SkullVAEError  # noqa: E402
+    from SkullVAECompletionLib.pipeline import DesignedImplant
 
 MODULE_DIR = Path(__file__).resolve().parent
 SAMPLE_DATA_FILE = "SampleData/CraniumSkull.nrrd"  # relative to Resources/
 SAMPLE_DATA_SHA256 = "bbf16d94657c9b3eabb3c3e9b089eaec0c15e21acb6f5b781a357bdb46e73466"
-# The GUI's choices (SkullVAECompletionLib/options.py, shared with the engine and the CLI). The Logic checks the defect
-# type against the model in use.
-DEFECT_TYPES = list(options.DEFECT_TYPES)
-METHODS = list(options.METHODS)
-EXTRACTIONS = list(options.EXTRACTIONS)
-DEVICES = list(options.GUI_DEVICES)
+# The GUI's choices are options.DEFECT_TYPES, METHODS, EXTRACTIONS and GUI_DEVICES (shared with the engine and the CLI);
+# the Logic checks the defect type against the model in use.
+DEFECT_TYPES = options.DEFECT_TYPES  # the name scripts and the tests know
+GAMMA_RANGE = (0.0, 2.0)  # the γ slider's
 
 
 def moduleResourcePath(filename: str) -> str:
@@ -209,22 +208,30 @@ def registerSampleData() -> None:
 
 @parameterNodeWrapper
 class SkullVAECompletionParameterNode:
-    """GUI choices, saved with the scene. Paths and the segment are read from their widgets at Apply."""
+    """Every option of the panel, saved with the scene: Apply reads this node only (completionOptionsFromParameters).
+
+    The segment, the model folder and the STL folder have no connector in Slicer's wrapper (a combo box of the
+    input's segments, folder paths that may be empty): the widget keeps them and their widgets in step itself.
+    """
 
     # Node types include None (Slicer's template does too): the wrapper writes the default None at creation, and a
     # union of node types without None cannot serialise it (TypeError in getParameterNode: the panel never connects).
     inputNode: vtkMRMLSegmentationNode | vtkMRMLLabelMapVolumeNode | None
-    defectType: Annotated[str, Choice(DEFECT_TYPES)] = "auto"
-    method: Annotated[str, Choice(METHODS)] = "auto"
-    extraction: Annotated[str, Choice(EXTRACTIONS)] = "auto"
-    device: Annotated[str, Choice(DEVICES)] = "auto"
+    segmentId: str = ""  # the input segmentation's skull segment ("": the widget preselects a bone-like one)
+    useBundledModel: bool = True  # False: the model bundle in modelFolder
+    modelFolder: str = ""
+    defectType: Annotated[str, Choice(options.DEFECT_TYPES)] = options.AUTO
+    method: Annotated[str, Choice(options.METHODS)] = options.AUTO
+    extraction: Annotated[str, Choice(options.EXTRACTIONS)] = options.AUTO
+    device: Annotated[str, Choice(options.GUI_DEVICES)] = options.AUTO
     useDefaultGamma: bool = True
-    gamma: Annotated[float, WithinRange(0.0, 2.0)] = 1.0
+    gamma: Annotated[float, WithinRange(*GAMMA_RANGE)] = 1.0
     livePreview: bool = True
     smoothing: bool = True
     uncertainty: bool = False
     uncertaintySamples: Annotated[int, WithinRange(2, 64)] = 8
     exportStl: bool = False
+    stlFolder: str = ""  # set to the home folder when the panel first opens
     # Skull from CT
     ctVolume: vtkMRMLScalarVolumeNode | None
     boneThresholdHu: Annotated[float, WithinRange(-1000.0, 3000.0)] = options.DEFAULT_BONE_THRESHOLD_HU
@@ -239,19 +246,45 @@ class SkullVAECompletionParameterNode:
     showDistanceMap: bool = True
 
 
+# Parameters whose widgets have no connector in Slicer's wrapper: the widget keeps them in step itself.
+WIDGET_SYNCED_PARAMETERS = ("segmentId", "useBundledModel", "modelFolder", "stlFolder")
 DESIGN_PARAMETERS = ("fixedThickness", "thicknessMm", "flangeMm", "flangeThicknessMm", "clearanceMm", "edgeRadiusMm")
 
 
 def designOptionsFromParameters(parameters: Any) -> DesignOptions:
     """The engine's design options from the parameter node (or any object with the same attributes)."""
-    from SkullVAECompletionLib.design import DesignOptions  # noqa: PLC0415  (scipy: installed at first Apply)
-
     return DesignOptions(
         thickness_mm=float(parameters.thicknessMm) if parameters.fixedThickness else None,
         flange_mm=float(parameters.flangeMm),
         flange_thickness_mm=float(parameters.flangeThicknessMm),
         clearance_mm=float(parameters.clearanceMm),
         edge_radius_mm=float(parameters.edgeRadiusMm),
+    )
+
+
+def completionOptionsFromParameters(parameters: Any) -> CompletionOptions:
+    """Everything Apply does, from the parameter node alone (the one source of truth; the widgets only edit it)."""
+    if parameters.useBundledModel:
+        modelPath = None
+    elif parameters.modelFolder:
+        modelPath = parameters.modelFolder
+    else:
+        raise InputError("Choose the folder of your trained model bundle (it holds manifest.json).")
+    if parameters.exportStl and not parameters.stlFolder:
+        raise InputError("Choose the folder the implant STL is written to.")
+    return CompletionOptions(
+        gamma=None if parameters.useDefaultGamma else float(parameters.gamma),
+        defect_type=parameters.defectType,
+        method=parameters.method,
+        extraction=parameters.extraction,
+        device=parameters.device,
+        model_path=modelPath,
+        smoothing=bool(parameters.smoothing),
+        uncertainty_samples=int(parameters.uncertaintySamples) if parameters.uncertainty else 0,
+        design=designOptionsFromParameters(parameters),
+        distance_map=bool(parameters.showDistanceMap),
+        stl_folder=parameters.stlFolder if parameters.exportStl else None,
+        max_triangles=int(parameters.maxTriangles) or None,
     )
 
 
@@ -273,6 +306,7 @@ class SkullVAECompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._updatingGui = False
         self._previewPending = False  # a γ preview asked for while another update ran: run it when that ends
         self._designPending = False
+        self._syncingWidgets = False  # writing the node's segment and folders into their widgets
 
     def resourcePath(self, filename: str) -> str:
         return moduleResourcePath(filename)
@@ -291,14 +325,14 @@ class SkullVAECompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.modelSourceComboBox.addItems([_("Bundled model"), _("Model folder (trained by you)")])
         self.ui.modelPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
         self.ui.stlFolderLineEdit.filters = ctk.ctkPathLineEdit.Dirs
-        self.ui.stlFolderLineEdit.currentPath = str(Path.home())
         self.ui.progressBar.setVisible(False)
 
         self.ui.inputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateSegmentList)
-        self.ui.modelSourceComboBox.connect("currentIndexChanged(int)", self.updateGuiState)
-        self.ui.defaultGammaCheckBox.connect("toggled(bool)", self.updateGuiState)
-        self.ui.stlExportCheckBox.connect("toggled(bool)", self.updateGuiState)
-        self.ui.uncertaintyCheckBox.connect("toggled(bool)", self.updateGuiState)
+        # The widgets without a wrapper connector write into the parameter node themselves.
+        self.ui.segmentComboBox.connect("currentIndexChanged(int)", self.onSegmentChanged)
+        self.ui.modelSourceComboBox.connect("currentIndexChanged(int)", self.onModelSourceChanged)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelFolderChanged)
+        self.ui.stlFolderLineEdit.connect("currentPathChanged(QString)", self.onStlFolderChanged)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.extractSkullButton.connect("clicked(bool)", self.onExtractSkull)
         # A design option changed: re-run only the design step on the cached completion, shortly after.
@@ -313,6 +347,11 @@ class SkullVAECompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.previewTimer.interval = 300
         self.previewTimer.connect("timeout()", self.onPreviewTimeout)
         self.ui.gammaSliderWidget.connect("valueChanged(double)", self.onGammaChanged)
+        # The quality report and the distance map are measured after the result is shown (not on Apply's path).
+        self.qualityTimer = qt.QTimer()
+        self.qualityTimer.setSingleShot(True)
+        self.qualityTimer.interval = 0
+        self.qualityTimer.connect("timeout()", self.onQualityTimeout)
 
         self.initializeParameterNode()
         self.updateSegmentList()
@@ -343,6 +382,8 @@ class SkullVAECompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.stlFolder:
+            self._parameterNode.stlFolder = str(Path.home())
         if not self._parameterNode.inputNode:
             node = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode") or \
                 slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLLabelMapVolumeNode")
@@ -363,21 +404,62 @@ class SkullVAECompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
     def updateSegmentList(self, *args: Any) -> None:
         node = self.ui.inputSelector.currentNode()
         combo = self.ui.segmentComboBox
-        previous = combo.currentData
-        combo.clear()
-        isSegmentation = node is not None and node.IsA("vtkMRMLSegmentationNode")
-        if isSegmentation:
-            segmentation = node.GetSegmentation()
-            for segmentId in segmentation.GetSegmentIDs():
-                combo.addItem(segmentation.GetSegment(segmentId).GetName(), segmentId)
-            index = combo.findData(previous)
-            if index < 0:  # preselect a segment that looks like bone
-                names = [combo.itemText(i).lower() for i in range(combo.count)]
-                index = next((i for i, n in enumerate(names) if "skull" in n or "bone" in n), 0)
-            combo.currentIndex = index
+        previous = self._parameterNode.segmentId if self._parameterNode else combo.currentData
+        self._syncingWidgets = True
+        try:
+            combo.clear()
+            isSegmentation = node is not None and node.IsA("vtkMRMLSegmentationNode")
+            if isSegmentation:
+                segmentation = node.GetSegmentation()
+                for segmentId in segmentation.GetSegmentIDs():
+                    combo.addItem(segmentation.GetSegment(segmentId).GetName(), segmentId)
+                index = combo.findData(previous)
+                if index < 0:  # preselect a segment that looks like bone
+                    names = [combo.itemText(i).lower() for i in range(combo.count)]
+                    index = next((i for i, n in enumerate(names) if "skull" in n or "bone" in n), 0)
+                combo.currentIndex = index
+        finally:
+            self._syncingWidgets = False
         self.ui.segmentLabel.setVisible(isSegmentation)
         combo.setVisible(isSegmentation)
+        self.onSegmentChanged()
+
+    def onSegmentChanged(self, *args: Any) -> None:
+        if self._parameterNode is not None and not self._syncingWidgets:
+            segmentId = self.ui.segmentComboBox.currentData or ""
+            if self._parameterNode.segmentId != segmentId:
+                self._parameterNode.segmentId = segmentId  # its ModifiedEvent updates the GUI state
+                return
         self.updateGuiState()
+
+    def onModelSourceChanged(self, index: int) -> None:
+        if self._parameterNode is not None and not self._syncingWidgets:
+            self._parameterNode.useBundledModel = index != 1
+
+    def onModelFolderChanged(self, path: str) -> None:
+        if self._parameterNode is not None and not self._syncingWidgets:
+            self._parameterNode.modelFolder = path
+
+    def onStlFolderChanged(self, path: str) -> None:
+        if self._parameterNode is not None and not self._syncingWidgets:
+            self._parameterNode.stlFolder = path
+
+    def _showUnboundParameters(self, p: Any) -> None:
+        """Write the parameters the wrapper does not connect into their widgets (a scene load, a script)."""
+        self._syncingWidgets = True
+        try:
+            index = 0 if p.useBundledModel else 1
+            if self.ui.modelSourceComboBox.currentIndex != index:
+                self.ui.modelSourceComboBox.currentIndex = index
+            if self.ui.modelPathLineEdit.currentPath != p.modelFolder:
+                self.ui.modelPathLineEdit.currentPath = p.modelFolder
+            if self.ui.stlFolderLineEdit.currentPath != p.stlFolder:
+                self.ui.stlFolderLineEdit.currentPath = p.stlFolder
+            index = self.ui.segmentComboBox.findData(p.segmentId)
+            if index >= 0 and self.ui.segmentComboBox.currentIndex != index:
+                self.ui.segmentComboBox.currentIndex = index
+        finally:
+            self._syncingWidgets = False
 
     def updateGuiState(self, *args: Any) -> None:
         if not hasattr(self, "ui"):
@@ -392,8 +474,11 @@ class SkullVAECompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                                 uncertainty=self.ui.uncertaintyCheckBox.checked,
                                 fixedThickness=self.ui.fixedThicknessCheckBox.checked,
                                 flangeMm=self.ui.flangeSpinBox.value, ctVolume=self.ui.ctVolumeSelector.currentNode(),
-                                inputNode=self.ui.inputSelector.currentNode())
-        self.ui.modelPathLineEdit.enabled = self.ui.modelSourceComboBox.currentIndex == 1 and not running
+                                inputNode=self.ui.inputSelector.currentNode(),
+                                useBundledModel=self.ui.modelSourceComboBox.currentIndex != 1)
+        else:
+            self._showUnboundParameters(p)
+        self.ui.modelPathLineEdit.enabled = not p.useBundledModel and not running
         self.ui.gammaSliderWidget.enabled = not p.useDefaultGamma
         self.ui.stlFolderLineEdit.enabled = p.exportStl
         self.ui.uncertaintySamplesSpinBox.enabled = p.uncertainty
@@ -410,14 +495,6 @@ class SkullVAECompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
         self.ui.applyButton.toolTip = _("Stop the running completion") if running else (
             _("Complete the skull and create the implant") if hasInput else _("Select the input skull first"))
-
-    def _modelPath(self) -> str | None:
-        if self.ui.modelSourceComboBox.currentIndex == 1:
-            path = self.ui.modelPathLineEdit.currentPath
-            if not path:
-                raise InputError("Choose the folder of your trained model bundle (it holds manifest.json).")
-            return path
-        return None
 
     def onProgress(self, fraction: float, message: str) -> None:
         if self.ui.applyButton.text != _("Cancel"):
@@ -441,28 +518,16 @@ class SkullVAECompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                     from SkullVAECompletionLib import dependencies  # noqa: PLC0415
 
                     dependencies.ensureDependencies()
-                    node = self.ui.inputSelector.currentNode()
-                    segmentId = self.ui.segmentComboBox.currentData if node and node.IsA(
-                        "vtkMRMLSegmentationNode") else None
-                    stlFolder = self.ui.stlFolderLineEdit.currentPath if self.ui.stlExportCheckBox.checked else None
-                    design = designOptionsFromParameters(self._parameterNode)
-                    self._outputNode = self.logic.process(
-                        node, segmentId=segmentId,
-                        gamma=None if self.ui.defaultGammaCheckBox.checked else self.ui.gammaSliderWidget.value,
-                        defectType=self._parameterNode.defectType, device=self._parameterNode.device,
-                        method=None if self._parameterNode.method == "auto" else self._parameterNode.method,
-                        extraction=None if self._parameterNode.extraction == "auto" else self._parameterNode.extraction,
-                        progress=self.onProgress, modelPath=self._modelPath(),
-                        smoothing=self.ui.smoothingCheckBox.checked,
-                        uncertaintySamples=self.ui.uncertaintySamplesSpinBox.value
-                        if self.ui.uncertaintyCheckBox.checked else 0,
-                        stlFolder=stlFolder, showSurfaces=True,
-                        design=design,
-                        distanceMap=self._parameterNode.showDistanceMap,
-                        maxTriangles=self._parameterNode.maxTriangles or None,
-                    )
+                    # The parameter node only: what the scene saves is what the run did.
+                    parameters = self._parameterNode
+                    node = parameters.inputNode
+                    segmentId = (parameters.segmentId or None) if node and node.IsA("vtkMRMLSegmentationNode") \
+                        else None
+                    runOptions = completionOptionsFromParameters(parameters)
+                    self._outputNode = self.logic.process(node, segmentId=segmentId, options=runOptions,
+                                                          progress=self.onProgress, showSurfaces=True)
                     # What the result shows: a later difference from the parameters is applied by the design step.
-                    self._designShown = design
+                    self._designShown = runOptions.design
                     self._showResult()
                 except CancelledError as error:
                     self.ui.statusLabel.text = errorMessage(error)  # not an error: no dialog
@@ -478,14 +543,29 @@ class SkullVAECompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.statusLabel.text = summary.statusText()
         self._updatingGui = True
         try:
-            self.ui.gammaSliderWidget.value = summary.gamma
+            # The slider shows the γ used (the model's default, say), within its range.
+            self._parameterNode.gamma = min(max(summary.gamma, GAMMA_RANGE[0]), GAMMA_RANGE[1])
         finally:
             self._updatingGui = False
         if summary.uncertaintyNode is not None:
             slicer.util.setSliceViewerLayers(foreground=summary.uncertaintyNode, foregroundOpacity=0.5)
+        self.qualityTimer.start()
+
+    def onQualityTimeout(self) -> None:
+        """Measure the shown result's quality report and distance map, then show them in the status line."""
+        if self.logic.isRunning:
+            self.qualityTimer.start()  # after the running update, which needs its own measurement anyway
+            return
+        if self._outputNode is None or self._outputNode.GetScene() is None or not self.logic.qualityPending:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Measuring the implant failed."), waitCursor=True):
+            summary = self.logic.measureQuality(self._outputNode)
+            if summary is not None:
+                self.ui.statusLabel.text = summary.statusText()
 
     def onGammaChanged(self, value: float) -> None:
-        if not self._updatingGui and self.ui.livePreviewCheckBox.checked and self._outputNode is not None:
+        if not self._updatingGui and self._parameterNode is not None and self._parameterNode.livePreview \
+                and self._outputNode is not None:
             self.previewTimer.start()
 
     def onPreviewTimeout(self) -> None:
@@ -496,9 +576,10 @@ class SkullVAECompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             return
         try:
             with slicer.util.tryWithErrorDisplay(_("Preview failed."), waitCursor=True):
-                self.logic.updateGamma(self._outputNode, self.ui.gammaSliderWidget.value, updateUncertainty=False,
-                                       measureFit=False)
+                # The segments first; the quality report follows when nothing else is waiting (qualityTimer).
+                self.logic.updateGamma(self._outputNode, self._parameterNode.gamma, updateUncertainty=False)
                 self.ui.statusLabel.text = self.logic.lastResult.statusText()
+                self.qualityTimer.start()
         finally:
             self._restartPendingUpdates()
 
@@ -544,6 +625,7 @@ class SkullVAECompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 self._designShown = design
                 self.logic.updateDesign(self._outputNode, design, distanceMap=self._parameterNode.showDistanceMap)
                 self.ui.statusLabel.text = self.logic.lastResult.statusText()
+                self.qualityTimer.start()
         finally:
             self._restartPendingUpdates()
 
@@ -553,29 +635,60 @@ class SkullVAECompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 #
 
 
+# What the Logic's keyword arguments are called (the console API, camelCase) in CompletionOptions.
+OPTION_NAMES = {
+    "gamma": "gamma",
+    "defectType": "defect_type",
+    "method": "method",
+    "extraction": "extraction",
+    "device": "device",
+    "precision": "precision",
+    "modelPath": "model_path",
+    "smoothing": "smoothing",
+    "uncertaintySamples": "uncertainty_samples",
+    "design": "design",
+    "distanceMap": "distance_map",
+    "stlFolder": "stl_folder",
+    "maxTriangles": "max_triangles",
+}
+
+
+def completionOptions(options: CompletionOptions | None = None, **changes: Any) -> CompletionOptions:
+    """``options`` (default: all defaults) with ``changes`` given by their console names (``gamma=0.8``,
+    ``defectType="frontal"``, ``stlFolder=...``: :data:`OPTION_NAMES`) or their CompletionOptions names."""
+    fields = {}
+    for name, value in changes.items():
+        field = OPTION_NAMES.get(name, name)
+        if field not in OPTION_NAMES.values():
+            raise TypeError(f"unknown option {name!r}; known: {', '.join(OPTION_NAMES)}")
+        if field == "design" and value is None:
+            value = DesignOptions()
+        elif field in ("model_path", "stl_folder") and value is not None:
+            value = os.fspath(value)
+        fields[field] = value
+    return (options or CompletionOptions()).replace(**fields)
+
+
 @dataclass
-class _Session:
-    """What a result node needs to be re-decoded with another γ."""
+class CachedCompletion:
+    """What a result node needs to be re-decoded with another γ or re-designed, and its last designed implant."""
 
     completer: Any
     encoded: Any
     inputMask: mrml.InputMask
-    defectType: str
-    smoothing: bool
-    uncertaintySamples: int
+    options: CompletionOptions  # those of the result shown (γ, class and design as last updated)
     uncertaintyNodeId: str | None
-    completion: Any = None  # the completion before design: a design change starts from it, without decoding
-    design: DesignOptions | None = None
+    designed: DesignedImplant | None = None  # the result shown; its completion is where a design change starts
     distanceModelId: str | None = None
-    maxTriangles: int | None = None
-    method: str | None = None  # None: the model's default
-    extraction: str | None = None  # None: the model's choice for the class (else the rim-conforming stage)
+    summary: mrml.CompletionSummary | None = None  # of the result shown: its quality report is filled in there
 
 
 class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
     """Scriptable, blocking API; usable without the GUI and without the Slicer application (slicer-core).
 
-    ``process`` never changes the input node and leaves the scene as it was on error or cancel.
+    ``process`` never changes the input node and leaves the scene as it was on error or cancel. The quality report
+    and the distance map of a result are measured on first use (``lastResult.fit``, ``measureQuality``), after the
+    segments are shown.
     """
 
     def __init__(self, modelPath: str | os.PathLike | None = None) -> None:
@@ -587,7 +700,7 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
         self.useWorkerThread = HAVE_SLICER_APP
         self.completerFactory = None  # optional callable(modelPath, device) -> completer (tests, custom engines)
         self._completers: dict[tuple[str, str], Any] = {}
-        self._sessions: dict[str, _Session] = {}
+        self._cache: dict[str, CachedCompletion] = {}
         self._cancelRequested = False
 
     def getParameterNode(self) -> SkullVAECompletionParameterNode:
@@ -599,13 +712,13 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
 
     def clearCache(self) -> None:
         """Forget cached encodings (scene closed) and loaded models (free memory)."""
-        self._sessions.clear()
+        self._cache.clear()
         self._completers.clear()
 
     def releaseResult(self, segmentationNode: Any) -> None:
         """Forget the cached encoding of a result (batch processing: free memory, keep the loaded model)."""
         if segmentationNode is not None:
-            self._sessions.pop(segmentationNode.GetID(), None)
+            self._cache.pop(segmentationNode.GetID(), None)
 
     def getCompleter(self, modelPath: str | os.PathLike | None = None, device: str = "auto") -> Any:
         """The engine for a model folder (None: bundled) and device; loaded once and cached."""
@@ -624,42 +737,26 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
         self,
         inputNode: Any,
         segmentId: str | None = None,
-        gamma: float | None = None,
-        defectType: str = "auto",
-        device: str = "auto",
+        options: CompletionOptions | None = None,
         progress: mrml.ProgressCallback | None = None,
-        modelPath: str | os.PathLike | None = None,
-        smoothing: bool = True,
-        uncertaintySamples: int = 0,
-        stlFolder: str | os.PathLike | None = None,
         outputName: str | None = None,
         showSurfaces: bool = False,
-        design: DesignOptions | None = None,
-        distanceMap: bool = True,
-        maxTriangles: int | None = None,
-        method: str | None = None,
-        extraction: str | None = None,
+        **changes: Any,
     ) -> Any:
         """Complete the skull of ``inputNode``; return the new segmentation node ("Completed skull", "Implant").
 
         :param inputNode: segmentation node (skull segment ``segmentId``, or its only segment) or labelmap volume.
-        :param gamma: latent shift factor; None uses the model's default for the defect type.
-        :param defectType: "auto" (the class the model detects) or one of the model's defect classes (bundled
-            model: frontal, frontoorbital, parietotemporal_left, parietotemporal_right, occipital, vertex, facial).
-        :param device: "auto" (CUDA when available), "cpu" or "cuda" (DeviceError when absent).
+        :param options: what to do (:class:`SkullVAECompletionLib.options.CompletionOptions`; the panel's come from
+            ``completionOptionsFromParameters``); None: the model's choices.
         :param progress: ``progress(fraction, message)``; may raise CancelledError to cancel.
-        :param modelPath: model bundle folder; None uses ``self.modelPath`` or the bundled model.
-        :param uncertaintySamples: > 0 also creates an uncertainty volume node from that many decodes.
-        :param stlFolder: if given, the implant is written there as STL (LPS, mm).
-        :param design: implant design options (thickness, flange, clearance, rounding); None: as completed.
-        :param distanceMap: also add the implant surface coloured by its distance to the skull (a model node).
-        :param maxTriangles: decimate the exported STL to at most this many triangles (within 0.2 mm).
-        :param method: "dev", "knn", "refine" (decoder with a latent shift) or "mirror" (the healthy side mirrored);
-            None: the model's default.
-        :param extraction: "rim" (implant surfaces fitted to the intact bone), "decode" (decoded minus input bone,
-            the paper's way) or "union" (both); None: the model's choice for the defect class, else "rim".
+        :param changes: single options by name, over ``options``: ``gamma`` (None: the model's default for the
+            class), ``defectType`` ("auto" or one of the model's classes), ``method``, ``extraction``, ``device``,
+            ``modelPath`` (None: ``self.modelPath`` or the bundled model), ``smoothing``, ``uncertaintySamples``,
+            ``design`` (DesignOptions), ``distanceMap``, ``stlFolder`` (write the implant STL there, LPS mm),
+            ``maxTriangles`` (decimate that STL); see CompletionOptions.
         :raises InputError, BundleError, DeviceError, CancelledError: with the message the GUI shows.
         """
+        options = completionOptions(options, **changes)
         if self.isRunning:
             raise RuntimeError("A completion is already running; wait for it or cancel it.")
         start = time.perf_counter()
@@ -673,28 +770,27 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
                 raise InputError(f"{mrml.describeNode(inputNode)} is not in a scene.")
             if self.useWorkerThread:
                 inputMask.mask = np.array(inputMask.mask, copy=True)  # the worker must not read the node's memory
-            modelPath = modelPath if modelPath is not None else self.modelPath
-            if stlFolder:
-                mrml.prepareFolder(stlFolder)
+            modelPath = options.model_path if options.model_path is not None else self.modelPath
+            if options.stl_folder:
+                mrml.prepareFolder(options.stl_folder)
 
-            def work(engineProgress: mrml.ProgressCallback) -> tuple[Any, Any, Any]:
+            def work(engineProgress: mrml.ProgressCallback) -> tuple[Any, Any, DesignedImplant]:
+                from SkullVAECompletionLib import pipeline  # noqa: PLC0415  (imports scipy)
+
                 engineProgress(0.0, "Loading the model")
-                completer = self.getCompleter(modelPath, device)
+                completer = self.getCompleter(modelPath, options.device)
                 encoded = completer.encode(inputMask.mask, inputMask.worldIjkToRas, name=inputMask.name,
                                            progress=mrml.StageProgress(engineProgress, 0.05, 0.5))
-                completion = completer.complete(encoded, gamma=gamma, defect_type=defectType, smoothing=smoothing,
-                                                uncertainty_samples=uncertaintySamples, method=method,
-                                                extraction=extraction,
-                                                progress=mrml.StageProgress(engineProgress, 0.5, 0.8))
+                completion = pipeline.complete(completer, encoded, options,
+                                               mrml.StageProgress(engineProgress, 0.5, 0.8))
                 engineProgress(0.8, "Designing the implant")
-                designed = _designAndFit(completion, design, inputMask.ijkToRas, distanceMap)
-                return completer, encoded, completion, designed
+                return completer, encoded, pipeline.design_completion(completion, inputMask.ijkToRas, options.design)
 
-            completer, encoded, completion, designed = mrml.runBlocking(
+            completer, encoded, designed = mrml.runBlocking(
                 work, report, lambda: self._cancelRequested, _processEvents(), self.useWorkerThread)
-            result, fit, surface = designed
+            result = designed.result
             # Everything from here on is published inside one rollback: a cancel at any later progress call (the
-            # last, 1.0, included) or any error removes every node added since, the cached session and the files.
+            # last, 1.0, included) or any error removes every node added since, the cached result and the files.
             with mrml.SceneRollback(scene) as rollback:
                 previousResult = self.lastResult
                 rollback.onRollback(lambda: setattr(self, "lastResult", previousResult))
@@ -706,29 +802,19 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
                 if result.uncertainty is not None:
                     uncertaintyNode = mrml.buildUncertaintyVolume(result.uncertainty, inputMask,
                                                                   f"{segmentationNode.GetName()} uncertainty")
-                distanceNode = None
-                if surface is not None:
-                    distanceNode = mrml.buildDistanceModel(surface, f"{segmentationNode.GetName()} distance to skull")
-                summary = self._summary(completer, result, segmentationNode, uncertaintyNode, start, fit, design,
-                                        distanceNode)
-                mrml.setResultAttributes(segmentationNode, summary, inputMask)
-                mrml.setDesignAttributes(segmentationNode, self._record(summary, maxTriangles))
-                nodes = [segmentationNode] + [n for n in (uncertaintyNode, distanceNode) if n is not None]
+                nodes = [segmentationNode] + [n for n in (uncertaintyNode,) if n is not None]
                 mrml.addResultToScene(scene, nodes, inputNode, inputMask.transformNodeId, showSurfaces)
-                if distanceNode is not None:
-                    mrml.showDistanceModel(distanceNode, mrml.distanceColorNode(scene))
-                if stlFolder:
+                cached = CachedCompletion(completer, encoded, inputMask, options,
+                                          uncertaintyNode.GetID() if uncertaintyNode is not None else None, designed)
+                summary = self._publish(segmentationNode, cached, uncertaintyNode, None, start, measure=True)
+                mrml.setResultAttributes(segmentationNode, summary, inputMask)
+                if options.stl_folder:
                     report(0.96, "Writing the implant STL")
-                    summary.stlFiles = self._exportStl(segmentationNode, result, inputMask, stlFolder, maxTriangles,
-                                                       rollback)
+                    summary.stlFiles = self._exportStl(segmentationNode, designed, options, rollback)
                 nodeId = segmentationNode.GetID()
-                self._sessions[nodeId] = _Session(
-                    completer, encoded, inputMask, defectType, smoothing, uncertaintySamples,
-                    uncertaintyNode.GetID() if uncertaintyNode is not None else None, completion, design,
-                    distanceNode.GetID() if distanceNode is not None else None, maxTriangles, method, extraction)
-                rollback.onRollback(lambda: self._sessions.pop(nodeId, None))
+                self._cache[nodeId] = cached
+                rollback.onRollback(lambda: self._cache.pop(nodeId, None))
                 summary.seconds = mrml.elapsed(start)
-                self.lastResult = summary
                 report(1.0, summary.statusText())  # a cancel point too: it takes all of the above back
             inputMask.mask = None  # the encoding keeps what it needs; don't pin the input's voxels
             logging.info("SkullVAE Completion: %s", summary.statusText())
@@ -752,106 +838,148 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
                     updateUncertainty: bool = True, measureFit: bool = True) -> mrml.CompletionSummary:
         """Re-decode with another γ (cached encoding) and replace the segments of ``segmentationNode`` in place.
 
-        ``measureFit=False`` (the γ slider's live preview) skips the fit report and the distance map, which cost
-        more than the completion itself on sub-millimetre scans; they are measured again by the next full update.
+        The quality report and the distance map are measured on first use (``measureQuality``; until then the
+        distance map of the previous implant is hidden); ``measureFit=False`` leaves this result unmeasured.
         """
-        session = self._session(segmentationNode)
+        cached = self._cached(segmentationNode)
         start = time.perf_counter()
         self.isRunning = True
         self._cancelRequested = False
         report = self._reporter(progress)
         try:
-            samples = session.uncertaintySamples if updateUncertainty else 0
-            chosenType = defectType or session.defectType
+            options = cached.options.replace(gamma=gamma, defect_type=defectType or cached.options.defect_type)
 
-            def work(engineProgress: mrml.ProgressCallback) -> tuple[Any, Any]:
-                completion = session.completer.complete(
-                    session.encoded, gamma=gamma, defect_type=chosenType, smoothing=session.smoothing,
-                    uncertainty_samples=samples, progress=engineProgress, method=session.method,
-                    extraction=session.extraction)
-                designed = _designAndFit(completion, session.design, session.inputMask.ijkToRas,
-                                         session.distanceModelId is not None, measureFit)
+            def work(engineProgress: mrml.ProgressCallback) -> DesignedImplant:
+                from SkullVAECompletionLib import pipeline  # noqa: PLC0415
+
+                designed = pipeline.complete_and_design(cached.completer, cached.encoded, cached.inputMask.ijkToRas,
+                                                        options, engineProgress, uncertainty=updateUncertainty)
                 engineProgress(0.95, "Updating the result")  # the last cancel point: the scene is not changed yet
-                return completion, designed
+                return designed
 
-            completion, (result, fit, surface) = mrml.runBlocking(
+            designed = mrml.runBlocking(
                 work, report, lambda: self._cancelRequested, _processEvents(), self.useWorkerThread)
-            with self._inPlaceUpdate(segmentationNode, session):
-                mrml.updateResultSegments(segmentationNode, result, session.inputMask.ijkToRas)
-                session.defectType = chosenType
-                session.completion = completion
-                if measureFit:
-                    distanceNode = self._updateDistanceModel(segmentationNode, session, surface)
-                else:  # hidden until measured again: it describes the previous implant
-                    distanceNode = segmentationNode.GetScene().GetNodeByID(session.distanceModelId or "")
-                    if distanceNode is not None and distanceNode.GetDisplayNode() is not None:
-                        distanceNode.GetDisplayNode().SetVisibility(False)
+            with self._inPlaceUpdate(segmentationNode, cached):
+                mrml.updateResultSegments(segmentationNode, designed.result, cached.inputMask.ijkToRas)
+                cached.options, cached.designed = options, designed
                 uncertaintyNode = None
-                if session.uncertaintyNodeId:
-                    uncertaintyNode = segmentationNode.GetScene().GetNodeByID(session.uncertaintyNodeId)
-                    if uncertaintyNode is not None and result.uncertainty is not None:
-                        mrml.updateUncertaintyVolume(uncertaintyNode, result.uncertainty,
-                                                     session.inputMask.ijkToRas)
-                return self._publish(segmentationNode, session, result, fit, uncertaintyNode, distanceNode, start)
+                if cached.uncertaintyNodeId:
+                    uncertaintyNode = segmentationNode.GetScene().GetNodeByID(cached.uncertaintyNodeId)
+                    if uncertaintyNode is not None and designed.result.uncertainty is not None:
+                        mrml.updateUncertaintyVolume(uncertaintyNode, designed.result.uncertainty,
+                                                     cached.inputMask.ijkToRas)
+                staleDistanceMap = self._staleDistanceModel(segmentationNode, cached)
+                return self._publish(segmentationNode, cached, uncertaintyNode, staleDistanceMap, start, measureFit)
         finally:
             self.isRunning = False
 
     def updateDesign(self, segmentationNode: Any, design: DesignOptions, distanceMap: bool = True,
                      progress: mrml.ProgressCallback | None = None) -> mrml.CompletionSummary:
         """Apply other design options to the cached completion (no decoding) and update the result in place."""
-        session = self._session(segmentationNode)
+        cached = self._cached(segmentationNode)
         start = time.perf_counter()
         self.isRunning = True
         self._cancelRequested = False
         report = self._reporter(progress)
         try:
-            def work(engineProgress: mrml.ProgressCallback) -> tuple[Any, Any, Any]:
+            options = cached.options.replace(design=design, distance_map=distanceMap)
+            completion = cached.designed.completion
+
+            def work(engineProgress: mrml.ProgressCallback) -> DesignedImplant:
+                from SkullVAECompletionLib import pipeline  # noqa: PLC0415
+
                 engineProgress(0.0, "Designing the implant")
-                designed = _designAndFit(session.completion, design, session.inputMask.ijkToRas, distanceMap)
+                designed = pipeline.design_completion(completion, cached.inputMask.ijkToRas, design)
                 engineProgress(0.95, "Updating the result")  # the last cancel point: the scene is not changed yet
                 return designed
 
-            result, fit, surface = mrml.runBlocking(
+            designed = mrml.runBlocking(
                 work, report, lambda: self._cancelRequested, _processEvents(), self.useWorkerThread)
-            with self._inPlaceUpdate(segmentationNode, session):
-                mrml.updateResultSegments(segmentationNode, result, session.inputMask.ijkToRas)
-                session.design = design
-                distanceNode = self._updateDistanceModel(segmentationNode, session, surface if distanceMap else None)
-                uncertaintyNode = segmentationNode.GetScene().GetNodeByID(session.uncertaintyNodeId) \
-                    if session.uncertaintyNodeId else None
-                return self._publish(segmentationNode, session, result, fit, uncertaintyNode, distanceNode, start)
+            with self._inPlaceUpdate(segmentationNode, cached):
+                mrml.updateResultSegments(segmentationNode, designed.result, cached.inputMask.ijkToRas)
+                cached.options, cached.designed = options, designed
+                if not distanceMap:
+                    self._updateDistanceModel(segmentationNode, cached, None)
+                uncertaintyNode = segmentationNode.GetScene().GetNodeByID(cached.uncertaintyNodeId) \
+                    if cached.uncertaintyNodeId else None
+                staleDistanceMap = self._staleDistanceModel(segmentationNode, cached)
+                return self._publish(segmentationNode, cached, uncertaintyNode, staleDistanceMap, start, True)
         finally:
             self.isRunning = False
 
+    @property
+    def qualityPending(self) -> bool:
+        """Whether the last result's quality report is still to be measured (``measureQuality``)."""
+        return self.lastResult is not None and self.lastResult.qualityPending
+
+    def measureQuality(self, segmentationNode: Any = None,
+                       progress: mrml.ProgressCallback | None = None) -> mrml.CompletionSummary | None:
+        """Measure the quality report of the result shown in ``segmentationNode`` (default: the last result) and
+        show its distance map; returns its summary (None when there is no such result). Done once per result:
+        ``lastResult.fit`` calls this on first use, the module's panel right after it shows a result."""
+        if segmentationNode is None:
+            segmentationNode = self.lastResult.segmentationNode if self.lastResult is not None else None
+        cached = self._cache.get(segmentationNode.GetID()) if segmentationNode is not None else None
+        if cached is None or cached.designed is None or segmentationNode.GetScene() is None:
+            return None
+        designed, distanceMap, summary = cached.designed, cached.options.distance_map, cached.summary
+        if not designed.measured:
+            def work(engineProgress: mrml.ProgressCallback) -> None:
+                engineProgress(0.0, "Measuring the implant")
+                designed.quality(distanceMap)
+
+            if self.isRunning:  # asked for from inside a run (a progress callback reading lastResult.fit)
+                designed.quality(distanceMap)
+            else:
+                self.isRunning = True
+                try:
+                    mrml.runBlocking(work, self._reporter(progress), lambda: False, _processEvents(),
+                                     self.useWorkerThread)
+                finally:
+                    self.isRunning = False
+        distanceNode = self._updateDistanceModel(segmentationNode, cached,
+                                                 designed.surface() if distanceMap else None)
+        if summary is not None:
+            summary.setQuality(designed.quality(), distanceNode)
+            mrml.setDesignAttributes(segmentationNode, self._record(summary, cached.options.max_triangles))
+        return summary
+
     @contextlib.contextmanager
-    def _inPlaceUpdate(self, segmentationNode: Any, session: _Session) -> Iterator[None]:
+    def _inPlaceUpdate(self, segmentationNode: Any, cached: CachedCompletion) -> Iterator[None]:
         """The scene side of a γ or design update. Every progress call (the cancel points) happened before it; a
         cancel requested meanwhile stops it here, before anything changes. On an error inside, the nodes it added
-        are removed and the session and ``lastResult`` are restored (the segments' voxels may hold the new result)."""
+        are removed and the cached result and ``lastResult`` are restored (the segments' voxels may hold the new
+        result)."""
         if self._cancelRequested:
             raise CancelledError(mrml.CANCELLED_MESSAGE)
-        saved = dataclasses.replace(session)
+        saved = dataclasses.replace(cached)
         previousResult = self.lastResult
 
         def restore() -> None:
-            session.__dict__.update(saved.__dict__)
+            cached.__dict__.update(saved.__dict__)
             self.lastResult = previousResult
 
         with mrml.SceneRollback(segmentationNode.GetScene()) as rollback:
             rollback.onRollback(restore)
             yield
 
-    def _publish(self, segmentationNode: Any, session: _Session, result: Any, fit: Any, uncertaintyNode: Any,
-                 distanceNode: Any, start: float) -> mrml.CompletionSummary:
-        """Record an in-place update (γ or design) on the result node and as ``lastResult``."""
-        summary = self._summary(session.completer, result, segmentationNode, uncertaintyNode, start, fit,
-                                session.design, distanceNode)
+    def _publish(self, segmentationNode: Any, cached: CachedCompletion, uncertaintyNode: Any, distanceNode: Any,
+                 start: float, measure: bool) -> mrml.CompletionSummary:
+        """Record a result (new or updated in place) on the result node and as ``lastResult``; its quality report is
+        measured on first use when ``measure``, never otherwise (a γ preview)."""
+        designed = cached.designed
+        summary = self._summary(cached.completer, designed.result, segmentationNode, uncertaintyNode, start,
+                                cached.options.design, distanceNode)
+        if measure and not designed.empty:
+            summary.measureQuality = lambda: self.measureQuality(segmentationNode)
+        cached.summary = summary
         mrml.setResultAttributes(segmentationNode, summary)
-        mrml.setDesignAttributes(segmentationNode, self._record(summary, session.maxTriangles))
+        mrml.setDesignAttributes(segmentationNode, self._record(summary, cached.options.max_triangles))
         self.lastResult = summary
         return summary
 
-    def skullFromCT(self, volumeNode: Any, threshold: float = 300.0, name: str | None = None) -> Any:
+    def skullFromCT(self, volumeNode: Any, threshold: float = options.DEFAULT_BONE_THRESHOLD_HU,
+                    name: str | None = None) -> Any:
         """Extract the skull of a CT (bone ≥ ``threshold`` HU, largest connected piece) into a NEW segmentation
         node with one "Skull" segment, beside the CT (same study, same parent transform). The CT is not changed."""
         from SkullVAECompletionLib.skull_from_ct import skull_from_ct  # noqa: PLC0415
@@ -866,70 +994,69 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
         node.SetAttribute(mrml.ATTRIBUTE_PREFIX + "SourceVolumeID", volumeNode.GetID() or "")
         return mrml.addNodeNextTo(scene, node, volumeNode)
 
-    def _session(self, segmentationNode: Any) -> _Session:
+    def _cached(self, segmentationNode: Any) -> CachedCompletion:
         nodeId = segmentationNode.GetID() if segmentationNode is not None else None
-        session = self._sessions.get(nodeId) if nodeId else None
-        if session is None or segmentationNode.GetScene() is None:
+        cached = self._cache.get(nodeId) if nodeId else None
+        if cached is None or segmentationNode.GetScene() is None:
             raise InputError(
                 f"{mrml.describeNode(segmentationNode)} has no cached encoding (it was not created by this module "
                 "in this session, or the scene was closed): run the completion (Apply) again.")
         if self.isRunning:
             raise RuntimeError("A completion is already running; wait for it or cancel it.")
-        return session
+        return cached
 
-    def _updateDistanceModel(self, segmentationNode: Any, session: _Session, surface: Any) -> Any:
+    @staticmethod
+    def _staleDistanceModel(segmentationNode: Any, cached: CachedCompletion) -> Any:
+        """The distance map, hidden: it shows the previous implant until this one is measured (None if none)."""
+        node = segmentationNode.GetScene().GetNodeByID(cached.distanceModelId) if cached.distanceModelId else None
+        if node is not None and node.GetDisplayNode() is not None:
+            node.GetDisplayNode().SetVisibility(False)
+        return node
+
+    def _updateDistanceModel(self, segmentationNode: Any, cached: CachedCompletion, surface: Any) -> Any:
         """Replace the distance map's surface in place, create it, or remove it (``surface`` None)."""
         scene = segmentationNode.GetScene()
-        node = scene.GetNodeByID(session.distanceModelId) if session.distanceModelId else None
+        node = scene.GetNodeByID(cached.distanceModelId) if cached.distanceModelId else None
         if surface is None:
             if node is not None:
                 mrml.removeNodes(scene, [node])
-            session.distanceModelId = None
+            cached.distanceModelId = None
             return None
         if node is None:
             node = mrml.buildDistanceModel(surface, f"{segmentationNode.GetName()} distance to skull")
             mrml.addNodeNextTo(scene, node, segmentationNode)
             mrml.showDistanceModel(node, mrml.distanceColorNode(scene))
-            session.distanceModelId = node.GetID()
+            cached.distanceModelId = node.GetID()
         else:
             node.SetAndObservePolyData(surface)
             if node.GetDisplayNode() is not None:
-                node.GetDisplayNode().SetVisibility(True)  # a γ preview may have hidden it
+                node.GetDisplayNode().SetVisibility(True)  # hidden while it showed a previous implant
         return node
 
     @staticmethod
     def _record(summary: mrml.CompletionSummary, maxTriangles: int | None) -> dict:
-        from SkullVAECompletionLib.design import DesignOptions  # noqa: PLC0415
-        from SkullVAECompletionLib.fit import summary_record  # noqa: PLC0415
+        from SkullVAECompletionLib.pipeline import summary_record  # noqa: PLC0415
 
-        return summary_record(summary.result, summary.modelId, summary.modelVersion, summary.design or DesignOptions(),
-                              summary.fit, max_triangles=maxTriangles)
+        return summary_record(summary.result, summary.modelId, summary.modelVersion,
+                              summary.design or DesignOptions(), summary.measuredFit, max_triangles=maxTriangles)
 
     @staticmethod
-    def _exportStl(segmentationNode: Any, result: Any, inputMask: mrml.InputMask, folder: Any,
-                   maxTriangles: int | None, rollback: mrml.SceneRollback | None = None) -> list[str]:
-        """Write the implant STL; a rollback of the run deletes the files this export created."""
-        existing = set(mrml.prepareFolder(folder).glob("*.stl"))
-        if rollback is not None:
-            def deleteCreated() -> None:
-                for path in set(mrml.prepareFolder(folder).glob("*.stl")) - existing:
-                    path.unlink(missing_ok=True)
-
-            rollback.onRollback(deleteCreated)  # registered first: a failing export may have left a file
-        if not maxTriangles:
-            return mrml.exportImplantStl(segmentationNode, folder)
-        from SkullVAECompletionLib.io import write_stl  # noqa: PLC0415
-
-        if not np.any(result.implant):
+    def _exportStl(segmentationNode: Any, designed: DesignedImplant, options: CompletionOptions,
+                   rollback: mrml.SceneRollback | None = None) -> list[str]:
+        """Write the implant STL (the command line's surface: pipeline.DesignedImplant.write_stl); a rollback of the
+        run deletes the file."""
+        if designed.empty:
+            logging.warning("The implant is empty (no defect found at this γ): no STL written")
             return []
-        path = mrml.prepareFolder(folder) / f"{segmentationNode.GetName()} implant.stl"
-        return [str(write_stl(path, result.implant, inputMask.ijkToRas, "LPS", overwrite=True,
-                              max_triangles=maxTriangles))]
+        path = mrml.prepareFolder(options.stl_folder) / f"{segmentationNode.GetName()} implant.stl"
+        existed = path.exists()
+        if rollback is not None and not existed:
+            rollback.onRollback(lambda: path.unlink(missing_ok=True))  # registered first: a failed write may leave it
+        return [str(designed.write_stl(path, options.stl_coordinates, options.max_triangles, overwrite=True))]
 
     @staticmethod
     def _summary(completer: Any, result: Any, segmentationNode: Any, uncertaintyNode: Any, start: float,
-                 fit: Any = None, design: DesignOptions | None = None,
-                 distanceNode: Any = None) -> mrml.CompletionSummary:
+                 design: DesignOptions | None = None, distanceNode: Any = None) -> mrml.CompletionSummary:
         bundle = getattr(completer, "bundle", None)
         return mrml.CompletionSummary(
             segmentationNode=segmentationNode, uncertaintyNode=uncertaintyNode, defectType=result.defect_type,
@@ -939,33 +1066,11 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
             modelId=getattr(bundle, "model_id", "unknown"), modelVersion=getattr(bundle, "version", "unknown"),
             device=str(getattr(completer, "device", "cpu")), seconds=mrml.elapsed(start),
             implantVolumeMl=float(getattr(result, "implant_volume_ml", 0.0)), timings=dict(result.timings),
-            result=result, fit=fit, design=design, distanceModelNode=distanceNode)
+            result=result, design=design, distanceNode=distanceNode)
 
 
 def _processEvents() -> Any:
     return slicer.app.processEvents if HAVE_SLICER_APP else None
-
-
-def _designAndFit(completion: Any, design: DesignOptions | None, ijkToRas: np.ndarray,
-                  withSurface: bool, measure: bool = True) -> tuple[Any, Any, Any]:
-    """Engine side of the design step (no MRML: it may run in the worker thread).
-
-    Returns the designed result (completed = input ∪ designed implant), its fit report and, if asked for, the
-    implant surface carrying the distance-to-skull array (both None for an empty implant or without ``measure``).
-    """
-    from SkullVAECompletionLib.design import DesignOptions, apply_design  # noqa: PLC0415
-    from SkullVAECompletionLib.fit import fit_report  # noqa: PLC0415
-    from SkullVAECompletionLib.io import mask_to_surface  # noqa: PLC0415
-
-    design = design or DesignOptions()
-    if not measure and not design.changes_shape:
-        return completion, None, None  # the γ slider's preview: nothing to reshape or measure
-    result, _ = apply_design(completion, ijkToRas, design)
-    if not measure or not np.any(result.implant):
-        return result, None, None
-    surface = mask_to_surface(result.implant, ijkToRas) if withSurface else None
-    fit = fit_report(result.implant, completion.defective, ijkToRas, defect=completion.implant, surface=surface)
-    return result, fit, surface
 
 
 #

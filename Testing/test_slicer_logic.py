@@ -309,13 +309,16 @@ def test_stl_export_failure_rolls_back(scene, fake_logic, tmp_path):
     with pytest.raises(IsADirectoryError):
         fake_logic.process(node, stlFolder=tmp_path / "stl", maxTriangles=2000, uncertaintySamples=2)
     assert mrml.nodeIds(scene) == before
-    assert fake_logic._sessions == {} and fake_logic.lastResult is None
+    assert fake_logic._cache == {} and fake_logic.lastResult is None
     assert [p.name for p in (tmp_path / "stl").iterdir()] == ["DefectiveSkull completed implant.stl"]
     # The same run into a usable folder adds exactly those nodes: the failing run had got that far.
     fake_logic.process(node, stlFolder=tmp_path / "ok", maxTriangles=2000, uncertaintySamples=2)
     added = {scene.GetNodeByID(i).GetClassName() for i in mrml.nodeIds(scene)} - {
         scene.GetNodeByID(i).GetClassName() for i in before}
-    assert {"vtkMRMLSegmentationNode", "vtkMRMLModelNode", "vtkMRMLColorTableNode"} <= added
+    assert {"vtkMRMLSegmentationNode", "vtkMRMLScalarVolumeNode"} <= added
+    # The distance map comes with the quality report, measured after the result is shown.
+    assert fake_logic.lastResult.qualityPending and fake_logic.lastResult.distanceModelNode is not None
+    assert not fake_logic.lastResult.qualityPending
 
 
 def test_unusable_stl_folder_fails_before_any_work(scene, fake_logic, tmp_path):

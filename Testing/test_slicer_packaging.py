@@ -49,8 +49,11 @@ def test_ui_parameter_names_match_the_parameter_node():
         for prop in widget.findall("property"):
             if prop.get("name") == "SlicerParameterName":
                 names.add(prop.find("string").text)
+    synced = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                  and any(getattr(t, "id", None) == "WIDGET_SYNCED_PARAMETERS" for t in n.targets))
     assert names <= fields, f"SlicerParameterName without parameter: {sorted(names - fields)}"
-    assert fields <= names, f"parameters without a widget: {sorted(fields - names)}"
+    assert fields <= names | set(synced), f"parameters without a widget: {sorted(fields - names - set(synced))}"
+    assert not names & set(synced), "a parameter is either connected by the wrapper or synced by the widget"
 
 
 def test_cmake_lists_every_script_and_resource_and_nothing_else():

@@ -144,7 +144,7 @@ def test_logic_refuses_without_changing_the_scene(tmp_path):
 
 def test_summary_has_trust_and_warnings(bundled: SkullCompleter, sample: dict):
     from SkullVAECompletionLib.design import DesignOptions
-    from SkullVAECompletionLib.fit import summary_record
+    from SkullVAECompletionLib.pipeline import summary_record
 
     encoded = bundled.encode(sample["mask"], scaled(sample["matrix"], 0.7))  # outside the validated sizes
     record = summary_record(bundled.complete(encoded), "m", "1", DesignOptions(), None)

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from SkullVAECompletionLib.design import DesignOptions, design_implant
-from SkullVAECompletionLib.fit import fit_report
+from SkullVAECompletionLib.quality import quality_report
 from SkullVAECompletionLib.io import decimate_surface, hausdorff_mm, mask_to_surface, surface_topology
 from SkullVAECompletionLib.synthetic import ShellSpec, centred_ijk_to_ras, cranial_defect, skull_shell
 
@@ -81,7 +81,7 @@ def main() -> None:
         figures[f"design: {name}"] = seconds
         steps = ", ".join(f"{k} {v:.2f}" for k, v in result.seconds.items())
         print(f"design {name:16s} {seconds:6.2f} s   ({steps})")
-    seconds, report = timed(lambda: fit_report(designed["all three"], defective, matrix, defect=implant), args.repeat)
+    seconds, report = timed(lambda: quality_report(designed["all three"], defective, matrix, defect=implant), args.repeat)
     figures["fit report"] = seconds
     print(f"fit report             {seconds:6.2f} s   {json.dumps(report.as_dict())}")
     seconds, surface = timed(lambda: mask_to_surface(designed["all three"], matrix), 1)

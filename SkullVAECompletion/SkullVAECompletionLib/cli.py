@@ -16,31 +16,19 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from . import __version__
 from .bundle import load_bundle
-from .completion import (
-    AUTO,
-    DEVICE_CHOICES,
-    EXTRACTION_CHOICES,
-    METHOD_CHOICES,
-    PRECISION_CHOICES,
-    CompletionResult,
-    SkullCompleter,
-)
-from .design import DesignOptions, apply_design
+from .completion import SkullCompleter
 from .detection import BY_DEFECT_POSITION
 from .errors import SkullVAEError
-from .fit import FitReport, fit_report, summary_record
 from .io import (
     VolumeMeta,
     check_targets,
     ensure_writable_folder,
     is_volume_file,
-    mask_to_surface,
     output_paths,
     output_stem,
     publish_outputs,
@@ -51,9 +39,26 @@ from .io import (
     write_like,
     write_preview_png,
     write_render_png,
-    write_stl,
 )
-from .skull_from_ct import DEFAULT_BONE_THRESHOLD_HU, skull_from_ct
+from .options import (
+    AUTO,
+    DEFAULT_BONE_THRESHOLD_HU,
+    DEFAULT_CLEARANCE_MM,
+    DEFAULT_EDGE_RADIUS_MM,
+    DEFAULT_FLANGE_MM,
+    DEFAULT_FLANGE_THICKNESS_MM,
+    DEFAULT_PRECISION,
+    DEFAULT_STL_COORDINATES,
+    DEVICE_CHOICES,
+    EXTRACTION_CHOICES,
+    METHOD_CHOICES,
+    PRECISION_CHOICES,
+    STL_COORDINATES,
+    CompletionOptions,
+    DesignOptions,
+)
+from .pipeline import DesignedImplant, complete_and_design
+from .skull_from_ct import skull_from_ct
 
 logger = logging.getLogger("skullvae")
 
@@ -70,11 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the defect class whose latent shift completes the skull (default: auto, the detected "
                         "one); the bundled model's classes: frontal, frontoorbital, parietotemporal_left, "
                         "parietotemporal_right, occipital, vertex, facial")
-    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="default: CUDA when available")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default=AUTO, help="default: CUDA when available")
     parser.add_argument(
         "--precision",
         choices=PRECISION_CHOICES,
-        default="float32",
+        default=DEFAULT_PRECISION,
         help="float16 is for CUDA only; auto uses it after checking it agrees with float32",
     )
     parser.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the bundled model)")
@@ -94,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-stl", action="store_true", help="do not write the implant STL")
     parser.add_argument("--no-preview", action="store_true", help="do not write the PNG preview")
     parser.add_argument("--render", action="store_true", help="also write NAME_render.png, an offscreen 3D render")
-    parser.add_argument("--stl-coordinates", choices=("LPS", "RAS"), default="LPS", help="STL frame (Slicer: LPS)")
+    parser.add_argument("--stl-coordinates", choices=STL_COORDINATES, default=DEFAULT_STL_COORDINATES,
+                        help="STL frame (Slicer: LPS)")
     parser.add_argument("--max-triangles", type=int, default=None, metavar="N",
                         help="decimate the STL to at most N triangles (kept within 0.2 mm of the full surface)")
     parser.add_argument("--from-ct", action="store_true",
@@ -104,12 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     design = parser.add_argument_group("implant design (default: the completion's implant as it is)")
     design.add_argument("--thickness", type=float, default=None, metavar="MM",
                         help="plate thickness along the surface normal from the outer surface inward")
-    design.add_argument("--flange", type=float, default=0.0, metavar="MM",
+    design.add_argument("--flange", type=float, default=DEFAULT_FLANGE_MM, metavar="MM",
                         help="width of a flange over the intact bone all around the rim")
-    design.add_argument("--flange-thickness", type=float, default=1.5, metavar="MM", help="default: %(default)g")
-    design.add_argument("--clearance", type=float, default=0.0, metavar="MM",
+    design.add_argument("--flange-thickness", type=float, default=DEFAULT_FLANGE_THICKNESS_MM, metavar="MM",
+                        help="default: %(default)g")
+    design.add_argument("--clearance", type=float, default=DEFAULT_CLEARANCE_MM, metavar="MM",
                         help="gap between the implant and the defect's bony edge")
-    design.add_argument("--edge-radius", type=float, default=0.5, metavar="MM",
+    design.add_argument("--edge-radius", type=float, default=DEFAULT_EDGE_RADIUS_MM, metavar="MM",
                         help="rounding of the designed edges (default: %(default)g)")
     parser.add_argument("--no-distance-map", action="store_true", help="do not write NAME_distance.png")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -143,7 +150,7 @@ def complete_file(completer: SkullCompleter, path: Path, args: argparse.Namespac
     failure anywhere writes nothing, and no other input's files are ever replaced.
     """
     volume, ijk_to_ras, meta = read_mask(path)
-    options = design_options(args)
+    options = completion_options(args)
     skipped = {"stl": args.no_stl, "preview": args.no_preview, "render": not args.render,
                "skull": not args.from_ct, "distance": args.no_distance_map}
     names = output_paths(meta, args.output_dir, stem)
@@ -158,46 +165,33 @@ def complete_file(completer: SkullCompleter, path: Path, args: argparse.Namespac
     mask = skull_from_ct(volume, args.bone_threshold, name=str(path)) if args.from_ct else volume
     del volume
     encoded = completer.encode(mask, ijk_to_ras, name=str(path), label=args.label, progress=progress)
-    result = completer.complete(
-        encoded,
-        gamma=args.gamma,
-        defect_type=args.defect_type,
-        smoothing=not args.no_smoothing,
-        method=args.method,
-        progress=progress,
-        extraction=args.extraction,
-    )
-    defective = result.defective  # the input's bone, binary (validated)
-    completion_implant = result.implant
-    result, design = apply_design(result, ijk_to_ras, options)
-    for warning in dict.fromkeys([*result.warnings, *design.warnings]):  # trust, size, facial, design
+    designed = complete_and_design(completer, encoded, ijk_to_ras, options, progress)
+    result = designed.result
+    for warning in designed.warnings:
         logger.warning("  %s: %s", label, warning)
     probability = result.class_probabilities.get(result.detected_type, result.confidence)
     how = (f"from the defect's position; class head {probability:.2f}" if result.detected_by == BY_DEFECT_POSITION
            else f"confidence {probability:.2f}")
     logger.info("  %s: %s defect (detected %s, %s), γ = %.2f, implant %.1f ml", label, result.defect_type,
                 result.detected_type, how, result.gamma, result.implant_volume_ml)
-    fit, surface = None, None
-    if result.implant.any():
-        surface = mask_to_surface(result.implant, ijk_to_ras)  # RAS, for the distance map
-        fit = fit_report(result.implant, defective, ijk_to_ras, defect=completion_implant, surface=surface)
-        logger.info("  %s: fit: %s", label, fit.statusText())
-    else:
+    if designed.empty:
         logger.warning("  %s: the implant is empty (%s; γ = %.2f); no STL written", label,
                        result.message or "no defect found", result.gamma)
+    else:
+        # Measured before the files are written: the summary and the distance map need it.
+        logger.info("  %s: fit: %s", label, designed.quality(distance_map=not args.no_distance_map).statusText())
     with staging_folder(args.output_dir) as staging:
-        staged = write_outputs(staging, targets, label, path, args, completer, meta, mask, result, defective,
-                               options, fit, surface)
+        staged = write_outputs(staging, targets, label, path, args, completer, meta, mask, designed, options)
         return publish_outputs(staged, targets, path, args.overwrite, names.values())
 
 
 def write_outputs(staging: Path, targets: dict[str, Path], label: str, path: Path, args: argparse.Namespace,
-                  completer: SkullCompleter, meta: VolumeMeta, mask: np.ndarray, result: CompletionResult,
-                  defective: np.ndarray, options: DesignOptions, fit: FitReport | None,
-                  surface: Any) -> dict[str, Path]:
+                  completer: SkullCompleter, meta: VolumeMeta, mask: np.ndarray, designed: DesignedImplant,
+                  options: CompletionOptions) -> dict[str, Path]:
     """Write every output of one input into ``staging`` under its final name; returns them by key (the summary
     last: it lists the others)."""
     ijk_to_ras = meta.ijk_to_ras
+    result, defective = designed.result, designed.completion.defective
     staged: dict[str, Path] = {}
 
     def at(key: str) -> Path:
@@ -207,11 +201,8 @@ def write_outputs(staging: Path, targets: dict[str, Path], label: str, path: Pat
         staged["skull"] = write_like(at("skull"), mask, meta)
     staged["completed"] = write_like(at("completed"), result.completed, meta)
     staged["implant"] = write_like(at("implant"), result.implant, meta)
-    if not args.no_stl and result.implant.any():
-        # The rim stage's own surfaces, unless a design option reshaped the implant after it.
-        surface_field = None if options.changes_shape else result.implant_field
-        staged["stl"] = write_stl(at("stl"), result.implant, ijk_to_ras, args.stl_coordinates,
-                                  max_triangles=args.max_triangles, field=surface_field)
+    if not args.no_stl and not designed.empty:
+        staged["stl"] = designed.write_stl(at("stl"), options.stl_coordinates, options.max_triangles)
     if not args.no_preview:
         title = (
             f"{label}: {result.defect_type} defect, "
@@ -220,11 +211,21 @@ def write_outputs(staging: Path, targets: dict[str, Path], label: str, path: Pat
         staged["preview"] = write_preview_png(at("preview"), result.completed, result.implant, ijk_to_ras, title)
     if args.render:
         staged["render"] = write_render_png(at("render"), defective, result.implant, ijk_to_ras)
-    if surface is not None and not args.no_distance_map:
-        staged["distance"] = write_distance_png(at("distance"), defective, surface, ijk_to_ras)
-    summary = run_summary(path, args, completer, result, options, fit, {k: targets[k] for k in staged})
+    if not designed.empty and not args.no_distance_map:
+        staged["distance"] = write_distance_png(at("distance"), defective, designed.surface(), ijk_to_ras)
+    summary = run_summary(path, args, completer, designed, {k: targets[k] for k in staged})
     staged["summary"] = write_json(at("summary"), summary)
     return staged
+
+
+def completion_options(args: argparse.Namespace) -> CompletionOptions:
+    """The run's options from the command line (checked: a bad value fails before any work)."""
+    return CompletionOptions(
+        gamma=args.gamma, defect_type=args.defect_type, method=args.method, extraction=args.extraction,
+        device=args.device, precision=args.precision, model_path=None if args.model is None else str(args.model),
+        smoothing=not args.no_smoothing, design=design_options(args), distance_map=not args.no_distance_map,
+        max_triangles=args.max_triangles, stl_coordinates=args.stl_coordinates,
+    )
 
 
 def design_options(args: argparse.Namespace) -> DesignOptions:
@@ -233,14 +234,14 @@ def design_options(args: argparse.Namespace) -> DesignOptions:
                          clearance_mm=args.clearance, edge_radius_mm=args.edge_radius)
 
 
-def run_summary(path: Path, args: argparse.Namespace, completer: SkullCompleter, result: object,
-                options: DesignOptions, fit: object, written: dict[str, Path]) -> dict:
+def run_summary(path: Path, args: argparse.Namespace, completer: SkullCompleter, designed: DesignedImplant,
+                written: dict[str, Path]) -> dict:
     """Everything needed to judge a result and to redo it: NAME_summary.json."""
     bundle = completer.bundle
     return {
         "input": str(path),
-        **summary_record(
-            result, bundle.model_id, bundle.version, options, fit,
+        **designed.summary(
+            bundle.model_id, bundle.version,
             from_ct=bool(args.from_ct),
             bone_threshold_hu=args.bone_threshold if args.from_ct else None,
             label=args.label,
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        design_options(args)  # bad design values stop the run before any work
+        completion_options(args)  # bad option values stop the run before any work
         if args.max_triangles is not None and args.max_triangles < 100:
             raise SkullVAEError(f"--max-triangles {args.max_triangles}: give at least 100 triangles")
         files = collect_inputs(args.inputs)

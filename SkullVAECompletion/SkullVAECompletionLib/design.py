@@ -28,73 +28,12 @@ from scipy.spatial import cKDTree
 
 from .errors import InputError
 from .geometry import nonzero_bounds, voxel_spacing
-from .options import (
-    DEFAULT_CLEARANCE_MM,
-    DEFAULT_EDGE_RADIUS_MM,
-    DEFAULT_FLANGE_MM,
-    DEFAULT_FLANGE_THICKNESS_MM,
-)
-from .options import MAX_DESIGN_OPTION_MM as MAX_OPTION_MM
+from .options import DesignOptions  # torch- and scipy-free: the module builds it before the engine loads
 
 MIN_ISLAND_FRACTION = 0.05  # designed fragments under 5 % of the main piece are dropped
 CLOSE_LEAKS_MM = (0.0, 1.5, 3.0, 5.0)  # closing radii tried when the implant does not seal the defect
 RAY_CONE_COS = 0.5  # ray-based outside: rays within 60° of the implant's direction
 MIN_SIDE_FRACTION = 0.05  # outside and inside each hold at least this share of the crop's background
-
-
-@dataclass(frozen=True)
-class DesignOptions:
-    """How to shape the implant. All defaults together change nothing (the completion's implant as it is).
-
-    * ``thickness_mm``: None keeps the completion's plate (its surfaces follow the patient's bone around the
-      rim); a number makes a plate of that thickness, measured along the surface normal from the outer surface
-      inward.
-    * ``flange_mm``: width by which the implant's outer part extends over the intact bone all around the rim,
-      lying on the outer table, ``flange_thickness_mm`` thick (an onlay over the defect and the rim).
-    * ``clearance_mm``: gap between the implant and the defect's bony edge: no implant voxel centre within this
-      distance of an input bone voxel centre (a flange still rests on the outer table).
-    * ``edge_radius_mm``: the designed edges are rounded by a smoothing of this width (0: sharp voxel edges).
-    """
-
-    thickness_mm: float | None = None
-    flange_mm: float = DEFAULT_FLANGE_MM
-    flange_thickness_mm: float = DEFAULT_FLANGE_THICKNESS_MM
-    clearance_mm: float = DEFAULT_CLEARANCE_MM
-    edge_radius_mm: float = DEFAULT_EDGE_RADIUS_MM
-
-    def __post_init__(self) -> None:
-        values = {
-            "thickness_mm": self.thickness_mm,
-            "flange_mm": self.flange_mm,
-            "flange_thickness_mm": self.flange_thickness_mm,
-            "clearance_mm": self.clearance_mm,
-            "edge_radius_mm": self.edge_radius_mm,
-        }
-        for name, value in values.items():
-            if value is None:
-                continue
-            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0 or value > MAX_OPTION_MM:
-                raise InputError(f"design option {name} = {value!r}: give a number of mm from 0 to {MAX_OPTION_MM:g}")
-        if self.thickness_mm is not None and self.thickness_mm <= 0:
-            raise InputError("design option thickness_mm must be > 0 mm (or None to keep the completion's thickness)")
-        if self.flange_mm > 0 and self.flange_thickness_mm <= 0:
-            raise InputError("a flange needs flange_thickness_mm > 0")
-
-    @property
-    def changes_shape(self) -> bool:
-        return self.thickness_mm is not None or self.flange_mm > 0 or self.clearance_mm > 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DesignOptions:
-        """Options from a summary JSON / node attributes; unknown keys are refused (a typo must not pass)."""
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            known = [f.name for f in dataclasses.fields(cls)]
-            raise InputError(f"unknown design options {sorted(unknown)}; known: {known}")
-        return cls(**data)
 
 
 @dataclass
@@ -274,12 +213,14 @@ def design_implant(
     implant: np.ndarray,
     defective: np.ndarray,
     ijk_to_ras: np.ndarray,
-    options: DesignOptions = DesignOptions(),
+    options: DesignOptions | None = None,
 ) -> DesignResult:
-    """Apply the design options to ``implant``; returns the designed implant on the same grid (uint8).
+    """Apply the design options to ``implant`` (None: the defaults, which change nothing); returns the designed implant
+    on the same grid (uint8).
 
     :raises InputError: when the implant does not seal the defect (thickness and flange need the outer surface).
     """
+    options = options or DesignOptions()
     timings: dict[str, float] = {}
     warnings: list[str] = []
     if not options.changes_shape or not np.any(implant):

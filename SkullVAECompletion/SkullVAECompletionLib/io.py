@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import InputError
 from .geometry import nonzero_bounds
+from .options import DISTANCE_RANGE_MM
 from .validation import check_volume_size
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -725,7 +726,6 @@ def write_render_png(
 
 
 BONE_COLOUR = (0.93, 0.88, 0.78)
-DISTANCE_RANGE_MM = (0.0, 4.0)  # colour scale of the distance map: blue on the bone, red 4 mm or more away
 
 
 def write_distance_png(

@@ -9,7 +9,7 @@ Logic can be tested and scripted outside the Slicer application:
   "Completed skull" and "Implant" on the input's voxel grid, so they overlay the input exactly;
 * :func:`addResultToScene` adds the result nodes at once (and removes them again if anything fails), places
   them under the input's study in the subject hierarchy and under the input's parent transform;
-* :func:`exportImplantStl`, :func:`loadLabelmapFile`, :func:`saveSegmentation` for files;
+* :func:`loadLabelmapFile`, :func:`saveSegmentation` for files;
 * :func:`runBlocking` runs the engine with progress and cancellation, optionally in a worker thread while
   the calling (GUI) thread keeps processing events.
 
@@ -31,6 +31,8 @@ import numpy as np
 
 from .detection import BY_CLASS_HEAD, BY_DEFECT_POSITION
 from .errors import CancelledError, InputError
+from .options import DISTANCE_ARRAY, DISTANCE_RANGE_MM
+from .regions import COMPLETE
 
 logger = logging.getLogger(__name__)
 
@@ -324,18 +326,50 @@ class CompletionSummary:
     timings: dict[str, float] = field(default_factory=dict)
     stlFiles: list[str] = field(default_factory=list)
     result: Any = None  # the engine's CompletionResult (designed)
-    fit: Any = None  # the implant's FitReport (None for an empty implant)
     design: Any = None  # the DesignOptions applied
-    distanceModelNode: Any = None  # the implant surface coloured by its distance to the skull
     detectedBy: str = BY_CLASS_HEAD  # what decided detectedType: the class head or the defect's position
+    distanceNode: Any = None  # the distance map as it stands (hidden while it shows a previous implant)
+    # Measures the quality report and shows the distance map (the Logic's measureQuality) on first use of ``fit``
+    # or ``distanceModelNode``; None once measured, or for a result that is not to be measured (a γ preview).
+    measureQuality: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
+    measuredFit: Any = None  # the quality report once measured (None: not yet, or an empty implant)
+
+    @property
+    def fit(self) -> Any:
+        """The implant's quality report (quality.QualityReport; None for an empty implant or a γ preview),
+        measured on first use."""
+        self._measure()
+        return self.measuredFit
+
+    @property
+    def distanceModelNode(self) -> Any:
+        """The implant surface coloured by its distance to the skull (a model node), measured on first use."""
+        self._measure()
+        return self.distanceNode
+
+    @property
+    def qualityPending(self) -> bool:
+        return self.measureQuality is not None
+
+    def _measure(self) -> None:
+        measure = self.measureQuality
+        if measure is not None:
+            measure()  # calls setQuality
+            self.measureQuality = None
+
+    def setQuality(self, report: Any, distanceModelNode: Any) -> None:
+        self.measuredFit, self.distanceNode, self.measureQuality = report, distanceModelNode, None
 
     def statusText(self) -> str:
-        """One line for the GUI's status label and the log."""
-        detected = "no defect detected" if self.detectedType == "complete" else f"{self.detectedType} defect"
-        thickness = ""
-        if self.fit is not None and self.fit.thickness_mm is not None:
-            thickness = f", thickness {self.fit.thickness_mm['median']:.1f} mm"
-        elif self.fit is None and self.implantVolumeMl > 0:
+        """One line for the GUI's status label and the log (it never measures: a report not yet measured shows
+        as such)."""
+        detected = "no defect detected" if self.detectedType == COMPLETE else f"{self.detectedType} defect"
+        thickness, fit = "", self.measuredFit
+        if fit is not None and fit.thickness_mm is not None:
+            thickness = f", thickness {fit.thickness_mm['median']:.1f} mm"
+        elif self.qualityPending:
+            thickness = " (measuring the fit)"
+        elif fit is None and self.implantVolumeMl > 0:
             thickness = " (fit not measured)"
         message = getattr(self.result, "message", "")
         if self.detectedBy == BY_DEFECT_POSITION:
@@ -629,31 +663,6 @@ def prepareFolder(folder: str | os.PathLike) -> Path:
     return ensure_writable_folder(folder, "STL export folder", "choose another folder")
 
 
-def exportImplantStl(segmentationNode: Any, folder: str | os.PathLike) -> list[str]:
-    """Write the implant's closed surface as STL (LPS, mm) into ``folder``; return the files written."""
-    slicer = _slicer()
-    folder = prepareFolder(folder)
-    implant = segmentationNode.GetSegmentation().GetSegment(IMPLANT_SEGMENT_ID)
-    image = implant.GetRepresentation(BINARY_LABELMAP) if implant is not None else None
-    if image is None or image.IsEmpty() or image.GetPointData().GetScalars().GetRange()[1] == 0:
-        logger.warning("The implant is empty (no defect found at this γ): no STL written")
-        return []
-    ensureSegmentationConverters()
-    before = set(folder.glob("*.stl"))
-    beforeTimes = {p: p.stat().st_mtime_ns for p in before}
-    ids = _vtk().vtkStringArray()
-    ids.InsertNextValue(IMPLANT_SEGMENT_ID)
-    ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsClosedSurfaceRepresentationToFiles(
-        str(folder), segmentationNode, ids, "STL", True, 1.0, False
-    )
-    written = sorted(
-        str(p) for p in folder.glob("*.stl") if p not in before or p.stat().st_mtime_ns != beforeTimes[p]
-    )
-    if not ok or not written:  # the export returns True even when the conversion failed: check the files
-        raise RuntimeError(f"Could not export the implant as STL into {folder} (is the folder writable?).")
-    return written
-
-
 def saveSegmentation(node: Any, path: str | os.PathLike) -> None:
     """Write a segmentation node to ``.seg.nrrd`` (works without the application's IO manager)."""
     storage = node.GetStorageNode() or node.CreateDefaultStorageNode()
@@ -698,9 +707,7 @@ def loadLabelmapFile(scene: Any, path: str | os.PathLike) -> Any:
 
 # --- skull from CT, implant design, distance map ------------------------------------------------------------
 SKULL_FROM_CT_SEGMENT_NAME = "Skull"
-DISTANCE_ARRAY = "DistanceToSkull_mm"
 DISTANCE_COLOR_NODE_NAME = "SkullVAE distance to skull"
-DISTANCE_RANGE_MM = (0.0, 4.0)  # blue on the bone, red 4 mm or more away (as the CLI's distance PNG)
 
 
 def ctArrayFromNode(node: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Fit report of an implant against the defective skull: volume, area, thickness, rim gap and overlap.
+"""Quality report of an implant against the defective skull: volume, area, thickness, rim gap and overlap.
 
 All distances are in mm, computed with distance transforms on a crop around the implant (voxel spacing taken
 into account). Thickness is the local thickness of the implant (the diameter of the largest ball inside it,
@@ -16,20 +16,20 @@ import numpy as np
 from scipy import ndimage
 
 from .design import Crop, crop_around, edt_mm, outside_region, skull_centre_ras
-from .detection import BY_CLASS_HEAD
 from .errors import InputError
 from .geometry import voxel_spacing
+from .options import DISTANCE_ARRAY
 
-FIT_MARGIN_MM = 6.0  # the crop reaches this far beyond the implant: colours of the distance map saturate below it
-DISTANCE_ARRAY = "DistanceToSkull_mm"
+QUALITY_MARGIN_MM = 6.0  # the crop reaches this far beyond the implant: colours of the distance map saturate below it
 THICKNESS_PERCENTILES = (5.0, 50.0, 95.0)
 RIM_SECTOR_DEGREES = 5.0  # reported as min / median / max: single ragged edge columns are noise
 SIX_NEIGHBOURS = ndimage.generate_binary_structure(3, 1)
 
 
 @dataclass
-class FitReport:
-    """How the implant fits; ``thickness_mm`` min/max are the 5th/95th percentiles over the implant's mid-surface."""
+class QualityReport:
+    """How well the implant sits in the skull (the report, not the rim stage's fit of rim.py); ``thickness_mm``
+    min/max are the 5th/95th percentiles over the implant's mid-surface."""
 
     volume_ml: float
     area_cm2: float
@@ -40,7 +40,7 @@ class FitReport:
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        """The keys of the summary JSON's ``fit`` (rounded to 0.01)."""
+        """The keys of the summary JSON's ``fit`` (kept under that name; rounded to 0.01)."""
         thickness = None if self.thickness_mm is None else {k: round(v, 2) for k, v in self.thickness_mm.items()}
         return {
             "volume_ml": round(self.volume_ml, 2),
@@ -57,13 +57,13 @@ class FitReport:
         return f"implant {self.volume_ml:.1f} ml, {thickness}, rim gap ≤ {self.rim_gap_mm_max:.1f} mm"
 
 
-def fit_report(
+def quality_report(
     implant: np.ndarray,
     defective: np.ndarray,
     ijk_to_ras: np.ndarray,
     defect: np.ndarray | None = None,
     surface: Any = None,
-) -> FitReport:
+) -> QualityReport:
     """Measure ``implant`` against the ``defective`` skull (both (i, j, k) on one grid).
 
     :param defect: the region the implant is meant to fill (the completion's own implant, before design);
@@ -78,7 +78,7 @@ def fit_report(
     defect = implant if defect is None else np.asarray(defect)
     spacing = voxel_spacing(ijk_to_ras)
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    crop = crop_around((implant, defect), ijk_to_ras, FIT_MARGIN_MM)
+    crop = crop_around((implant, defect), ijk_to_ras, QUALITY_MARGIN_MM)
     window = crop.slices
     bone = np.asarray(defective[window]).astype(bool)
     part = implant[window].astype(bool) & ~bone
@@ -102,7 +102,7 @@ def fit_report(
     if outside is None:
         warnings.append("the implant does not close the defect: thickness is measured across the implant")
     thickness = _plate_thickness(part, mid_surface, outside, crop)
-    return FitReport(
+    return QualityReport(
         volume_ml=float(np.count_nonzero(part)) * voxel_ml,
         area_cm2=area / 100.0,
         thickness_mm=thickness,
@@ -182,37 +182,6 @@ def _rim_gap(part: np.ndarray, bone: np.ndarray, hole: np.ndarray, crop: Crop, c
     closest = np.full(sector.max() + 1, np.inf)
     np.minimum.at(closest, sector, gaps)
     return float(closest[np.isfinite(closest)].max())
-
-
-def summary_record(result: Any, model_id: str, model_version: str, options: Any, fit: FitReport | None,
-                   **extra: Any) -> dict[str, Any]:
-    """What a run did, enough to judge and to redo it: the CLI's NAME_summary.json, the Slicer node's attribute.
-
-    ``result`` is the (designed) completion result, ``options`` the :class:`~.design.DesignOptions`.
-    """
-    record = {
-        "detected_class": result.detected_type,
-        "detected_by": getattr(result, "detected_by", BY_CLASS_HEAD),  # or BY_DEFECT_POSITION (detection.py)
-        "confidence": round(float(result.confidence), 4),
-        "defect_class": result.defect_type,
-        "class_probabilities": {k: round(float(v), 4) for k, v in getattr(result, "class_probabilities", {}).items()},
-        "gamma": round(float(result.gamma), 4),
-        "method": getattr(result, "method", None),
-        "extraction": getattr(result, "extraction", None),
-        "message": getattr(result, "message", ""),  # why the implant is empty or partial ("" when all went well)
-        "holes": [{"kind": hole.kind, "area_mm2": round(float(hole.area_mm2), 1)}
-                  for hole in getattr(result, "holes", [])],
-        "implant_volume_ml": round(float(getattr(result, "implant_volume_ml", 0.0)), 3),
-        # How well the model reads the input (trust.py) and what the user should know before using the implant.
-        "trust": None if getattr(result, "trust", None) is None else result.trust.to_dict(),
-        "warnings": list(getattr(result, "warnings", [])),
-        "model_id": model_id,
-        "model_version": model_version,
-        **options.as_dict(),
-        **extra,
-        "fit": None if fit is None else fit.as_dict(),
-    }
-    return record
 
 
 def _rim_overlap(part: np.ndarray, bone: np.ndarray, hole: np.ndarray, crop: Crop) -> float:

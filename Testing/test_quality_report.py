@@ -1,11 +1,12 @@
-"""Fit report on a spherical skull whose implant's volume, area, thickness, gap and overlap are known exactly."""
+"""Quality report on a spherical skull whose implant's volume, area, thickness, gap and overlap are known exactly."""
 
 import numpy as np
 import pytest
 
 from design_cases import SPHERE, SPHERE_HOLE_CENTRE, SPHERE_HOLE_RADIUS, sphere_case, sphere_implant_truth
 from SkullVAECompletionLib.errors import InputError
-from SkullVAECompletionLib.fit import DISTANCE_ARRAY, fit_report
+from SkullVAECompletionLib.options import DISTANCE_ARRAY
+from SkullVAECompletionLib.quality import quality_report
 from SkullVAECompletionLib.io import mask_to_surface
 from SkullVAECompletionLib.synthetic import cranial_defect, ras_grid
 
@@ -22,7 +23,7 @@ def _ball(case, radius):
 def test_true_implant_matches_the_exact_geometry(case):
     truth = sphere_implant_truth()
     surface = mask_to_surface(case["implant"].astype(np.uint8), case["ijk_to_ras"])
-    report = fit_report(case["implant"], case["defective"], case["ijk_to_ras"], surface=surface)
+    report = quality_report(case["implant"], case["defective"], case["ijk_to_ras"], surface=surface)
     assert report.volume_ml == pytest.approx(truth["volume_ml"], rel=0.03)
     assert report.area_cm2 == pytest.approx(truth["area_cm2"], rel=0.05)
     assert report.thickness_mm["median"] == pytest.approx(SPHERE.thickness_mm, abs=0.3)
@@ -42,7 +43,7 @@ def test_true_implant_matches_the_exact_geometry(case):
 def test_gap_all_around_the_rim(case, gap_mm):
     implant = case["complete"] & _ball(case, SPHERE_HOLE_RADIUS - gap_mm)
     surface = mask_to_surface(implant.astype(np.uint8), case["ijk_to_ras"])
-    report = fit_report(implant, case["defective"], case["ijk_to_ras"], defect=case["implant"], surface=surface)
+    report = quality_report(implant, case["defective"], case["ijk_to_ras"], defect=case["implant"], surface=surface)
     assert report.rim_gap_mm_max == pytest.approx(gap_mm, abs=0.5)
     distances = np.array([surface.GetPointData().GetArray(DISTANCE_ARRAY).GetValue(i)
                           for i in range(surface.GetNumberOfPoints())])
@@ -56,7 +57,7 @@ def test_onlay_overlap_and_its_thickness(case):
     outer = SPHERE.semi_axes_mm[0]
     layer = (radius > outer) & (radius <= outer + 1.5) & _ball(case, SPHERE_HOLE_RADIUS + 4.0)
     implant = case["implant"] | layer
-    report = fit_report(implant, case["defective"], case["ijk_to_ras"], defect=case["implant"])
+    report = quality_report(implant, case["defective"], case["ijk_to_ras"], defect=case["implant"])
     assert report.rim_overlap_mm_max == pytest.approx(4.0, abs=0.6)
     assert report.rim_gap_mm_max <= 0.3
     assert report.thickness_mm["min"] == pytest.approx(1.5, abs=0.4), "the flange over the bone"
@@ -67,14 +68,14 @@ def test_thinner_plate_than_the_bone_shows_no_gap(case):
     x, y, z = ras_grid(case["implant"].shape, case["ijk_to_ras"])
     radius = np.sqrt(x * x + y * y + z * z)
     implant = case["implant"] & (radius > SPHERE.semi_axes_mm[0] - 3.0)
-    report = fit_report(implant, case["defective"], case["ijk_to_ras"], defect=case["implant"])
+    report = quality_report(implant, case["defective"], case["ijk_to_ras"], defect=case["implant"])
     assert report.thickness_mm["median"] == pytest.approx(3.0, abs=0.3)
     assert report.rim_gap_mm_max <= 0.3
 
 
 def test_empty_implant_is_refused(case):
     with pytest.raises(InputError, match="empty"):
-        fit_report(np.zeros_like(case["implant"]), case["defective"], case["ijk_to_ras"])
+        quality_report(np.zeros_like(case["implant"]), case["defective"], case["ijk_to_ras"])
 
 
 def test_cli_design_options_summary_and_distance_map(tmp_path, synthetic_case, monkeypatch):
