@@ -132,3 +132,58 @@ def defect_area_fill(decoded: np.ndarray, defect: np.ndarray, skull: np.ndarray,
     closed = np.zeros(len(keys), dtype=bool)
     closed[slot[at_depth]] = True
     return float(counts[closed].sum() / counts.sum())
+
+
+RIM_DISTANCE_BINS_MM = (0.0, 5.0, 10.0, 20.0, 40.0, float("inf"))
+
+
+def _bin_label(lo: float, hi: float) -> str:
+    return f">{lo:g}" if not np.isfinite(hi) else f"{lo:g}-{hi:g}"
+
+
+def error_by_rim_distance(
+    prediction: np.ndarray,
+    truth: np.ndarray,
+    defective: np.ndarray,
+    spacing: np.ndarray | tuple[float, float, float],
+    bins_mm: tuple[float, ...] = RIM_DISTANCE_BINS_MM,
+) -> list[dict[str, float | str]]:
+    """How the implant's error grows away from the defect's rim: per band of distance from the defective skull's bone
+    (``bins_mm`` edges, mm), the voxels where prediction and truth disagree and the surface error.
+
+    Per band: ``truth_ml`` and ``disagreement_ml`` (voxels in one mask only), ``dice`` within the band (NaN where
+    neither mask has voxels), and the symmetric surface distance of the boundary voxels of either mask lying in the
+    band to the other mask's boundary (``surface_mean_mm``, ``surface_p95_mm``, NaN without such voxels or when one
+    mask is empty). Far from the rim only the shape prior guides the implant: this says how far it holds.
+    """
+    spacing = np.asarray(spacing, dtype=float)
+    prediction, truth = np.asarray(prediction, dtype=bool), np.asarray(truth, dtype=bool)
+    edges = np.asarray(bins_mm, dtype=float)
+    # The rim lies next to the implant: the masks' box plus a few voxels holds it (never the whole volume).
+    box = _union_box([prediction, truth], np.full(3, 3)) or (slice(0, 1),) * 3
+    prediction, truth = prediction[box], truth[box]
+    bone = np.asarray(defective[box], dtype=bool)
+    rim_distance = (ndimage.distance_transform_edt(~bone, sampling=spacing) if bone.any()
+                    else np.full(bone.shape, np.inf))
+    rows: list[dict[str, float | str]] = []
+    # Boundary voxels of each mask and, for each, its distance to the other mask's boundary.
+    surfaces = [mask & ~ndimage.binary_erosion(mask) for mask in (prediction, truth)]
+    to_other = [np.full(mask.shape, np.nan) if not surfaces[1 - k].any() else
+                ndimage.distance_transform_edt(~surfaces[1 - k], sampling=spacing) for k, mask in
+                enumerate((prediction, truth))]
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        band = (rim_distance >= lo) & (rim_distance < hi)
+        in_prediction, in_truth = prediction & band, truth & band
+        total = np.count_nonzero(in_prediction) + np.count_nonzero(in_truth)
+        distances = np.concatenate([to_other[k][surfaces[k] & band] for k in range(2)])
+        distances = distances[np.isfinite(distances)]
+        rows.append({
+            "band_mm": _bin_label(lo, hi), "from_mm": float(lo), "to_mm": float(hi),
+            "truth_ml": np.count_nonzero(in_truth) * voxel_ml,
+            "disagreement_ml": np.count_nonzero(in_prediction ^ in_truth) * voxel_ml,
+            "dice": 2.0 * np.count_nonzero(in_prediction & in_truth) / total if total else float("nan"),
+            "surface_mean_mm": float(distances.mean()) if distances.size else float("nan"),
+            "surface_p95_mm": float(np.percentile(distances, 95)) if distances.size else float("nan"),
+        })
+    return rows
