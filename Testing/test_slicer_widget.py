@@ -8,7 +8,7 @@ import types
 import numpy as np
 
 from ct_cases import synthetic_head_ct
-from SkullVAECompletionLib import dependencies
+from SkullVAECompletionLib import dependencies, mrml
 from slicer_fixtures import *  # noqa: F403
 from slicer_fixtures import FakeCompleter, addSegmentation, module
 
@@ -124,3 +124,56 @@ def test_category_is_translated_in_the_core_module_context():
     call = calls[0].value.elts[0]
     assert isinstance(call, ast.Call) and call.func.id == "translate"
     assert [a.value for a in call.args] == ["qSlicerAbstractCoreModule", "Segmentation"]
+
+
+def test_a_saved_scene_reopens_with_the_input_segment_and_options_apply_used(scene, widget_harness, tmp_path):
+    import slicer
+
+    mask, ijkToRas = module.makeSyntheticSkull()
+    node, _ = addSegmentation(scene, mask, ijkToRas)
+    copy = node.GetSegmentation().AddEmptySegment("bone_copy", "Skull copy")
+    image = slicer.vtkOrientedImageData()
+    slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+        node, node.GetSegmentation().GetNthSegmentID(0), image, False)
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        image, node, copy, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    widget = widget_harness(_fakeLogic()).widget
+    # The user's choices, made in the widgets: each lands in the parameter node.
+    widget.ui.segmentComboBox.currentIndex = 1
+    widget.ui.modelSourceComboBox.currentIndex = 1
+    widget.ui.modelPathLineEdit.currentPath = str(tmp_path / "my-model")
+    widget.ui.stlFolderLineEdit.currentPath = str(tmp_path / "stl")
+    parameters = widget._parameterNode
+    parameters.exportStl, parameters.useDefaultGamma, parameters.gamma = True, False, 0.7
+    parameters.smoothing, parameters.clearanceMm, parameters.maxTriangles = False, 1.0, 5000
+    assert parameters.segmentId == copy and not parameters.useBundledModel
+    widget.onApplyButton()
+    assert not widget.errors and widget._outputNode is not None
+    applied = widget.logic._cache[widget._outputNode.GetID()].options
+    assert applied == module.completionOptionsFromParameters(parameters)
+    assert applied.model_path == str(tmp_path / "my-model") and applied.stl_folder == str(tmp_path / "stl")
+    assert widget.logic.lastResult.stlFiles, "the STL went to the folder the node names"
+
+    mrml.saveSegmentation(node, tmp_path / "skull.seg.nrrd")
+    scene.SetURL(str(tmp_path / "scene.mrml"))
+    scene.SetRootDirectory(str(tmp_path))
+    assert scene.Commit()
+    reopened = slicer.vtkMRMLScene()
+    reopened.SetURL(str(tmp_path / "scene.mrml"))
+    reopened.SetRootDirectory(str(tmp_path))
+    previous = slicer.mrmlScene
+    slicer.mrmlScene = reopened
+    try:
+        assert reopened.Connect()
+        fresh = widget_harness(_fakeLogic()).widget
+        shown = fresh._parameterNode
+        assert shown.inputNode is not None and shown.inputNode.GetID() == node.GetID()
+        assert shown.inputNode.GetSegmentation().GetSegment(copy) is not None
+        assert shown.segmentId == copy and fresh.ui.segmentComboBox.currentData == copy
+        assert fresh.ui.modelSourceComboBox.currentIndex == 1
+        assert fresh.ui.modelPathLineEdit.currentPath == str(tmp_path / "my-model")
+        assert fresh.ui.stlFolderLineEdit.currentPath == str(tmp_path / "stl")
+        assert module.completionOptionsFromParameters(shown) == applied
+    finally:
+        slicer.mrmlScene = previous
+        reopened.Clear(1)

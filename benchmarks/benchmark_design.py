@@ -1,4 +1,4 @@
-"""Benchmark: time of each implant design option, the fit report and the STL on a 512×512×216 skull at 0.4 mm.
+"""Benchmark: time of each implant design option, the quality report and the STL on a 512×512×216 skull at 0.4 mm.
 
 Not a test. Run from the repository root::
 
@@ -8,7 +8,7 @@ Not a test. Run from the repository root::
 The skull: a synthetic skull-like shell (``SkullVAECompletionLib.synthetic``, 6 mm bone) placed so that its vault
 fills a 512×512×216 grid of 0.4 mm voxels (204.8 × 204.8 × 86.4 mm), with a round cranial defect of 30 mm
 radius; the implant is the true one (complete ∧ hole). Each option is timed alone with ``design_implant`` (the
-time it adds to a completion), best of ``--repeat`` runs; then all together, the fit report and the STL with and
+time it adds to a completion), best of ``--repeat`` runs; then all together, the quality report and the STL with and
 without ``--max-triangles 20000``.
 """
 
@@ -21,8 +21,8 @@ import time
 import numpy as np
 
 from SkullVAECompletionLib.design import DesignOptions, design_implant
-from SkullVAECompletionLib.quality import quality_report
 from SkullVAECompletionLib.io import decimate_surface, hausdorff_mm, mask_to_surface, surface_topology
+from SkullVAECompletionLib.quality import quality_report
 from SkullVAECompletionLib.synthetic import ShellSpec, centred_ijk_to_ras, cranial_defect, skull_shell
 
 SHAPE = (512, 512, 216)
@@ -81,9 +81,10 @@ def main() -> None:
         figures[f"design: {name}"] = seconds
         steps = ", ".join(f"{k} {v:.2f}" for k, v in result.seconds.items())
         print(f"design {name:16s} {seconds:6.2f} s   ({steps})")
-    seconds, report = timed(lambda: quality_report(designed["all three"], defective, matrix, defect=implant), args.repeat)
-    figures["fit report"] = seconds
-    print(f"fit report             {seconds:6.2f} s   {json.dumps(report.as_dict())}")
+    seconds, report = timed(lambda: quality_report(designed["all three"], defective, matrix, defect=implant),
+                            args.repeat)
+    figures["quality report"] = seconds
+    print(f"quality report         {seconds:6.2f} s   {json.dumps(report.as_dict())}")
     seconds, surface = timed(lambda: mask_to_surface(designed["all three"], matrix), 1)
     figures["surface"] = seconds
     print(f"surface                {seconds:6.2f} s   {surface_topology(surface)}")
