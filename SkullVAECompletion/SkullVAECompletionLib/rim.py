@@ -53,6 +53,7 @@ SYMMETRIC_ORDERING = "MMD_AT_PLUS_A"  # the surfaces' systems are symmetric: thi
 DETECTION_PRESENCE = 0.25  # thin bone broken into sub-voxel cracks (thin CT slices, resampling) still counts as bone
 SAMPLING_THREADS = max(1, min(4, os.cpu_count() or 1))
 VAULT_LEVEL = 0.4  # the vault: bone above this fraction of the skull's height
+FACING_MIN_ELEVATION_DEG = 15.0  # above this (seen from the centre) no natural opening faces a defect: orbits lie lower
 
 
 @dataclass(frozen=True)
@@ -392,9 +393,13 @@ def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
     radii = np.where(np.isfinite(outer), outer, np.nanmedian(outer[has_shell]))
     partners = tree.query(_mirrored_directions(frame, directions, radii))[1]
     symmetric = mirrored_fraction(partners, open_ray, graph, chosen, component, count)
-    in_vault = np.bincount(component, weights=directions[chosen, 2], minlength=count) >= 0.0
-    # A hole in the vault facing a larger defect on the other side is no natural pair: a hole never hides another.
-    faces_defect = faces_larger_defect(partners, graph, chosen, component, count, area, options) & in_vault
+    height = np.bincount(component, weights=directions[chosen, 2], minlength=count) / np.bincount(
+        component, minlength=count)
+    in_vault = height >= 0.0
+    # A hole high on the vault facing a larger defect on the other side is no natural pair: a hole never hides
+    # another. Lower down, an orbit opposite a fronto-orbital defect (which took in the other orbit) is one.
+    faces_defect = faces_larger_defect(partners, graph, chosen, component, count, area, options) & (
+        height >= math.sin(math.radians(FACING_MIN_ELEVATION_DEG)))
     large = (area >= options.min_hole_mm2) & has_core & ((symmetric < options.max_mirrored_fraction) | faces_defect)
     # Small compact patches in the vault go on to the fine measurement, which sees a burr hole's core and area at
     # 1 mm (fit_hole); a sliver is several times longer than wide, so its directions lie far from their middle.
