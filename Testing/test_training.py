@@ -273,6 +273,10 @@ def test_evaluation_report_on_the_smoke_bundle(smoke_cfg: dict, workdir: Path) -
     assert located["by"].startswith("class head, then") and located["n"] == len(auto_rows) + len(complete_skulls)
     assert sum(sum(row.values()) for row in located["confusion"].values()) == located["n"]
     assert results["auto"] and {"dsc", "defect_fill", "defect_area_fill"} <= set(results["auto"][0])
+    # The resolution check at the config's 1.5 mm: the same case resampled 2x finer per axis, both completed.
+    check = results["resolution_check"]
+    assert np.allclose(check["resampled"]["spacing_mm"], 1.5, atol=0.05) and 0.0 <= check["dsc_difference"] <= 1.0
+    assert results["template_mirror_check"] is None
     # The extractions on the true complete skull, per cranial case: the ceilings a perfect decoder would reach.
     from training.evaluate import CEILING, CEILINGS
 

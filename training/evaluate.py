@@ -324,7 +324,11 @@ def natural_openings_check(completer: SkullCompleter, test: VolumeSet) -> list[d
     return rows
 
 
-def resolution_check(completer: SkullCompleter, test: VolumeSet, spacing_mm: float = 0.48) -> dict[str, Any] | None:
+RESOLUTION_CHECK_MM = 0.48  # the resolution check's spacing (``evaluate.resolution_check_mm``; null: no check)
+
+
+def resolution_check(completer: SkullCompleter, test: VolumeSet, spacing_mm: float = RESOLUTION_CHECK_MM
+                     ) -> dict[str, Any] | None:
     """One cranial test case at its own resolution and resampled to ``spacing_mm``: the same implant DSC?"""
     index = next((i for i, label in enumerate(test.labels) if label == "cranial"), None)
     if index is None:
@@ -859,8 +863,10 @@ def evaluate(cfg: dict, bundle_dir: Path | None = None, out: Path | None = None,
         "auto": auto_summary, "default_gamma": bundle.default_gamma,
         "primary_variant": variants[0].name,
         "natural_openings": openings,
-        "resolution_check": resolution_check(variants[0].completer, data["test"]),
-        "template_mirror_check": template_mirror_check(variants[0].completer),
+        "resolution_check": (resolution_check(variants[0].completer, data["test"], float(ev["resolution_check_mm"]))
+                             if ev.get("resolution_check_mm", RESOLUTION_CHECK_MM) else None),
+        "template_mirror_check": (template_mirror_check(variants[0].completer)
+                                  if ev.get("template_mirror_check", True) else None),
         "detection": detection,
         "detection_class_head": head_detection,
         "detection_small_beta": detection_accuracy(small.completer, data["test"]) if small else None,
