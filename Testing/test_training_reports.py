@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.families import error_by_rim_distance, hole_recalls
+from training.families import hole_recalls, rim_profile
 from training.robustness import far_volume_ml, scaled_geometry
 
 SPACING = np.array([1.0, 1.0, 1.0])
@@ -31,17 +31,6 @@ def test_every_hole_has_its_recall():
     assert hole_recalls(implant, truth, SPACING) == [{"ml": 1.6, "recall": 1.0}]  # the small hole (< 1 ml) left out
 
 
-def test_missed_implant_is_binned_by_distance_from_the_rim():
-    defective, truth = two_holes()
-    implant = truth.copy()
-    implant[10:20, 15:25] = False  # the large hole's centre missed: 6-10 mm from its rim
-    bins = {b["from_mm"]: b for b in error_by_rim_distance(implant, truth, defective, SPACING)}
-    assert bins[0.0]["missed_ml"] == 0.0 and bins[5.0]["missed_ml"] + bins[10.0]["missed_ml"] == pytest.approx(0.4)
-    assert bins[5.0]["missed_ml"] > 0.35 and bins[20.0]["missed_ml"] == 0.0
-    assert all(b["false_ml"] == 0.0 for b in bins.values())
-    assert error_by_rim_distance(truth, truth, defective, SPACING) == []
-
-
 def test_far_volume_and_scaled_geometry():
     defective, truth = two_holes()
     stray = np.zeros_like(truth)
@@ -51,3 +40,11 @@ def test_far_volume_and_scaled_geometry():
     matrix = np.diag([0.5, 0.5, 2.0, 1.0])
     matrix[:3, 3] = [10.0, -4.0, 3.0]
     assert np.allclose(scaled_geometry(matrix, 0.8)[:3], 0.8 * matrix[:3]) and scaled_geometry(matrix, 0.8)[3, 3] == 1
+
+
+def test_rim_profile_pools_the_cranial_cases():
+    band = {"from_mm": 0.0, "to_mm": 5.0, "truth_ml": 2.0, "disagreement_ml": 0.5, "surface_mean_mm": 1.0}
+    rows = [{"label": "cranial", "rim": [band, {**band, "surface_mean_mm": float("nan")}]},
+            {"label": "facial", "rim": [{**band, "disagreement_ml": 2.0}]}]
+    first = rim_profile(rows)[0]
+    assert first["truth_ml"] == 4.0 and first["disagreement"] == 0.25 and first["surface_mean_mm"] == 1.0

@@ -6,8 +6,8 @@
 Every case of the split (complete skulls included) is completed as a user would (class detected, the bundle's γ).
 Per family (the generator's subtype, or the data set's label): implant DSC / bDSC / HD95, the worst case, the implant
 volume farther than 10 mm from the true defect, and for every true hole of at least 1 ml (connected piece of the
-true implant) its recall; a hole counts as found at recall ≥ 0.5. ``error_by_rim_distance`` splits each case's
-missed and false implant by distance from the defect's rim. Writes ``families.json`` and ``families.md`` (and with
+true implant) its recall; a hole counts as found at recall ≥ 0.5. ``metrics.error_by_rim_distance`` gives each case's
+disagreement and surface error by distance from the defect's rim. Writes ``families.json`` and ``families.md`` (and with
 ``--figures`` one preview per family).
 """
 
@@ -30,7 +30,7 @@ from SkullVAECompletionLib.completion import SkullCompleter
 from SkullVAECompletionLib.errors import InputError
 from SkullVAECompletionLib.geometry import voxel_spacing
 from SkullVAECompletionLib.io import write_preview_png
-from SkullVAECompletionLib.metrics import implant_metrics
+from SkullVAECompletionLib.metrics import RIM_DISTANCE_BINS_MM, error_by_rim_distance, implant_metrics
 from training import data as datamod
 from training.robustness import far_volume_ml
 from training.train import expand_path, load_config, split_records_of
@@ -39,7 +39,6 @@ log = logging.getLogger("training.families")
 
 MIN_HOLE_ML = 1.0  # true holes smaller than this are not counted (slivers where a defect grazes thin bone)
 FOUND_RECALL = 0.5  # a hole is found when the implant covers at least this share of it
-RIM_BINS_MM = (0.0, 5.0, 10.0, 20.0, 40.0, np.inf)
 
 
 def hole_recalls(implant: np.ndarray, truth: np.ndarray, spacing: np.ndarray) -> list[dict[str, float]]:
@@ -52,27 +51,6 @@ def hole_recalls(implant: np.ndarray, truth: np.ndarray, spacing: np.ndarray) ->
     covered = np.bincount(labels.ravel(), weights=np.asarray(implant, bool).ravel(), minlength=count + 1)
     return [{"ml": round(float(sizes[i]) * voxel_ml, 2), "recall": round(float(covered[i] / sizes[i]), 4)}
             for i in range(1, count + 1) if sizes[i] * voxel_ml >= MIN_HOLE_ML]
-
-
-def error_by_rim_distance(implant: np.ndarray, truth: np.ndarray, defective: np.ndarray, spacing: np.ndarray
-                          ) -> list[dict[str, float]]:
-    """Missed (true implant not covered) and false (implant outside the truth) volume in ml, by distance from the
-    defect's rim: the distance of each voxel from the input's bone."""
-    implant, truth = np.asarray(implant, bool), np.asarray(truth, bool)
-    wrong = implant ^ truth
-    if not wrong.any():
-        return []
-    box = tuple(slice(max(int(a.min()) - 8, 0), int(a.max()) + 9) for a in np.nonzero(implant | truth))
-    distance = ndimage.distance_transform_edt(~np.asarray(defective, bool)[box], sampling=spacing)
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    rows = []
-    for low, high in zip(RIM_BINS_MM[:-1], RIM_BINS_MM[1:], strict=True):
-        band = (distance >= low) & (distance < high)
-        truth_ml = float(np.count_nonzero(truth[box] & band)) * voxel_ml
-        rows.append({"from_mm": low, "to_mm": high, "truth_ml": round(truth_ml, 3),
-                     "missed_ml": round(float(np.count_nonzero(truth[box] & ~implant[box] & band)) * voxel_ml, 3),
-                     "false_ml": round(float(np.count_nonzero(implant[box] & ~truth[box] & band)) * voxel_ml, 3)})
-    return rows
 
 
 def evaluate_case(completer: SkullCompleter, record: Any, figure_dir: Path | None) -> dict[str, Any]:
@@ -122,14 +100,16 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def rim_profile(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Missed and false implant over all cranial cases, by distance from the rim (as shares of the true implant)."""
+    """Over all cranial cases, per band of distance from the rim: the share of the true implant's volume where
+    implant and truth disagree, and the mean of the cases' mean surface errors."""
     out = []
-    for low, high in zip(RIM_BINS_MM[:-1], RIM_BINS_MM[1:], strict=True):
-        bins = [b for r in rows if r["label"] == "cranial" for b in r.get("rim", []) if b["from_mm"] == low]
-        truth = sum(b["truth_ml"] for b in bins)
+    for low, high in zip(RIM_DISTANCE_BINS_MM[:-1], RIM_DISTANCE_BINS_MM[1:], strict=True):
+        bands = [b for r in rows if r["label"] == "cranial" for b in r.get("rim", []) if b["from_mm"] == low]
+        truth = sum(b["truth_ml"] for b in bands)
+        surface = [b["surface_mean_mm"] for b in bands if np.isfinite(b["surface_mean_mm"])]
         out.append({"from_mm": low, "to_mm": high, "truth_ml": round(truth, 1),
-                    "missed": round(sum(b["missed_ml"] for b in bins) / truth, 3) if truth else None,
-                    "false": round(sum(b["false_ml"] for b in bins) / truth, 3) if truth else None})
+                    "disagreement": round(sum(b["disagreement_ml"] for b in bands) / truth, 3) if truth else None,
+                    "surface_mean_mm": round(float(np.mean(surface)), 2) if surface else None})
     return out
 
 
@@ -150,12 +130,12 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
             figures = "– | – | – | – | –"
         lines.append(f"| {e['family']} | {e['n']} | {e['refused']} | {figures} | {e['far_ml_max']:.1f} | "
                      f"{e['implant_ml_max']:.1f} |")
-    lines += ["", "Missed and false implant of the cranial cases by distance from the defect's rim (shares of the "
-              "true implant in that band):", "", "| from the rim | true implant ml | missed | false |",
-              "|---|---|---|---|"]
+    lines += ["", "Error of the cranial cases by distance from the defect's rim: the volume where implant and truth "
+              "disagree (as a share of the true implant in that band) and the mean surface error:", "",
+              "| from the rim | true implant ml | disagreement | surface error mm |", "|---|---|---|---|"]
     for b in results["rim_profile"]:
         to = "∞" if not np.isfinite(b["to_mm"]) else f"{b['to_mm']:g}"
-        lines.append(f"| {b['from_mm']:g}–{to} mm | {b['truth_ml']} | {b['missed']} | {b['false']} |")
+        lines.append(f"| {b['from_mm']:g}–{to} mm | {b['truth_ml']} | {b['disagreement']} | {b['surface_mean_mm']} |")
     path = out / "families.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
