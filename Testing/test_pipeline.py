@@ -7,11 +7,11 @@ import json
 import pytest
 import vtk
 
-from slicer_fixtures import *  # noqa: F403
-from slicer_fixtures import module
 from SkullVAECompletionLib import cli, mrml
 from SkullVAECompletionLib.io import hausdorff_mm, write_mask
 from SkullVAECompletionLib.options import CompletionOptions, DesignOptions
+from slicer_fixtures import *  # noqa: F403
+from slicer_fixtures import module
 
 
 def _readStl(path) -> vtk.vtkPolyData:

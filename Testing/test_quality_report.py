@@ -5,9 +5,9 @@ import pytest
 
 from design_cases import SPHERE, SPHERE_HOLE_CENTRE, SPHERE_HOLE_RADIUS, sphere_case, sphere_implant_truth
 from SkullVAECompletionLib.errors import InputError
+from SkullVAECompletionLib.io import mask_to_surface
 from SkullVAECompletionLib.options import DISTANCE_ARRAY
 from SkullVAECompletionLib.quality import quality_report
-from SkullVAECompletionLib.io import mask_to_surface
 from SkullVAECompletionLib.synthetic import cranial_defect, ras_grid
 
 

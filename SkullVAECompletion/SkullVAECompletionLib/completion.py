@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .bundle import ModelBundle, load_bundle
-from .detection import BY_CLASS_HEAD, located_class
+from .detection import BY_CLASS_HEAD, BY_DEFECT_POSITION, located_class
 from .errors import CancelledError, DeviceError, InputError
 from .geometry import (
     GridMapping,
@@ -46,6 +46,7 @@ from .options import (
     PRECISION_CHOICES,
     RIM_EXTRACTIONS,
 )
+from .regions import COMPLETE
 from .rim import RimOptions, fit_implant
 from .trust import Trust, TrustPolicy, UntrustedInputError, check_skull_shell, reconstruction_trust
 from .validation import validate_mask
@@ -385,7 +386,7 @@ class SkullCompleter:
         locate = defect_type == AUTO and encoded.located is None
         result = self._complete_as(encoded, gamma, defect_type, **settings)
         if not locate or result.extraction not in RIM_EXTRACTIONS or result.method == "mirror":
-            return result
+            return _no_defect_is_complete(result)
         tick = time.perf_counter()
         encoded.located = located_class(encoded.head_type, result.implant, encoded.mapping, encoded.model_input,
                                         self.bundle.defect_classes, result.defect_fields)
@@ -399,7 +400,7 @@ class SkullCompleter:
             result.timings["detect"] = first_pass
             result.timings["total"] += first_pass
         result.detected_type, result.detected_by = encoded.detected_type, encoded.detected_by
-        return result
+        return _no_defect_is_complete(result)
 
     def _complete_as(
         self,
@@ -614,6 +615,15 @@ class SkullCompleter:
         return full
 
 
+def _no_defect_is_complete(result: CompletionResult) -> CompletionResult:
+    """A completion that found no defect (no hole, no implant) says so in its detected class too: "complete", decided
+    by the holes found (none), whatever the class head proposed. Only the result says it: the encoding keeps its
+    detection, as a later γ may find the hole."""
+    if not result.holes and not np.any(result.implant):
+        result.detected_type, result.detected_by = COMPLETE, BY_DEFECT_POSITION
+    return result
+
+
 def completion_warnings(encoded: EncodedSkull, defect_type: str) -> list[str]:
     """What the user should know about a completion before using its implant (summary ``warnings``)."""
     warnings = []
@@ -666,12 +676,14 @@ def extract_implant(
         return fit.implant, fit.message, fit.holes, fit.fields or None
     if not fit.fields:
         return fit.implant, fit.message, fit.holes, None  # the rim found no defect: the decode has nothing to add
-    # Near the defects the rim found (their boxes, grown by UNION_MARGIN_MM), the decoded bone is or-ed into the
-    # rim's implant (in place, on its own bounding box: no second full-size pass).
+    # Near each defect the rim found (its box, grown by UNION_MARGIN_MM), the decoded bone is or-ed into the rim's
+    # implant (in place, on that box only: no second full-size pass). One box per defect, not one around all of
+    # them: decoded bone between two holes, where the input has its bone, is no implant.
     margin = np.ceil(UNION_MARGIN_MM / encoded.mapping.input_spacing).astype(int)
-    lo = np.min([corner for _, corner in fit.fields], axis=0) - margin
-    hi = np.max([corner + block.shape for block, corner in fit.fields], axis=0) + margin
-    implant = decoded_implant(encoded, probability, options, smoothing, defect_type, out=fit.implant, within=(lo, hi))
+    implant = fit.implant
+    for block, corner in fit.fields:
+        box = (corner - margin, corner + np.asarray(block.shape) + margin)
+        implant = decoded_implant(encoded, probability, options, smoothing, defect_type, out=implant, within=box)
     return implant, fit.message, fit.holes, fit.fields
 
 
