@@ -9,7 +9,7 @@ from SkullVAECompletionLib.detection import (
     BY_CLASS_HEAD,
     BY_DEFECT_POSITION,
     implant_centre,
-    implant_region,
+    implant_cranial_region,
     located_class,
 )
 from SkullVAECompletionLib.geometry import GridSpec, plan_mapping, to_model_grid
@@ -50,13 +50,13 @@ def implant_towards(skull, direction: tuple[float, float, float], radius_mm: flo
 )
 def test_an_implant_is_placed_in_its_region(skull, direction, region):
     _, _, mapping, model_input = skull
-    assert implant_region(implant_towards(skull, direction), mapping, model_input) == region
+    assert implant_cranial_region(implant_towards(skull, direction), mapping, model_input) == region
 
 
 def test_the_class_head_decides_without_a_located_defect(skull):
     _, _, mapping, model_input = skull
     empty = np.zeros(SHAPE, np.uint8)
-    assert implant_region(empty, mapping, model_input) is None
+    assert implant_cranial_region(empty, mapping, model_input) is None
     assert located_class("complete", empty, mapping, model_input, DEFECT_CLASSES) == ("complete", BY_CLASS_HEAD)
     vertex = implant_towards(skull, (0.0, 0.1, 1.0))
     assert located_class("complete", vertex, mapping, model_input, DEFECT_CLASSES) == ("vertex", BY_DEFECT_POSITION)
@@ -82,3 +82,6 @@ def test_the_status_line_says_what_decided_the_class():
     by_position = mrml.CompletionSummary(**common, detectedBy=BY_DEFECT_POSITION).statusText()
     assert "vertex defect (from where the defect lies; class head 12%)" in by_position
     assert "vertex defect (12% confidence)" in mrml.CompletionSummary(**common).statusText()
+    complete = mrml.CompletionSummary(**{**common, "detectedType": "complete"}, detectedBy=BY_DEFECT_POSITION)
+    assert "no defect detected (no hole found in the bone; class head 12%)" in complete.statusText()
+    assert "where the defect lies" not in complete.statusText()

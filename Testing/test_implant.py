@@ -3,7 +3,7 @@
 import numpy as np
 
 from SkullVAECompletionLib.geometry import GridSpec, plan_mapping, to_model_grid
-from SkullVAECompletionLib.implant import implant_at_input_resolution, implant_region, remove_small_islands
+from SkullVAECompletionLib.implant import decoded_implant_region, implant_at_input_resolution, remove_small_islands
 from SkullVAECompletionLib.metrics import dice
 from SkullVAECompletionLib.synthetic import centred_ijk_to_ras, cranial_defect, skull_shell
 
@@ -28,7 +28,7 @@ def test_decoded_skull_slightly_off_the_input_gives_only_the_defect():
     decoded = np.roll(to_model_grid(complete, mapping), 1, axis=1)
     decoded = np.clip(decoded * 1.3, 0, 1)
     raw_difference = (decoded > 0.5) & (model_input < 0.5)
-    region = implant_region(decoded, model_input, GRID.spacing_mm)
+    region = decoded_implant_region(decoded, model_input, GRID.spacing_mm)
     assert raw_difference.sum() > 2 * region.sum(), "the raw difference is mostly speckle"
     implant = implant_at_input_resolution(decoded, region, defective, mapping, smoothing=True)
     truth = complete & hole
@@ -43,8 +43,8 @@ def test_the_bone_threshold_reads_a_faint_decode():
     """A decoder that blurs thin bone gives it a probability below 0.5: a lower threshold still reads it."""
     _, complete, hole, defective, mapping, model_input = shell_with_hole()
     faint = 0.45 * to_model_grid(complete, mapping)
-    assert not implant_region(faint, model_input, GRID.spacing_mm).any(), "0.45 is not bone at the default 0.5"
-    region = implant_region(faint, model_input, GRID.spacing_mm, threshold=0.2)
+    assert not decoded_implant_region(faint, model_input, GRID.spacing_mm).any(), "0.45 is not bone at the default 0.5"
+    region = decoded_implant_region(faint, model_input, GRID.spacing_mm, threshold=0.2)
     implant = implant_at_input_resolution(faint, region, defective, mapping, threshold=0.2)
     assert dice(implant, complete & hole) > 0.7
 
@@ -55,7 +55,7 @@ def test_no_defect_means_no_implant():
     mapping = plan_mapping(complete, matrix, GRID)
     model_input = to_model_grid(complete, mapping)
     decoded = np.roll(model_input, 1, axis=2)
-    region = implant_region(decoded, model_input, GRID.spacing_mm)
+    region = decoded_implant_region(decoded, model_input, GRID.spacing_mm)
     implant = implant_at_input_resolution(decoded, region, complete, mapping)
     assert implant.sum() == 0
 

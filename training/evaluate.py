@@ -36,7 +36,7 @@ from SkullVAECompletionLib.completion import (
 )
 from SkullVAECompletionLib.errors import InputError
 from SkullVAECompletionLib.geometry import to_model_grid
-from SkullVAECompletionLib.implant import implant_region
+from SkullVAECompletionLib.implant import decoded_implant_region
 from SkullVAECompletionLib.metrics import defect_area_fill, defect_fill, implant_metrics
 from SkullVAECompletionLib.networks import bone_probability
 from training.aggregate import (
@@ -585,7 +585,7 @@ def figure_gamma_sweep(bundle: ModelBundle, test: VolumeSet, gammas: list[float]
                 z = mu + gamma * torch.from_numpy(direction)[None]
                 probability = bone_probability(model.decode(z))[0].numpy()
                 # Red: the engine's implant region (new bone away from the input), not every misregistered voxel.
-                region = implant_region(probability, x[0, 0].numpy(), bundle.grid.spacing_mm)
+                region = decoded_implant_region(probability, x[0, 0].numpy(), bundle.grid.spacing_mm)
                 axes[row, col].imshow(depth_view(probability > 0.5, region, *view))
                 axes[row, col].set_title(f"γ = {gamma:g}", fontsize=8)
     for ax in axes.ravel():

@@ -35,8 +35,6 @@ WEIGHTS_NAME = "weights.safetensors"
 LATENTS_NAME = "latents.safetensors"  # optional: paired training latents for the k-NN DEV option
 PAIRED_LATENT_KEYS = ("defective", "delta", "type_index")  # type_index: position in ModelBundle.defect_classes
 DEFAULT_MODEL_NAME = "skullvae-cranium-population"
-COMPLETION_METHODS = DECODER_METHODS  # the methods a bundle may name as its default
-EXTRACTIONS = EXTRACTION_CHOICES  # how the implant is cut from the decode (options.py says more)
 
 REQUIRED_KEYS = {
     "format": str,
@@ -197,16 +195,16 @@ def _check_vectors(manifest: dict[str, Any], path: Path) -> None:
         raise BundleError(f"{path}: the class head has {heads} outputs but the manifest names "
                           f"{len(manifest['class_names'])} classes")
     method = manifest["completion"].get("method", "dev")
-    if method not in COMPLETION_METHODS:
-        raise BundleError(f"{path}: unknown completion method '{method}' (known: {', '.join(COMPLETION_METHODS)})")
+    if method not in DECODER_METHODS:
+        raise BundleError(f"{path}: unknown completion method '{method}' (known: {', '.join(DECODER_METHODS)})")
     for defect, threshold in manifest["completion"].get("decode_threshold", {}).items():
         if not isinstance(threshold, int | float) or not 0.0 < threshold < 1.0:
             raise BundleError(f"{path}: completion decode_threshold['{defect}'] must be a probability between 0 and "
                               f"1, got {threshold!r}")
     for defect, extraction in manifest["completion"].get("extraction_by_class", {}).items():
-        if extraction not in EXTRACTIONS:
+        if extraction not in EXTRACTION_CHOICES:
             raise BundleError(f"{path}: completion extraction_by_class['{defect}'] is {extraction!r}; known: "
-                              f"{', '.join(EXTRACTIONS)}")
+                              f"{', '.join(EXTRACTION_CHOICES)}")
     if WEIGHTS_NAME not in manifest["files"]:
         raise BundleError(f"{path}: the manifest lists no {WEIGHTS_NAME} checksum")
 

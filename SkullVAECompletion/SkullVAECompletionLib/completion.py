@@ -33,7 +33,7 @@ from .geometry import (
     to_input_grid,
     to_model_grid,
 )
-from .implant import BONE_THRESHOLD, distance_to_input_bone, implant_at_input_resolution, implant_region
+from .implant import BONE_THRESHOLD, decoded_implant_region, distance_to_input_bone, implant_at_input_resolution
 from .mirror import check_unilateral, mirror_implant, mirror_skull, quick_midsagittal_plane
 from .networks import bone_probability
 from .options import (
@@ -576,7 +576,7 @@ class SkullCompleter:
         learning_rate = float(options.get("refine_lr", 0.05))
         prior_weight = float(options.get("refine_prior_weight", 1e-3))
         spacing = encoded.mapping.grid.spacing_mm
-        free = implant_region(self._decode(z0)[0], encoded.model_input, spacing, encoded.distance_to_bone())
+        free = decoded_implant_region(self._decode(z0)[0], encoded.model_input, spacing, encoded.distance_to_bone())
         weight = torch.from_numpy((~free).astype(np.float32))[None]
         target = torch.from_numpy(encoded.model_input)[None]
 
@@ -693,7 +693,7 @@ def decoded_implant(encoded: EncodedSkull, probability: np.ndarray, options: dic
     """Decoded minus input bone at the input's resolution (implant.py), with the class's bone threshold; ``out``:
     an implant (uint8, input grid) to add it to; ``within``: an input-index box (lo, hi) to confine it to."""
     threshold = float(options.get("decode_threshold", {}).get(defect_type, BONE_THRESHOLD))
-    region = implant_region(probability, encoded.model_input, encoded.mapping.grid.spacing_mm,
+    region = decoded_implant_region(probability, encoded.model_input, encoded.mapping.grid.spacing_mm,
                             encoded.distance_to_bone(), threshold)
     return implant_at_input_resolution(probability, region, encoded.defective, encoded.mapping, smoothing, threshold,
                                        out, within)

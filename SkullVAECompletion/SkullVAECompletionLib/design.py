@@ -27,10 +27,10 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from .errors import InputError
-from .geometry import nonzero_bounds, voxel_spacing
+from .geometry import voxel_spacing
+from .masks import FULLY_CONNECTED, keep_large_components, nonzero_bounds, skull_centre_voxel
 from .options import DesignOptions  # torch- and scipy-free: the module builds it before the engine loads
 
-MIN_ISLAND_FRACTION = 0.05  # designed fragments under 5 % of the main piece are dropped
 CLOSE_LEAKS_MM = (0.0, 1.5, 3.0, 5.0)  # closing radii tried when the implant does not seal the defect
 RAY_CONE_COS = 0.5  # ray-based outside: rays within 60° of the implant's direction
 MIN_SIDE_FRACTION = 0.05  # outside and inside each hold at least this share of the crop's background
@@ -89,11 +89,10 @@ def crop_around(mask: np.ndarray | tuple[np.ndarray, ...], ijk_to_ras: np.ndarra
 
 def skull_centre_ras(defective: np.ndarray, ijk_to_ras: np.ndarray) -> np.ndarray:
     """Centre of the skull's bounding box in RAS (the cranial cavity, not biased by the face's mass)."""
-    step = 4  # a strided look is enough for a centre and avoids three passes over a full volume
-    bounds = nonzero_bounds(np.asarray(defective)[::step, ::step, ::step])
-    if bounds is None:
-        raise InputError("the defective skull is empty: there is no bone to design an implant against")
-    centre_ijk = 0.5 * (bounds[0] + bounds[1] - 1) * step
+    try:
+        centre_ijk = skull_centre_voxel(defective, step=4)  # a strided look is enough for a centre
+    except ValueError:
+        raise InputError("the defective skull is empty: there is no bone to design an implant against") from None
     return np.asarray(ijk_to_ras, dtype=float)[:3, :3] @ centre_ijk + np.asarray(ijk_to_ras, dtype=float)[:3, 3]
 
 
@@ -267,7 +266,7 @@ def design_implant(
         part = apply_clearance(part, bone, crop, options.clearance_mm, exempt)
         timings["clearance"] = time.perf_counter() - tic
     part &= ~bone
-    part = _drop_fragments(part)
+    part = keep_large_components(part, structure=FULLY_CONNECTED)
     if not part.any():
         warnings.append("the designed implant is empty (the clearance or thickness removed all of it); "
                         "check the options")
@@ -350,16 +349,6 @@ def apply_clearance(
     if exempt is not None:
         keep |= exempt
     return part & keep
-
-
-def _drop_fragments(part: np.ndarray) -> np.ndarray:
-    labels, count = ndimage.label(part, structure=np.ones((3, 3, 3), dtype=bool))
-    if count <= 1:
-        return part
-    sizes = np.bincount(labels[part], minlength=count + 1)[1:]
-    keep = np.zeros(count + 1, dtype=bool)
-    keep[1:] = sizes >= MIN_ISLAND_FRACTION * sizes.max()
-    return keep[labels]
 
 
 def apply_design(result: Any, ijk_to_ras: np.ndarray, options: DesignOptions) -> tuple[Any, DesignResult]:

@@ -33,7 +33,7 @@ def implant_centre(implant: np.ndarray, fields: list[tuple[np.ndarray, np.ndarra
     return points.mean(axis=0) if len(points) else None
 
 
-def implant_region(implant: np.ndarray, mapping: GridMapping, model_input: np.ndarray,
+def implant_cranial_region(implant: np.ndarray, mapping: GridMapping, model_input: np.ndarray,
                    fields: list[tuple[np.ndarray, np.ndarray]] | None = None) -> str | None:
     """The cranial region of an implant (input grid) seen from the cranial centre of the input's skull on the model
     grid (``model_input``); None when the implant is empty. ``fields``: see :func:`implant_centre`."""
@@ -48,7 +48,7 @@ def located_class(head_class: str, implant: np.ndarray, mapping: GridMapping, mo
                   ) -> tuple[str, str]:
     """The detected class and what decided it: the implant's region when the rim stage found a hole and that region
     is one of the model's ``classes``, else the class head's choice ``head_class``."""
-    region = implant_region(implant, mapping, model_input, fields)
+    region = implant_cranial_region(implant, mapping, model_input, fields)
     if region is not None and region in classes:
         return region, BY_DEFECT_POSITION
     return head_class, BY_CLASS_HEAD

@@ -24,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import BundleError, build_config
+from .masks import nonzero_bounds
 
 # Bump whenever the mapping to the model grid changes numerically: training caches keyed on it are rebuilt.
 GEOMETRY_VERSION = 1
@@ -97,19 +98,6 @@ class GridMapping:
 def voxel_spacing(ijk_to_ras: np.ndarray) -> np.ndarray:
     """Spacing (mm) along each index axis of a voxel grid."""
     return np.linalg.norm(np.asarray(ijk_to_ras, dtype=float)[:3, :3], axis=0)
-
-
-def nonzero_bounds(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Inclusive-exclusive index bounds (lo, hi) of the nonzero voxels, or None when empty."""
-    lo, hi = [], []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        present = np.flatnonzero(np.any(mask, axis=other))
-        if present.size == 0:
-            return None
-        lo.append(present[0])
-        hi.append(present[-1] + 1)
-    return np.asarray(lo), np.asarray(hi)
 
 
 def _pool_factors(spacing: np.ndarray, target_mm: float) -> tuple[int, int, int]:

@@ -13,12 +13,12 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from .geometry import GridMapping, model_box_in_input, nonzero_bounds, to_input_grid
+from .geometry import GridMapping, model_box_in_input, to_input_grid
+from .masks import MIN_ISLAND_FRACTION, keep_large_components, nonzero_bounds
 
 CORE_DISTANCE_MM = 4.0  # misregistration slivers along intact bone are thinner than this…
 CORE_DISTANCE_VOXELS = 1.5  # …and than 1.5 model voxels (a decode can be off by one voxel)
 MIN_CORE_FRACTION = 0.5  # defects are one region: cores under half the largest are stray fragments
-MIN_ISLAND_FRACTION = 0.05  # full-resolution islands under 5 % of the largest are speckle
 MIN_ISLAND_ML = 0.05  # full-resolution islands below 0.05 ml are speckle
 SHADOW_REACH_MM = 15.0  # a hole lets a line towards the skull centre pass bone-free for at least this far
 SMOOTHING_SIGMA_MM = 0.6
@@ -31,7 +31,7 @@ def distance_to_input_bone(model_input: np.ndarray, spacing_mm: float) -> np.nda
     return ndimage.distance_transform_edt(~(model_input >= 0.5), sampling=spacing_mm)
 
 
-def implant_region(
+def decoded_implant_region(
     bone_probability: np.ndarray,
     model_input: np.ndarray,
     spacing_mm: float,
@@ -144,18 +144,3 @@ def remove_small_islands(mask: np.ndarray, spacing: np.ndarray, min_ml: float = 
     """Drop connected components smaller than ``min_ml`` and than 5 % of the largest one."""
     voxel_ml = float(np.prod(spacing)) / 1000.0
     return keep_large_components(mask, MIN_ISLAND_FRACTION, min_ml / voxel_ml)
-
-
-def keep_large_components(mask: np.ndarray, fraction: float, min_voxels: float = 0.0) -> np.ndarray:
-    """Keep the connected components with at least ``fraction`` of the largest one's voxels and ``min_voxels``.
-
-    A mask with a single component (or none) is returned as it is.
-    """
-    labels, count = ndimage.label(mask)
-    if count <= 1:
-        return mask
-    # Count only the labelled voxels: a bincount over the whole (mostly empty) block is many times slower.
-    sizes = np.bincount(labels[mask], minlength=count + 1)[1:]
-    keep = np.zeros(count + 1, dtype=bool)
-    keep[1:] = sizes >= max(min_voxels, fraction * sizes.max())
-    return keep[labels]

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .geometry import nonzero_bounds
+from .masks import nonzero_bounds, skull_centre_voxel
 from .options import DISTANCE_RANGE_MM
 from .validation import check_volume_size
 
@@ -765,7 +765,9 @@ def write_distance_png(
         text.ItalicOff()
     points = numpy_support.vtk_to_numpy(implant_surface.GetPoints().GetData())
     matrix = np.asarray(ijk_to_ras, dtype=float)
-    skull_centre = (np.argwhere(skull[::4, ::4, ::4]).mean(axis=0) * 4) @ matrix[:3, :3].T + matrix[:3, 3]
+    # the skull's centre (seen from the front when there is no skull)
+    skull_centre = (skull_centre_voxel(skull, step=4) @ matrix[:3, :3].T + matrix[:3, 3] if np.any(skull)
+                    else points.mean(axis=0) + np.array([0.0, 1.0, 0.0]))
     view = points.mean(axis=0) - skull_centre  # look at the implant from outside the head
     view = view + np.array([0.0, 0.0, 0.3 * np.linalg.norm(view)])  # …a little from above
     return _render_png(path, actors, tuple(view), size, overwrite, focus=implant_actor, overlays=[bar], zoom=0.75)

@@ -15,6 +15,7 @@ from scipy import ndimage, optimize
 
 from .errors import InputError
 from .geometry import voxel_spacing
+from .masks import FULLY_CONNECTED, keep_large_components
 
 COST_GRID_MM = 1.5  # the registration's distance map: fine enough for a sub-mm plane, small enough to be fast
 SURFACE_POINTS = 8000
@@ -154,7 +155,7 @@ def mirror_implant(defective: np.ndarray, ijk_to_ras: np.ndarray,
     spacing = voxel_spacing(ijk_to_ras)
     steps = int(np.ceil(SLIVER_MM / spacing.min()))
     core = ndimage.binary_opening(candidate, iterations=steps)
-    core = _large_parts(core)
+    core = keep_large_components(core, MIN_PART_FRACTION, structure=FULLY_CONNECTED)
     if not core.any():
         raise InputError("mirroring finds no defect: the skull is symmetric about its mid-sagittal plane "
                          "(nothing is missing on one side that the other side has)")
@@ -203,13 +204,3 @@ def _perpendicular_axes(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     first = np.cross(normal, [0.0, 0.0, 1.0])
     first /= np.linalg.norm(first)
     return first, np.cross(normal, first)
-
-
-def _large_parts(mask: np.ndarray) -> np.ndarray:
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    if count <= 1:
-        return mask
-    sizes = np.bincount(labels[mask], minlength=count + 1)
-    sizes[0] = 0
-    keep = sizes >= MIN_PART_FRACTION * sizes.max()
-    return keep[labels]

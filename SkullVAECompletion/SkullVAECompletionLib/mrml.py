@@ -372,7 +372,9 @@ class CompletionSummary:
         elif fit is None and self.implantVolumeMl > 0:
             thickness = " (fit not measured)"
         message = getattr(self.result, "message", "")
-        if self.detectedBy == BY_DEFECT_POSITION:
+        if self.detectedBy == BY_DEFECT_POSITION and self.detectedType == COMPLETE:
+            how = f"no hole found in the bone; class head {100 * self.confidence:.0f}%"
+        elif self.detectedBy == BY_DEFECT_POSITION:
             how = f"from where the defect lies; class head {100 * self.confidence:.0f}%"
         else:
             how = f"{100 * self.confidence:.0f}% confidence"

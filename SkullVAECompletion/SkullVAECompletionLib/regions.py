@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .masks import skull_centre_voxel
+
 COMPLETE = "complete"
 FACIAL = "facial"
 CRANIAL_REGIONS = (
@@ -48,12 +50,9 @@ def is_cranial(name: str) -> bool:
 
 
 def cranial_centre_voxel(skull: np.ndarray) -> np.ndarray:
-    """The cranial centre (voxel coordinates) from the skull's bone bounding box."""
-    points = np.argwhere(skull)
-    if len(points) == 0:
-        raise ValueError("the skull mask is empty; a defect region needs the skull around it")
-    low, high = points.min(axis=0), points.max(axis=0)
-    return low + CENTRE_FRACTION * (high - low)
+    """The cranial centre (voxel coordinates) from the skull's bone bounding box (a little back and up of its
+    middle: :data:`CENTRE_FRACTION`)."""
+    return skull_centre_voxel(skull, CENTRE_FRACTION)
 
 
 def defect_angles(defect: np.ndarray, skull: np.ndarray) -> tuple[float, float]:

@@ -4,7 +4,7 @@ A decoded skull on a 2–3 mm model grid cannot place an implant's surfaces with
 rim. This stage therefore uses the decode only as a locator and a shape prior, and takes the surfaces from the
 patient's own intact bone at the input's full resolution:
 
-1. **Rays from the cranial centre** (:func:`cranial_centre`). Along each direction the decode gives an expected
+1. **Rays from the cranial centre** (:func:`vault_sphere_centre`). Along each direction the decode gives an expected
    shell (its outermost bone segment); the input's bone is searched in a window around it.
 2. **Defect localisation** (:func:`find_holes`): directions where the decode expects shell and the patient has no
    bone in the window, grouped into holes on the sphere. Natural openings are where the decode expects no bone;
@@ -176,7 +176,7 @@ def neighbour_graph(directions: np.ndarray, step_deg: float) -> sparse.csr_matri
 
 # ----------------------------------------------------------------------------------------------- profiles
 
-def cranial_centre(expected: np.ndarray, spacing: float) -> np.ndarray | None:
+def vault_sphere_centre(expected: np.ndarray, spacing: float) -> np.ndarray | None:
     """Centre of the sphere that best fits the expected skull's vault (its upper part), in model mm.
 
     The vault is close to a sphere seen from the cranial cavity; the face and skull base, which are not, are left
@@ -939,7 +939,7 @@ def fit_implant(expected: np.ndarray, defective: np.ndarray, mapping: GridMappin
     options = options or RimOptions()
     implant = np.zeros(mapping.input_shape, np.uint8, order="F")
     spacing = float(mapping.grid.spacing_mm)
-    centre = cranial_centre(expected, spacing)
+    centre = vault_sphere_centre(expected, spacing)
     if centre is None:
         return RimFit(implant, message="the decoded skull is empty or encloses no cranial cavity; no implant")
     mm_to_model = np.diag([1.0 / spacing] * 3 + [1.0])

@@ -8,9 +8,9 @@ table, calcifications and stray bright voxels drop out.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from .errors import InputError
+from .masks import largest_component
 from .options import DEFAULT_BONE_THRESHOLD_HU
 
 AIR_BELOW_HU = -200.0  # a head CT always holds air (about -1000 HU) around the head
@@ -58,14 +58,3 @@ def skull_from_ct(
             f"{float(np.max(ct)):g}); lower the threshold (--bone-threshold) or check that this is a head CT"
         )
     return largest_component(bone).astype(np.uint8)
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected component of a bool mask (all of it if it is one piece)."""
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    if count <= 1:
-        return np.asarray(mask, dtype=bool)
-    # Count only labelled voxels: a bincount over the whole (mostly empty) volume is several times slower.
-    sizes = np.bincount(labels[mask], minlength=count + 1)
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
