@@ -53,7 +53,7 @@ except ImportError:  # slicer-core only (CI, batch scripts): stand-ins, see belo
     # (an annotation the application could not serialise or connect fails here too).
     from slicer.util import VTKObservationMixin  # in slicer-core
 
-    from SkullVAECompletionLib.parameter_node import Choice, WithinRange, parameterNodeWrapper
+    from SkullVAECompletionLib.mrml.parameter_node import Choice, WithinRange, parameterNodeWrapper
 
     def _(text: str) -> str:
         return text
@@ -107,6 +107,7 @@ except ImportError:  # slicer-core only (CI, batch scripts): stand-ins, see belo
 from SkullVAECompletionLib import mrml, options  # noqa: E402  (no torch import: the engine is imported at first use)
 from SkullVAECompletionLib.dependencies import DependencyError  # noqa: E402  (imports no slicer/torch)
 from SkullVAECompletionLib.errors import CancelledError, InputError, SkullVAEError  # noqa: E402
+from SkullVAECompletionLib.inference.detection import BY_CLASS_HEAD  # noqa: E402  (numpy and scipy only)
 from SkullVAECompletionLib.options import CompletionOptions, DesignOptions  # noqa: E402  (torch- and scipy-free)
 
 if TYPE_CHECKING:  # the engine (scipy, torch) is imported at first use, after the dependencies are installed
@@ -235,7 +236,7 @@ class SkullVAECompletionParameterNode:
     # Skull from CT
     ctVolume: vtkMRMLScalarVolumeNode | None
     boneThresholdHu: Annotated[float, WithinRange(-1000.0, 3000.0)] = options.DEFAULT_BONE_THRESHOLD_HU
-    # Implant design (see SkullVAECompletionLib.design.DesignOptions); changing one re-runs only the design step
+    # Implant design (see SkullVAECompletionLib.design.shaping.DesignOptions); changing one re-runs only the design step
     fixedThickness: bool = False
     thicknessMm: Annotated[float, WithinRange(0.5, 15.0)] = options.DEFAULT_FIXED_THICKNESS_MM
     flangeMm: Annotated[float, WithinRange(0.0, 20.0)] = options.DEFAULT_FLANGE_MM
@@ -727,7 +728,7 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
             if self.completerFactory is not None:
                 self._completers[key] = self.completerFactory(modelPath, device)
             else:
-                from SkullVAECompletionLib.completion import SkullCompleter  # noqa: PLC0415  (imports torch)
+                from SkullVAECompletionLib.inference.completion import SkullCompleter  # noqa: PLC0415  (imports torch)
 
                 # One bundle per device: moving a model to a device changes it in place.
                 self._completers[key] = SkullCompleter(bundle=str(modelPath) if modelPath else None, device=device)
@@ -982,7 +983,7 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
                     name: str | None = None) -> Any:
         """Extract the skull of a CT (bone ≥ ``threshold`` HU, largest connected piece) into a NEW segmentation
         node with one "Skull" segment, beside the CT (same study, same parent transform). The CT is not changed."""
-        from SkullVAECompletionLib.skull_from_ct import skull_from_ct  # noqa: PLC0415
+        from SkullVAECompletionLib.preprocessing.skull_from_ct import skull_from_ct  # noqa: PLC0415
 
         array, _ = mrml.ctArrayFromNode(volumeNode)
         scene = volumeNode.GetScene()
@@ -1060,7 +1061,7 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
         bundle = getattr(completer, "bundle", None)
         return mrml.CompletionSummary(
             segmentationNode=segmentationNode, uncertaintyNode=uncertaintyNode, defectType=result.defect_type,
-            detectedType=result.detected_type, detectedBy=getattr(result, "detected_by", mrml.BY_CLASS_HEAD),
+            detectedType=result.detected_type, detectedBy=getattr(result, "detected_by", BY_CLASS_HEAD),
             confidence=float(getattr(result, "class_probabilities", {}).get(result.detected_type, result.confidence)),
             gamma=float(result.gamma),
             modelId=getattr(bundle, "model_id", "unknown"), modelVersion=getattr(bundle, "version", "unknown"),

@@ -46,7 +46,7 @@ def synthetic_case() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def completer(tiny_bundle: Path):
     """The engine on the tiny bundle, CPU (one per test module)."""
-    from SkullVAECompletionLib.completion import SkullCompleter
+    from SkullVAECompletionLib.inference.completion import SkullCompleter
 
     return SkullCompleter(tiny_bundle, device="cpu")
 

@@ -17,7 +17,7 @@ slicer = pytest.importorskip("slicer")  # slicer-core
 
 import SkullVAECompletion as module  # noqa: E402
 from SkullVAECompletionLib import mrml  # noqa: E402
-from SkullVAECompletionLib.completion import CompletionResult, SkullCompleter  # noqa: E402
+from SkullVAECompletionLib.inference.completion import CompletionResult, SkullCompleter  # noqa: E402
 
 __all__ = [
     "FakeCompleter",

@@ -5,8 +5,9 @@ import shutil
 
 import pytest
 
-from SkullVAECompletionLib import regions
-from SkullVAECompletionLib.bundle import (
+from SkullVAECompletionLib.errors import BundleError
+from SkullVAECompletionLib.inference import regions
+from SkullVAECompletionLib.model.bundle import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     WEIGHTS_NAME,
@@ -15,7 +16,6 @@ from SkullVAECompletionLib.bundle import (
     resources_dir,
     save_bundle,
 )
-from SkullVAECompletionLib.errors import BundleError
 
 
 @pytest.fixture()
@@ -48,7 +48,7 @@ def test_load_round_trip(tiny_bundle):
 def test_format_1_bundle_still_loads(bundle_copy):
     """A bundle written by model 1.x (format 1: classes cranial/facial, no defect_classes, no class head) loads,
     detects by centroids and completes with its two defect classes."""
-    from SkullVAECompletionLib.completion import SkullCompleter
+    from SkullVAECompletionLib.inference.completion import SkullCompleter
     from SkullVAECompletionLib.synthetic import defective_pair
 
     edit_manifest(bundle_copy, lambda m: m.update(format_version=1))
@@ -89,7 +89,7 @@ def test_corrupted_weights_are_refused(bundle_copy):
 def test_truncated_weights_with_matching_checksum_are_refused(bundle_copy):
     weights = bundle_copy / WEIGHTS_NAME
     weights.write_bytes(weights.read_bytes()[:100])
-    from SkullVAECompletionLib.bundle import sha256_of
+    from SkullVAECompletionLib.model.bundle import sha256_of
 
     edit_manifest(bundle_copy, lambda m: m["files"].update({WEIGHTS_NAME: sha256_of(weights)}))
     with pytest.raises(BundleError, match="cannot read the weights"):

@@ -12,7 +12,7 @@ import pytest
 
 import SkullVAECompletion as module
 from SkullVAECompletionLib import mrml
-from SkullVAECompletionLib.design import DesignOptions
+from SkullVAECompletionLib.design.shaping import DesignOptions
 from SkullVAECompletionLib.errors import CancelledError
 from slicer_fixtures import (  # noqa: F401  (fixtures are used by name)
     GEOMETRIES,

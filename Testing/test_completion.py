@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from SkullVAECompletionLib import completion as completion_module
-from SkullVAECompletionLib.completion import SkullCompleter, check_cancel, resolve_device
 from SkullVAECompletionLib.errors import CancelledError, DeviceError, InputError
+from SkullVAECompletionLib.inference import completion as completion_module
+from SkullVAECompletionLib.inference.completion import SkullCompleter, check_cancel, resolve_device
 from SkullVAECompletionLib.synthetic import cranial_defect, defective_pair
 
 
@@ -89,8 +89,8 @@ def test_auto_defect_type_and_override(completer, encoded):
 def test_region_classes_detection_and_override(region_bundle, synthetic_case):
     """A model with region classes: the class head's probabilities over every class, the detected class, a chosen
     class, the decoded skull at γ = 0 and at the default γ, and an error naming the model's classes."""
-    from SkullVAECompletionLib import regions
-    from SkullVAECompletionLib.completion import SkullCompleter
+    from SkullVAECompletionLib.inference import regions
+    from SkullVAECompletionLib.inference.completion import SkullCompleter
 
     completer = SkullCompleter(region_bundle, device="cpu")
     assert completer.defect_choices == ("auto", *completer.bundle.defect_classes)

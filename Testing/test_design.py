@@ -10,9 +10,9 @@ import pytest
 from scipy.spatial import cKDTree
 
 from design_cases import HOLE_CENTRE, HOLE_RADIUS, ras_of, shell_case, thickness_along_normals
-from SkullVAECompletionLib.design import DesignOptions, apply_design, design_implant
+from SkullVAECompletionLib.design.shaping import DesignOptions, apply_design, design_implant
 from SkullVAECompletionLib.errors import InputError
-from SkullVAECompletionLib.io import (
+from SkullVAECompletionLib.imageio.surfaces import (
     decimate_surface,
     hausdorff_mm,
     mask_to_surface,
@@ -125,7 +125,7 @@ def test_self_intersection_check_finds_crossing_surfaces():
 
 
 def test_apply_design_recomputes_the_completed_skull(case):
-    from SkullVAECompletionLib.completion import CompletionResult
+    from SkullVAECompletionLib.inference.completion import CompletionResult
 
     implant, defective = case["implant"].astype(np.uint8), case["defective"].astype(np.uint8)
     result = CompletionResult(defective=defective, implant=implant, defect_type="cranial",

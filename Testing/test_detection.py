@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from SkullVAECompletionLib.detection import (
+from SkullVAECompletionLib.inference.detection import (
     BY_CLASS_HEAD,
     BY_DEFECT_POSITION,
     implant_centre,
     implant_cranial_region,
     located_class,
 )
-from SkullVAECompletionLib.geometry import GridSpec, plan_mapping, to_model_grid
-from SkullVAECompletionLib.regions import DEFECT_CLASSES
+from SkullVAECompletionLib.inference.regions import DEFECT_CLASSES
+from SkullVAECompletionLib.preprocessing.geometry import GridSpec, plan_mapping, to_model_grid
 from SkullVAECompletionLib.synthetic import ShellSpec, centred_ijk_to_ras, ras_grid, skull_shell
 
 GRID = GridSpec(shape=(48, 64, 48), spacing_mm=4.0)

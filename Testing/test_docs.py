@@ -115,7 +115,7 @@ def _types() -> dict[str, object]:
     """What the README's example variables are (their names are the README's convention)."""
     import SkullVAECompletion
     from SkullVAECompletionLib import mrml
-    from SkullVAECompletionLib.completion import CompletionResult, EncodedSkull, SkullCompleter
+    from SkullVAECompletionLib.inference.completion import CompletionResult, EncodedSkull, SkullCompleter
 
     return {
         "SkullVAECompletion": SkullVAECompletion,
@@ -207,9 +207,11 @@ def _call_target(func: ast.AST, types: dict[str, object]) -> object | None:
     if base in types:
         return getattr(types[base], name, None)
     if "." not in dotted:
-        from SkullVAECompletionLib import completion, io
+        import SkullVAECompletionLib as package
+        from SkullVAECompletionLib.imageio import volumes
+        from SkullVAECompletionLib.inference import completion
 
-        for module in (completion, io):
+        for module in (package, completion, volumes):
             if hasattr(module, dotted):
                 return getattr(module, dotted)
     return None

@@ -3,8 +3,14 @@
 import numpy as np
 import pytest
 
-from SkullVAECompletionLib.geometry import GridSpec, plan_mapping, to_input_grid, to_model_grid, voxel_spacing
 from SkullVAECompletionLib.metrics import dice
+from SkullVAECompletionLib.preprocessing.geometry import (
+    GridSpec,
+    plan_mapping,
+    to_input_grid,
+    to_model_grid,
+    voxel_spacing,
+)
 from SkullVAECompletionLib.synthetic import (
     centred_ijk_to_ras,
     cranial_defect,

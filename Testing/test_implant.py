@@ -2,9 +2,13 @@
 
 import numpy as np
 
-from SkullVAECompletionLib.geometry import GridSpec, plan_mapping, to_model_grid
-from SkullVAECompletionLib.implant import decoded_implant_region, implant_at_input_resolution, remove_small_islands
+from SkullVAECompletionLib.extraction.implant import (
+    decoded_implant_region,
+    implant_at_input_resolution,
+    remove_small_islands,
+)
 from SkullVAECompletionLib.metrics import dice
+from SkullVAECompletionLib.preprocessing.geometry import GridSpec, plan_mapping, to_model_grid
 from SkullVAECompletionLib.synthetic import centred_ijk_to_ras, cranial_defect, skull_shell
 
 GRID = GridSpec(shape=(48, 64, 48), spacing_mm=4.0)

@@ -14,7 +14,8 @@ import vtk
 
 from SkullVAECompletionLib.cli import main
 from SkullVAECompletionLib.errors import InputError
-from SkullVAECompletionLib.io import LPS_TO_RAS, read_mask, write_like, write_stl
+from SkullVAECompletionLib.imageio.surfaces import write_stl
+from SkullVAECompletionLib.imageio.volumes import LPS_TO_RAS, read_mask, write_like
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from SkullVAECompletionLib.errors import InputError
+from SkullVAECompletionLib.extraction.mirror import find_midsagittal_plane, mirror_implant
 from SkullVAECompletionLib.metrics import dice
-from SkullVAECompletionLib.mirror import find_midsagittal_plane, mirror_implant
 from SkullVAECompletionLib.synthetic import centred_ijk_to_ras, cranial_defect, skull_shell
 
 SHAPE = (84, 100, 86)

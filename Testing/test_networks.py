@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from SkullVAECompletionLib.errors import BundleError
-from SkullVAECompletionLib.networks import AggregatedVAE, DecoupledDecoder, NetworkConfig, build_stage1_vae
+from SkullVAECompletionLib.model.networks import AggregatedVAE, DecoupledDecoder, NetworkConfig, build_stage1_vae
 
 
 def test_paper_configuration_is_constructible_from_config():

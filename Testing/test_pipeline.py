@@ -8,7 +8,8 @@ import pytest
 import vtk
 
 from SkullVAECompletionLib import cli, mrml
-from SkullVAECompletionLib.io import hausdorff_mm, write_mask
+from SkullVAECompletionLib.imageio.surfaces import hausdorff_mm
+from SkullVAECompletionLib.imageio.volumes import write_mask
 from SkullVAECompletionLib.options import CompletionOptions, DesignOptions
 from slicer_fixtures import *  # noqa: F403
 from slicer_fixtures import module

@@ -15,7 +15,7 @@ import numpy as np
 import SkullVAECompletion as module
 from SkullVAECompletionLib import mrml
 from SkullVAECompletionLib.cli import main as cli_main
-from SkullVAECompletionLib.io import LPS_TO_RAS, read_mask
+from SkullVAECompletionLib.imageio.volumes import LPS_TO_RAS, read_mask
 from SkullVAECompletionLib.metrics import dice, hd95
 from slicer_fixtures import (  # noqa: F401  (fixtures are used by name)
     addLabelmap,

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from design_cases import SPHERE, SPHERE_HOLE_CENTRE, SPHERE_HOLE_RADIUS, sphere_case, sphere_implant_truth
+from SkullVAECompletionLib.design.quality import quality_report
 from SkullVAECompletionLib.errors import InputError
-from SkullVAECompletionLib.io import mask_to_surface
+from SkullVAECompletionLib.imageio.surfaces import mask_to_surface
 from SkullVAECompletionLib.options import DISTANCE_ARRAY
-from SkullVAECompletionLib.quality import quality_report
 from SkullVAECompletionLib.synthetic import cranial_defect, ras_grid
 
 
@@ -87,8 +87,9 @@ def test_cli_design_options_summary_and_distance_map(tmp_path, synthetic_case, m
     import vtk
 
     from SkullVAECompletionLib import cli
-    from SkullVAECompletionLib.completion import CompletionResult
-    from SkullVAECompletionLib.io import surface_topology, write_mask
+    from SkullVAECompletionLib.imageio.surfaces import surface_topology
+    from SkullVAECompletionLib.imageio.volumes import write_mask
+    from SkullVAECompletionLib.inference.completion import CompletionResult
 
     bundle = SimpleNamespace(model_id="stand-in", version="0.0.1")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from SkullVAECompletionLib import regions
+from SkullVAECompletionLib.inference import regions
 from SkullVAECompletionLib.synthetic import ShellSpec, centred_ijk_to_ras, ras_grid, skull_shell
 
 SHAPE = (50, 60, 52)

@@ -11,11 +11,11 @@ import pytest
 from scipy.spatial import cKDTree
 from vtkmodules.util import numpy_support
 
-from SkullVAECompletionLib.geometry import GridMapping, GridSpec, plan_mapping, to_model_grid
-from SkullVAECompletionLib.io import mask_to_surface, surface_topology
+from SkullVAECompletionLib.extraction.mirror import quick_midsagittal_plane
+from SkullVAECompletionLib.extraction.rim import RimOptions, fit_implant, interpolate_surface, thin_plate_surface
+from SkullVAECompletionLib.imageio.surfaces import mask_to_surface, surface_topology
 from SkullVAECompletionLib.metrics import dice, hd95
-from SkullVAECompletionLib.mirror import quick_midsagittal_plane
-from SkullVAECompletionLib.rim import RimOptions, fit_implant, interpolate_surface, thin_plate_surface
+from SkullVAECompletionLib.preprocessing.geometry import GridMapping, GridSpec, plan_mapping, to_model_grid
 from SkullVAECompletionLib.synthetic import ShellSpec, centred_ijk_to_ras, ras_grid, skull_shell
 
 GRID = GridSpec(shape=(48, 64, 48), spacing_mm=4.0)
@@ -325,7 +325,7 @@ def test_rim_only_shape_interpolates_the_patients_radii(shell):
 def test_coarse_to_fine_voxelisation_gives_the_same_implant(monkeypatch):
     """On a sub-millimetre grid the field is evaluated on a coarse grid first, then only near the implant: the
     implant and the sign of its field must be exactly those of the full evaluation."""
-    from SkullVAECompletionLib import rim
+    from SkullVAECompletionLib.extraction import rim
 
     shape, spacing = (150, 186, 174), (1.0, 1.0, 0.75)  # strides 1, 1, 2 with the default 1.5 mm cell
     matrix = centred_ijk_to_ras(shape, spacing)

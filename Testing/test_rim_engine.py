@@ -9,11 +9,12 @@ import pytest
 from scipy import ndimage
 
 from SkullVAECompletionLib.cli import main
-from SkullVAECompletionLib.completion import SkullCompleter
-from SkullVAECompletionLib.design import DesignOptions, apply_design
-from SkullVAECompletionLib.detection import BY_DEFECT_POSITION
+from SkullVAECompletionLib.design.shaping import DesignOptions, apply_design
 from SkullVAECompletionLib.errors import InputError
-from SkullVAECompletionLib.io import mask_to_surface, read_mask, surface_topology, write_mask
+from SkullVAECompletionLib.imageio.surfaces import mask_to_surface, surface_topology
+from SkullVAECompletionLib.imageio.volumes import read_mask, write_mask
+from SkullVAECompletionLib.inference.completion import SkullCompleter
+from SkullVAECompletionLib.inference.detection import BY_DEFECT_POSITION
 from SkullVAECompletionLib.metrics import dice
 from SkullVAECompletionLib.synthetic import centred_ijk_to_ras, cranial_defect, skull_shell
 
@@ -61,8 +62,8 @@ def test_union_is_the_rim_implant_plus_the_decoded_bone(completer, encoded):
 def test_union_adds_no_decoded_bone_where_the_rim_finds_no_defect(completer, synthetic_case):
     """A complete skull and a decode a voxel thicker all round: decoded-minus-input bone everywhere along the skull
     (the paper's way makes an implant of it), but no defect for the rim stage, so the union adds nothing."""
-    from SkullVAECompletionLib.completion import extract_implant
-    from SkullVAECompletionLib.geometry import to_model_grid
+    from SkullVAECompletionLib.inference.completion import extract_implant
+    from SkullVAECompletionLib.preprocessing.geometry import to_model_grid
 
     complete = synthetic_case["complete"]
     encoded = completer.encode(complete, synthetic_case["ijk_to_ras"])
@@ -143,7 +144,7 @@ def test_mirror_method_completes_a_unilateral_defect(completer):
 @pytest.fixture(scope="module")
 def real_skull_completion():
     """The shipped real skull (Cranium sample) completed by the bundled model with the defaults."""
-    from SkullVAECompletionLib.bundle import resources_dir
+    from SkullVAECompletionLib.model.bundle import resources_dir
 
     mask, matrix, _ = read_mask(resources_dir() / "SampleData" / "CraniumSkull.nrrd")
     bone = np.asarray(mask) > 0
@@ -153,7 +154,7 @@ def real_skull_completion():
 def test_real_skull_gets_one_rim_fitted_implant_in_its_defect(real_skull_completion):
     bone, matrix, result = real_skull_completion
     # The bundle's extraction for the class (fronto-orbital: the rim's implant plus the decoded bone near it).
-    from SkullVAECompletionLib.bundle import load_bundle
+    from SkullVAECompletionLib.model.bundle import load_bundle
 
     expected = load_bundle().completion_options.get("extraction_by_class", {}).get(result.defect_type, "rim")
     assert result.extraction == expected and len(result.holes) == 1, result.message
@@ -187,7 +188,7 @@ def test_real_skull_implant_matches_its_mirrored_healthy_side(real_skull_complet
     """The sample skull's reference: its healthy side mirrored about the mid-sagittal plane, where the patient has no
     bone, inside the defect's documented box. The patient is not perfectly symmetric (the mirror lies 1.5 mm off the
     skull's own surface at the median), so the floor is a regression guard, not an accuracy claim."""
-    from SkullVAECompletionLib.mirror import mirror_skull
+    from SkullVAECompletionLib.extraction.mirror import mirror_skull
 
     bone, matrix, result = real_skull_completion
     box = np.zeros(bone.shape, bool)

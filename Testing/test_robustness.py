@@ -29,11 +29,12 @@ import vtk
 
 import SkullVAECompletion as module
 from SkullVAECompletionLib import mrml
-from SkullVAECompletionLib.bundle import FORMAT_VERSION, MANIFEST_NAME, WEIGHTS_NAME
 from SkullVAECompletionLib.cli import main as cli_main
 from SkullVAECompletionLib.errors import BundleError, InputError
-from SkullVAECompletionLib.io import LPS_TO_RAS, read_mask
+from SkullVAECompletionLib.imageio.volumes import LPS_TO_RAS, read_mask
 from SkullVAECompletionLib.metrics import dice
+from SkullVAECompletionLib.model.bundle import FORMAT_VERSION, MANIFEST_NAME, WEIGHTS_NAME
+from SkullVAECompletionLib.preprocessing.validation import MAX_INPUT_VOXELS
 from SkullVAECompletionLib.synthetic import (
     centred_ijk_to_ras,
     cranial_defect,
@@ -41,7 +42,6 @@ from SkullVAECompletionLib.synthetic import (
     reoriented,
     skull_shell,
 )
-from SkullVAECompletionLib.validation import MAX_INPUT_VOXELS
 from slicer_fixtures import (  # noqa: F401  (fixtures are used by name)
     addLabelmap,
     nodeCount,
@@ -425,7 +425,7 @@ def test_bad_and_unusual_input(case: Case, route: str, scene: Any, real_logic: A
 
 def test_huge_volume_is_refused_by_the_engine_without_reading_it(tiny_bundle: Path) -> None:
     """Direct engine call: the size check runs before any pass over the voxels."""
-    from SkullVAECompletionLib.completion import SkullCompleter
+    from SkullVAECompletionLib.inference.completion import SkullCompleter
 
     volume = huge()
     assert np.prod(volume.array.shape) > MAX_INPUT_VOXELS
@@ -536,7 +536,7 @@ print(json.dumps(result))
 
 # --- inference precision ------------------------------------------------------------------------------------------
 def test_float16_is_ignored_on_cpu(tiny_bundle: Path, synthetic_case: dict, caplog: pytest.LogCaptureFixture) -> None:
-    from SkullVAECompletionLib.completion import SkullCompleter
+    from SkullVAECompletionLib.inference.completion import SkullCompleter
 
     with caplog.at_level("WARNING"):
         half = SkullCompleter(tiny_bundle, device="cpu", precision="float16")
@@ -555,7 +555,7 @@ def test_float16_is_ignored_on_cpu(tiny_bundle: Path, synthetic_case: dict, capl
 def test_half_precision_code_path(tiny_bundle: Path, synthetic_case: dict, monkeypatch: pytest.MonkeyPatch,
                                   caplog: pytest.LogCaptureFixture, requested: str) -> None:
     """The float16 path (autocast) as CUDA runs it, exercised on the CPU; it must agree with float32 within 0.5 %."""
-    from SkullVAECompletionLib import completion
+    from SkullVAECompletionLib.inference import completion
 
     mask, matrix = synthetic_case["defective"], synthetic_case["ijk_to_ras"]
     reference = completion.SkullCompleter(tiny_bundle, device="cpu").run(mask, matrix, defect_type="cranial")
@@ -578,7 +578,7 @@ def test_half_precision_code_path(tiny_bundle: Path, synthetic_case: dict, monke
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh)")
 @pytest.mark.parametrize("precision", ["float32", "auto", "float16"])
 def test_cuda_agrees_with_cpu(tiny_bundle: Path, synthetic_case: dict, precision: str) -> None:
-    from SkullVAECompletionLib.completion import SkullCompleter
+    from SkullVAECompletionLib.inference.completion import SkullCompleter
 
     mask, matrix = synthetic_case["defective"], synthetic_case["ijk_to_ras"]
     cpu = SkullCompleter(tiny_bundle, device="cpu").run(mask, matrix, defect_type="cranial")

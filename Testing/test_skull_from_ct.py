@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from SkullVAECompletionLib.errors import InputError
-from SkullVAECompletionLib.io import LPS_TO_RAS, read_mask
+from SkullVAECompletionLib.imageio.volumes import LPS_TO_RAS, read_mask
 from SkullVAECompletionLib.metrics import dice
-from SkullVAECompletionLib.skull_from_ct import skull_from_ct
+from SkullVAECompletionLib.preprocessing.skull_from_ct import skull_from_ct
 from SkullVAECompletionLib.synthetic import centred_ijk_to_ras, cranial_defect, skull_shell
 
 SHAPE = (64, 72, 60)

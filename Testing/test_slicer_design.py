@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from SkullVAECompletionLib.design import DesignOptions
+from SkullVAECompletionLib.design.shaping import DesignOptions
 from SkullVAECompletionLib.errors import InputError
+from SkullVAECompletionLib.options import DISTANCE_ARRAY
 from SkullVAECompletionLib.synthetic import centred_ijk_to_ras
 from slicer_fixtures import *  # noqa: F403
 from slicer_fixtures import addLabelmap, module, mrml, segmentArray, slicer
@@ -47,10 +48,10 @@ def test_design_adds_a_coloured_distance_model_and_leaves_the_input(scene, fake_
     summary = fake_logic.lastResult
     model = summary.distanceModelNode
     assert model is not None and model.GetScene() is scene and model.IsA("vtkMRMLModelNode")
-    distances = model.GetPolyData().GetPointData().GetArray(mrml.DISTANCE_ARRAY)
+    distances = model.GetPolyData().GetPointData().GetArray(DISTANCE_ARRAY)
     assert distances is not None and distances.GetNumberOfTuples() == model.GetPolyData().GetNumberOfPoints()
     display = model.GetDisplayNode()
-    assert display.GetScalarVisibility() and display.GetActiveScalarName() == mrml.DISTANCE_ARRAY
+    assert display.GetScalarVisibility() and display.GetActiveScalarName() == DISTANCE_ARRAY
     assert scene.GetNodeByID(display.GetColorNodeID()).IsA("vtkMRMLColorTableNode")
     # The segments hold the designed implant: it lies partly over the bone (the flange), never in it.
     implant = segmentArray(result, mrml.IMPLANT_SEGMENT_ID, SHAPE, matrix)

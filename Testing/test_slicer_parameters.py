@@ -1,6 +1,6 @@
 """The parameter node against the rules of Slicer's parameterNodeWrapper (serializers and GUI connectors).
 
-Outside the application the module's parameter node class is built by SkullVAECompletionLib.parameter_node, which
+Outside the application the module's parameter node class is built by SkullVAECompletionLib.mrml.parameter_node, which
 follows Slicer 5.10 on those rules; these tests hold the module to them, and the stand-in to Slicer's behaviour.
 """
 
@@ -14,7 +14,7 @@ from typing import Annotated, Optional, Union
 import pytest
 from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode
 
-from SkullVAECompletionLib import parameter_node as pnw
+from SkullVAECompletionLib.mrml import parameter_node as pnw
 from slicer_fixtures import *  # noqa: F403
 from slicer_fixtures import module
 

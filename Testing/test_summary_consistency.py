@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from SkullVAECompletionLib.completion import SkullCompleter
-from SkullVAECompletionLib.detection import BY_DEFECT_POSITION
+from SkullVAECompletionLib.inference.completion import SkullCompleter
+from SkullVAECompletionLib.inference.detection import BY_DEFECT_POSITION
+from SkullVAECompletionLib.inference.regions import COMPLETE
 from SkullVAECompletionLib.options import DesignOptions
 from SkullVAECompletionLib.pipeline import design_completion
-from SkullVAECompletionLib.regions import COMPLETE
 from SkullVAECompletionLib.synthetic import defective_pair
 
 

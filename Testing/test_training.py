@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from SkullVAECompletionLib import regions
-from SkullVAECompletionLib.bundle import load_bundle
-from SkullVAECompletionLib.completion import SkullCompleter
+from SkullVAECompletionLib.inference import regions
+from SkullVAECompletionLib.inference.completion import SkullCompleter
+from SkullVAECompletionLib.model.bundle import load_bundle
 from SkullVAECompletionLib.synthetic import defective_pair
 from training import train
 from training.aggregate import aggregate
@@ -156,7 +156,7 @@ def test_export_load_complete_round_trip(smoke_cfg: dict, workdir: Path) -> None
 
 def test_bundled_model_loads_and_completes() -> None:
     """The shipped bundle (Resources/Models/skullvae-cranium-population) verifies, loads and completes a skull."""
-    from SkullVAECompletionLib.bundle import DEFAULT_MODEL_NAME, resources_dir
+    from SkullVAECompletionLib.model.bundle import DEFAULT_MODEL_NAME, resources_dir
 
     folder = resources_dir() / "Models" / DEFAULT_MODEL_NAME
     if not (folder / "manifest.json").exists():
@@ -205,7 +205,7 @@ def test_warm_start_from_a_bundle(tiny_bundle: Path) -> None:
     """A model with a new class head starts from a bundle's weights; a different network is refused clearly."""
     import dataclasses
 
-    from SkullVAECompletionLib.networks import AggregatedVAE
+    from SkullVAECompletionLib.model.networks import AggregatedVAE
     from tiny_model import TINY_NETWORK
 
     model = AggregatedVAE(dataclasses.replace(TINY_NETWORK, num_classes=len(regions.CLASS_NAMES)))
@@ -295,7 +295,7 @@ def test_stage2_weighs_the_hole_and_the_shift_separately() -> None:
     weighing 20 at γ = 0 and 5 in the shift); by default it is ``defect_weight``."""
     import copy
 
-    from SkullVAECompletionLib.networks import AggregatedVAE
+    from SkullVAECompletionLib.model.networks import AggregatedVAE
     from tiny_model import TINY_NETWORK
     from training.stages import Batch, dice_loss, stage2_step
 

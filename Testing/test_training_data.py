@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from SkullVAECompletionLib.io import read_mask, write_mask
+from SkullVAECompletionLib.imageio.volumes import read_mask, write_mask
 from training import data, generate
 
 CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "data_small.yaml"
@@ -112,7 +112,7 @@ def test_split_by_group(tmp_path: Path) -> None:
 
 
 def test_preprocess_and_dataset(tmp_path: Path) -> None:
-    geometry = pytest.importorskip("SkullVAECompletionLib.geometry")
+    geometry = pytest.importorskip("SkullVAECompletionLib.preprocessing.geometry")
     comp, defe = _shell(), _shell(hole=slice(16, 22))
     _write(tmp_path / "ds" / "complete" / "a.nrrd", comp)
     _write(tmp_path / "ds" / "cranial" / "a.nrrd", defe)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from SkullVAECompletionLib.completion import SkullCompleter
 from SkullVAECompletionLib.errors import InputError
-from SkullVAECompletionLib.geometry import GridSpec, plan_mapping, to_model_grid
-from SkullVAECompletionLib.io import read_mask
+from SkullVAECompletionLib.imageio.volumes import read_mask
+from SkullVAECompletionLib.inference.completion import SkullCompleter
+from SkullVAECompletionLib.inference.trust import Trust, TrustPolicy, UntrustedInputError, reconstruction_trust
 from SkullVAECompletionLib.metrics import dice
+from SkullVAECompletionLib.preprocessing.geometry import GridSpec, plan_mapping, to_model_grid
 from SkullVAECompletionLib.synthetic import NON_SKULL_KINDS, ShellSpec, defective_pair, non_skull_mask
-from SkullVAECompletionLib.trust import Trust, TrustPolicy, UntrustedInputError, reconstruction_trust
 
 SAMPLE = "Resources/SampleData/CraniumSkull.nrrd"
 
@@ -111,7 +111,7 @@ def test_trust_figure_and_verdict():
 def test_cli_refuses_and_writes_nothing(tmp_path, kind: str):
     """The command line refuses an input it cannot complete: exit code ≠ 0, the output folder left empty."""
     from SkullVAECompletionLib import cli
-    from SkullVAECompletionLib.io import write_mask
+    from SkullVAECompletionLib.imageio.volumes import write_mask
 
     mask, matrix = non_skull_mask(kind)
     source = write_mask(tmp_path / f"{kind}.nrrd", mask, matrix)
@@ -143,7 +143,7 @@ def test_logic_refuses_without_changing_the_scene(tmp_path):
 
 
 def test_summary_has_trust_and_warnings(bundled: SkullCompleter, sample: dict):
-    from SkullVAECompletionLib.design import DesignOptions
+    from SkullVAECompletionLib.design.shaping import DesignOptions
     from SkullVAECompletionLib.pipeline import summary_record
 
     encoded = bundled.encode(sample["mask"], scaled(sample["matrix"], 0.7))  # outside the validated sizes

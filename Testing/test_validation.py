@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from SkullVAECompletionLib.errors import InputError
+from SkullVAECompletionLib.preprocessing.validation import validate_mask
 from SkullVAECompletionLib.synthetic import centred_ijk_to_ras, defective_pair
-from SkullVAECompletionLib.validation import validate_mask
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from SkullVAECompletionLib import regions
-from SkullVAECompletionLib.bundle import LEGACY_DEFECT_CLASSES, save_bundle
-from SkullVAECompletionLib.geometry import GridSpec, plan_mapping, to_model_grid
-from SkullVAECompletionLib.networks import AggregatedVAE, NetworkConfig
+from SkullVAECompletionLib.inference import regions
+from SkullVAECompletionLib.model.bundle import LEGACY_DEFECT_CLASSES, save_bundle
+from SkullVAECompletionLib.model.networks import AggregatedVAE, NetworkConfig
+from SkullVAECompletionLib.preprocessing.geometry import GridSpec, plan_mapping, to_model_grid
 from SkullVAECompletionLib.synthetic import ShellSpec, cranial_defect, facial_defect, skull_shell
 from training.stages import (
     Batch,

@@ -66,7 +66,7 @@ def benchmark_volume(cache_dir: Path) -> tuple[Path, Path]:
         return nrrd_path, npy_path
     import torch
 
-    from SkullVAECompletionLib.io import read_mask, write_like
+    from SkullVAECompletionLib.imageio.volumes import read_mask, write_like
 
     array, matrix, meta = read_mask(SAMPLE)
     with torch.inference_mode():
@@ -117,7 +117,7 @@ def worker_seed(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F  # noqa: N812
 
-    from SkullVAECompletionLib.networks import NetworkConfig, build_stage1_vae
+    from SkullVAECompletionLib.model.networks import NetworkConfig, build_stage1_vae
 
     mask, _ = load_npz(Path(args.npz))
     torch.manual_seed(0)
@@ -142,7 +142,7 @@ def worker_seed(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def worker_engine(args: argparse.Namespace) -> dict[str, Any]:
-    from SkullVAECompletionLib.completion import SkullCompleter
+    from SkullVAECompletionLib.inference.completion import SkullCompleter
 
     mask, matrix = load_npz(Path(args.npz))
     completer = SkullCompleter(args.model, device=args.device, precision=args.precision)

@@ -20,9 +20,9 @@ import time
 
 import numpy as np
 
-from SkullVAECompletionLib.design import DesignOptions, design_implant
-from SkullVAECompletionLib.io import decimate_surface, hausdorff_mm, mask_to_surface, surface_topology
-from SkullVAECompletionLib.quality import quality_report
+from SkullVAECompletionLib.design.quality import quality_report
+from SkullVAECompletionLib.design.shaping import DesignOptions, design_implant
+from SkullVAECompletionLib.imageio.surfaces import decimate_surface, hausdorff_mm, mask_to_surface, surface_topology
 from SkullVAECompletionLib.synthetic import ShellSpec, centred_ijk_to_ras, cranial_defect, skull_shell
 
 SHAPE = (512, 512, 216)

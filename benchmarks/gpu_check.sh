@@ -33,7 +33,7 @@ sys.path[:0] = ["Testing", "benchmarks"]
 from pathlib import Path
 import torch
 from benchmark_completion import benchmark_volume, model_folder, load_npz
-from SkullVAECompletionLib.completion import SkullCompleter
+from SkullVAECompletionLib.inference.completion import SkullCompleter
 from SkullVAECompletionLib.metrics import dice
 cache = Path("/tmp/skullvae_bench")
 _, npz = benchmark_volume(cache)

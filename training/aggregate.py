@@ -9,7 +9,7 @@
 4. On the validation split (never the test split), sweep γ for the DEV and k-NN shifts, and try the
    latent refinement, through the engine (:class:`SkullCompleter`) on the model grid; the best mean
    implant Dice picks the default γ per defect type and the default completion method.
-5. Export with :func:`SkullVAECompletionLib.bundle.save_bundle`.
+5. Export with :func:`SkullVAECompletionLib.model.bundle.save_bundle`.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from SkullVAECompletionLib import regions
-from SkullVAECompletionLib.bundle import ModelBundle, load_bundle, save_bundle
-from SkullVAECompletionLib.completion import EncodedSkull, SkullCompleter
-from SkullVAECompletionLib.geometry import GridMapping, GridSpec
+from SkullVAECompletionLib.inference import regions
+from SkullVAECompletionLib.inference.completion import EncodedSkull, SkullCompleter
+from SkullVAECompletionLib.inference.trust import TrustPolicy, policy_from_validation, reconstruction_trust
 from SkullVAECompletionLib.metrics import boundary_dice, defect_area_fill, dice
-from SkullVAECompletionLib.networks import AggregatedVAE, bone_probability
-from SkullVAECompletionLib.trust import TrustPolicy, policy_from_validation, reconstruction_trust
+from SkullVAECompletionLib.model.bundle import ModelBundle, load_bundle, save_bundle
+from SkullVAECompletionLib.model.networks import AggregatedVAE, bone_probability
+from SkullVAECompletionLib.preprocessing.geometry import GridMapping, GridSpec
 from training import stages
 from training.train import (
     CHECKPOINT_NAME,
@@ -401,7 +401,7 @@ def aggregate(cfg: dict, out: Path | None = None) -> Path:
 
 def validation_trust(model: nn.Module, volumes: torch.Tensor, batch_size: int = 8) -> dict[str, Any]:
     """The trust figure (trust.py) of every validation volume, complete and defective, and the thresholds they give
-    (:func:`~SkullVAECompletionLib.trust.policy_from_validation`)."""
+    (:func:`~SkullVAECompletionLib.inference.trust.policy_from_validation`)."""
     model.eval()
     figures = []
     with torch.inference_mode():

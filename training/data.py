@@ -10,7 +10,7 @@ Layouts (auto-detected by `scan_dataset`), NRRD or NIfTI files (.nrrd, .nii, .ni
 Files are paired by stem (`000.nrrd` <-> `000.nii.gz`); the stem is the group id (one patient), so a
 split by group never puts the same skull in two splits.
 
-Preprocessing goes through `SkullVAECompletionLib.geometry`: the mapping is planned on the DEFECTIVE
+Preprocessing goes through `SkullVAECompletionLib.preprocessing.geometry`: the mapping is planned on the DEFECTIVE
 (input) skull and applied to the complete skull and the implant alike, exactly as at inference. The
 model-grid volumes are cached as float16 .npy files keyed by (file paths, mtimes, sizes, grid spec).
 """
@@ -58,8 +58,8 @@ class CaseRecord:
 
 def _engine():
     """The engine package (import lazily: training/ must import without SkullVAECompletion on sys.path)."""
-    import SkullVAECompletionLib.geometry as geometry
-    import SkullVAECompletionLib.io as io
+    import SkullVAECompletionLib.imageio.volumes as io
+    import SkullVAECompletionLib.preprocessing.geometry as geometry
 
     return geometry, io
 

@@ -25,20 +25,20 @@ import torch
 from scipy import ndimage
 from tqdm import tqdm
 
-from SkullVAECompletionLib import regions
-from SkullVAECompletionLib.bundle import ModelBundle, load_bundle, save_bundle
-from SkullVAECompletionLib.completion import (
+from SkullVAECompletionLib.errors import InputError
+from SkullVAECompletionLib.extraction.implant import decoded_implant_region
+from SkullVAECompletionLib.inference import regions
+from SkullVAECompletionLib.inference.completion import (
     EXTRACTION_CHOICES,
     CompletionResult,
     EncodedSkull,
     SkullCompleter,
     extract_implant,
 )
-from SkullVAECompletionLib.errors import InputError
-from SkullVAECompletionLib.geometry import to_model_grid
-from SkullVAECompletionLib.implant import decoded_implant_region
 from SkullVAECompletionLib.metrics import defect_area_fill, defect_fill, implant_metrics
-from SkullVAECompletionLib.networks import bone_probability
+from SkullVAECompletionLib.model.bundle import ModelBundle, load_bundle, save_bundle
+from SkullVAECompletionLib.model.networks import bone_probability
+from SkullVAECompletionLib.preprocessing.geometry import to_model_grid
 from training.aggregate import (
     Stage1Decoding,
     defect_classes_of,
@@ -277,7 +277,7 @@ def empty_result(defective: np.ndarray, kind: str, gamma: float, variant: Varian
 def template_mirror_check(completer: SkullCompleter, radius_mm: float = 25.0) -> dict[str, Any] | None:
     """The undeformed sample skull (the repaired Cranium template) with a unilateral synthetic parietal defect:
     the mirror method against the model, both through the rim-conforming stage, and the mirror's decode extraction."""
-    from SkullVAECompletionLib.io import read_mask
+    from SkullVAECompletionLib.imageio.volumes import read_mask
     from training.template import template_paths
 
     path = template_paths()["complete"]
@@ -624,7 +624,8 @@ def evaluate_real_skull(bundle: ModelBundle, path: Path, out: Path, device: str)
     if not path or not Path(path).exists():
         log.warning("real skull %s not found; skipping", path)
         return None
-    from SkullVAECompletionLib.io import read_mask, write_render_png
+    from SkullVAECompletionLib.imageio.renders import write_render_png
+    from SkullVAECompletionLib.imageio.volumes import read_mask
     from training.template import template_paths
 
     plt = _plt()

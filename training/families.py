@@ -25,12 +25,12 @@ import torch
 from scipy import ndimage
 from tqdm import tqdm
 
-from SkullVAECompletionLib.bundle import load_bundle
-from SkullVAECompletionLib.completion import SkullCompleter
 from SkullVAECompletionLib.errors import InputError
-from SkullVAECompletionLib.geometry import voxel_spacing
-from SkullVAECompletionLib.io import write_preview_png
+from SkullVAECompletionLib.imageio.renders import write_preview_png
+from SkullVAECompletionLib.inference.completion import SkullCompleter
 from SkullVAECompletionLib.metrics import RIM_DISTANCE_BINS_MM, error_by_rim_distance, implant_metrics
+from SkullVAECompletionLib.model.bundle import load_bundle
+from SkullVAECompletionLib.preprocessing.geometry import voxel_spacing
 from training import data as datamod
 from training.robustness import far_volume_ml
 from training.train import expand_path, load_config, split_records_of

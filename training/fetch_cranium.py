@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from SkullVAECompletionLib.io import write_mask
-from SkullVAECompletionLib.skull_from_ct import largest_component, skull_from_ct  # noqa: F401  (re-exported)
+from SkullVAECompletionLib.imageio.volumes import write_mask
+from SkullVAECompletionLib.masks import largest_component  # noqa: F401  (re-exported)
+from SkullVAECompletionLib.preprocessing.skull_from_ct import skull_from_ct
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import numpy as np
 import yaml
 from scipy import ndimage
 
-from SkullVAECompletionLib.io import read_mask, write_mask
+from SkullVAECompletionLib.imageio.volumes import read_mask, write_mask
 
 log = logging.getLogger(__name__)
 

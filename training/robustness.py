@@ -26,11 +26,11 @@ import torch
 from scipy import ndimage
 from tqdm import tqdm
 
-from SkullVAECompletionLib.bundle import load_bundle
-from SkullVAECompletionLib.completion import SkullCompleter
 from SkullVAECompletionLib.errors import InputError
-from SkullVAECompletionLib.geometry import voxel_spacing
+from SkullVAECompletionLib.inference.completion import SkullCompleter
 from SkullVAECompletionLib.metrics import implant_metrics
+from SkullVAECompletionLib.model.bundle import load_bundle
+from SkullVAECompletionLib.preprocessing.geometry import voxel_spacing
 from SkullVAECompletionLib.synthetic import NON_SKULL_KINDS, non_skull_mask
 from training import data as datamod
 from training.train import expand_path, load_config, split_records_of

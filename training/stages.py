@@ -1,7 +1,7 @@
 """Losses, one-epoch loops and latent aggregation of the two-stage (aggregated) β-VAE.
 
 Shared by ``training/train.py`` (the full pipeline) and the test-suite's tiny models, so both train
-exactly the same way. Networks come from :mod:`SkullVAECompletionLib.networks`.
+exactly the same way. Networks come from :mod:`SkullVAECompletionLib.model.networks`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 
-from SkullVAECompletionLib.networks import AggregatedVAE
-from SkullVAECompletionLib.regions import COMPLETE
+from SkullVAECompletionLib.inference.regions import COMPLETE
+from SkullVAECompletionLib.model.networks import AggregatedVAE
 
 _dice = DiceLoss(softmax=True, batch=True)
 

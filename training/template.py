@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage, optimize
 
-from SkullVAECompletionLib.geometry import voxel_spacing
-from SkullVAECompletionLib.io import read_mask, write_mask
+from SkullVAECompletionLib.imageio.volumes import read_mask, write_mask
+from SkullVAECompletionLib.preprocessing.geometry import voxel_spacing
 from training.fetch_cranium import cache_dir, largest_component, load_cranium_skull
 
 log = logging.getLogger(__name__)

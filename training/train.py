@@ -35,9 +35,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
 from tqdm import tqdm
 
-from SkullVAECompletionLib import regions
-from SkullVAECompletionLib.geometry import GridSpec
-from SkullVAECompletionLib.networks import AggregatedVAE, NetworkConfig
+from SkullVAECompletionLib.inference import regions
+from SkullVAECompletionLib.model.networks import AggregatedVAE, NetworkConfig
+from SkullVAECompletionLib.preprocessing.geometry import GridSpec
 from training import stages
 
 log = logging.getLogger("training.train")
@@ -154,7 +154,7 @@ class VolumeSet:
     entries: list[dict] = field(default_factory=list)  # data.py cache entries (geometry, source files)
     implants: torch.Tensor | None = None  # (N, 1, *grid) float16 defect (zeros for complete skulls)
     completes: torch.Tensor | None = None  # (N, 1, *grid) float16 complete skull
-    classes: list[str] = field(default_factory=list)  # region defect class (SkullVAECompletionLib.regions)
+    classes: list[str] = field(default_factory=list)  # region defect class (SkullVAECompletionLib.inference.regions)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -180,7 +180,7 @@ def with_defects(volume_set: VolumeSet, implants: list[np.ndarray | None], compl
 
 def _synthetic_volumes(cfg: dict, grid: GridSpec) -> dict[str, VolumeSet]:
     """Ellipsoidal shells with cranial/facial defects (tests and smoke runs: no files needed)."""
-    from SkullVAECompletionLib.geometry import plan_mapping, to_model_grid
+    from SkullVAECompletionLib.preprocessing.geometry import plan_mapping, to_model_grid
     from SkullVAECompletionLib.synthetic import (
         ShellSpec,
         centred_ijk_to_ras,
@@ -483,7 +483,7 @@ def warm_start(model: AggregatedVAE, source: str | os.PathLike) -> None:
     size differs, keeps its fresh initialisation; every other weight must match."""
     path = expand_path(source)
     if path.is_dir():
-        from SkullVAECompletionLib.bundle import load_bundle
+        from SkullVAECompletionLib.model.bundle import load_bundle
 
         state = load_bundle(path).model.state_dict()
     else:

@@ -20,26 +20,21 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .bundle import load_bundle
-from .completion import SkullCompleter
-from .detection import BY_DEFECT_POSITION
 from .errors import SkullVAEError
-from .io import (
-    VolumeMeta,
+from .imageio.outputs import (
     check_targets,
     ensure_writable_folder,
-    is_volume_file,
     output_paths,
     output_stem,
     publish_outputs,
-    read_mask,
     staging_folder,
-    write_distance_png,
     write_json,
-    write_like,
-    write_preview_png,
-    write_render_png,
 )
+from .imageio.renders import write_distance_png, write_preview_png, write_render_png
+from .imageio.volumes import VolumeMeta, is_volume_file, read_mask, write_like
+from .inference.completion import SkullCompleter
+from .inference.detection import BY_DEFECT_POSITION
+from .model.bundle import load_bundle
 from .options import (
     AUTO,
     DEFAULT_BONE_THRESHOLD_HU,
@@ -58,7 +53,7 @@ from .options import (
     DesignOptions,
 )
 from .pipeline import DesignedImplant, complete_and_design
-from .skull_from_ct import skull_from_ct
+from .preprocessing.skull_from_ct import skull_from_ct
 
 logger = logging.getLogger("skullvae")
 

@@ -10,7 +10,7 @@ import torch
 from monai.metrics import compute_hausdorff_distance
 from scipy import ndimage
 
-from .geometry import nonzero_bounds
+from .preprocessing.geometry import nonzero_bounds
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -101,7 +101,7 @@ def defect_area_fill(decoded: np.ndarray, defect: np.ndarray, skull: np.ndarray,
     it asks whether the hole is closed, which is what the rim-conforming stage needs from the decode.
     ``skull`` (the input) places the cranial centre; masks on an isotropic RAS-aligned grid (the model grid).
     """
-    from .regions import cranial_centre_voxel
+    from .inference.regions import cranial_centre_voxel
 
     defect = np.asarray(defect, dtype=bool)
     if not defect.any():

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InputError
-from .regions import DEFECT_CLASSES
+from .inference.regions import DEFECT_CLASSES
 
 AUTO = "auto"
 

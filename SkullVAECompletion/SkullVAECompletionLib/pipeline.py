@@ -17,17 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from .design import apply_design
-from .detection import BY_CLASS_HEAD
+from .design.quality import QualityReport, quality_report
+from .design.shaping import apply_design
+from .inference.detection import BY_CLASS_HEAD
 from .options import DEFAULT_STL_COORDINATES, CompletionOptions, DesignOptions
-from .quality import QualityReport, quality_report
 
 ProgressCallback = Any  # callable(fraction, message); see completion.ProgressCallback
 
 
 def complete(completer: Any, encoded: Any, options: CompletionOptions, progress: ProgressCallback | None = None,
              uncertainty: bool = True) -> Any:
-    """The completion (:class:`~.completion.CompletionResult`) of an encoded skull with ``options``;
+    """The completion (:class:`~.inference.completion.CompletionResult`) of an encoded skull with ``options``;
     ``uncertainty=False`` skips the uncertainty map (the γ slider's preview)."""
     return completer.complete(
         encoded,
@@ -90,7 +90,7 @@ class DesignedImplant:
         stage's own surfaces where they describe the implant (:meth:`write_stl`).
         """
         if self._surface is None and not self.empty:
-            from .io import mask_to_surface  # noqa: PLC0415  (VTK: only when a surface is asked for)
+            from .imageio.surfaces import mask_to_surface  # noqa: PLC0415  (VTK: only when a surface is asked for)
 
             self._surface = mask_to_surface(self.result.implant, self.ijk_to_ras)
         return self._surface
@@ -120,7 +120,7 @@ class DesignedImplant:
         """
         if self.empty:
             return None
-        from .io import write_stl  # noqa: PLC0415
+        from .imageio.surfaces import write_stl  # noqa: PLC0415
 
         return write_stl(path, self.result.implant, self.ijk_to_ras, coordinate_system, overwrite=overwrite,
                          max_triangles=max_triangles, field=self.stl_field)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .geometry import nonzero_bounds, voxel_spacing
 
 MIN_SKULL_EXTENT_MM = 80.0  # the smallest adult/child skull is well above this in every direction

@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from .errors import InputError, build_config
+from ..errors import InputError, build_config
 
 # A skull's bone fills 10–30 % of its convex hull (the bundle's population and the sample CT); solid masks fill
 # 70 % or more. Half is far from both.

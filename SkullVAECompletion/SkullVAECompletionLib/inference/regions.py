@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .masks import skull_centre_voxel
+from ..masks import skull_centre_voxel
 
 COMPLETE = "complete"
 FACIAL = "facial"

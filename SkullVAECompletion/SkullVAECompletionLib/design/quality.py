@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .design import Crop, crop_around, edt_mm, outside_region, skull_centre_ras
-from .errors import InputError
-from .geometry import voxel_spacing
-from .options import DISTANCE_ARRAY
+from ..errors import InputError
+from ..options import DISTANCE_ARRAY
+from ..preprocessing.geometry import voxel_spacing
+from .shaping import Crop, crop_around, edt_mm, outside_region, skull_centre_ras
 
 QUALITY_MARGIN_MM = 6.0  # the crop reaches this far beyond the implant: colours of the distance map saturate below it
 THICKNESS_PERCENTILES = (5.0, 50.0, 95.0)
@@ -210,7 +210,7 @@ def add_distance_array(surface: Any, to_bone: np.ndarray, crop: Crop) -> np.ndar
 
 
 def _surface(implant: np.ndarray, ijk_to_ras: np.ndarray) -> Any:
-    from .io import mask_to_surface
+    from ..imageio.surfaces import mask_to_surface
 
     return mask_to_surface(implant, ijk_to_ras)
 

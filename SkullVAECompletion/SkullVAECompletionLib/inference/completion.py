@@ -20,23 +20,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bundle import ModelBundle, load_bundle
-from .detection import BY_CLASS_HEAD, BY_DEFECT_POSITION, located_class
-from .errors import CancelledError, DeviceError, InputError
-from .geometry import (
-    GridMapping,
-    bone_points_ras,
-    plan_mapping_from_occupancy,
-    planning_occupancy,
-    refined_mapping,
-    skull_frame,
-    to_input_grid,
-    to_model_grid,
+from ..errors import CancelledError, DeviceError, InputError
+from ..extraction.implant import (
+    BONE_THRESHOLD,
+    decoded_implant_region,
+    distance_to_input_bone,
+    implant_at_input_resolution,
 )
-from .implant import BONE_THRESHOLD, decoded_implant_region, distance_to_input_bone, implant_at_input_resolution
-from .mirror import check_unilateral, mirror_implant, mirror_skull, quick_midsagittal_plane
-from .networks import bone_probability
-from .options import (
+from ..extraction.mirror import check_unilateral, mirror_implant, mirror_skull, quick_midsagittal_plane
+from ..extraction.rim import RimOptions, fit_implant
+from ..model.bundle import ModelBundle, load_bundle
+from ..model.networks import bone_probability
+from ..options import (
     AUTO,
     DECODER_METHODS,
     DEFAULT_EXTRACTION,
@@ -46,10 +41,20 @@ from .options import (
     PRECISION_CHOICES,
     RIM_EXTRACTIONS,
 )
+from ..preprocessing.geometry import (
+    GridMapping,
+    bone_points_ras,
+    plan_mapping_from_occupancy,
+    planning_occupancy,
+    refined_mapping,
+    skull_frame,
+    to_input_grid,
+    to_model_grid,
+)
+from ..preprocessing.validation import validate_mask
+from .detection import BY_CLASS_HEAD, BY_DEFECT_POSITION, located_class
 from .regions import COMPLETE
-from .rim import RimOptions, fit_implant
 from .trust import Trust, TrustPolicy, UntrustedInputError, check_skull_shell, reconstruction_trust
-from .validation import validate_mask
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +228,7 @@ class SkullCompleter:
 
     def _check_half_agreement(self, x: torch.Tensor, mu: torch.Tensor) -> None:
         """For precision "auto": decode this skull in float32 and float16; use float16 from now on if they agree."""
-        from .metrics import dice  # noqa: PLC0415
+        from ..metrics import dice  # noqa: PLC0415
 
         def run(inputs: torch.Tensor, latent: torch.Tensor) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
             with torch.inference_mode():

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, optimize
 
-from .errors import InputError
-from .geometry import voxel_spacing
-from .masks import FULLY_CONNECTED, keep_large_components
+from ..errors import InputError
+from ..masks import FULLY_CONNECTED, keep_large_components
+from ..preprocessing.geometry import voxel_spacing
 
 COST_GRID_MM = 1.5  # the registration's distance map: fine enough for a sub-mm plane, small enough to be fast
 SURFACE_POINTS = 8000

@@ -26,10 +26,10 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from .errors import InputError
-from .geometry import voxel_spacing
-from .masks import FULLY_CONNECTED, keep_large_components, nonzero_bounds, skull_centre_voxel
-from .options import DesignOptions  # torch- and scipy-free: the module builds it before the engine loads
+from ..errors import InputError
+from ..masks import FULLY_CONNECTED, keep_large_components, nonzero_bounds, skull_centre_voxel
+from ..options import DesignOptions  # torch- and scipy-free: the module builds it before the engine loads
+from ..preprocessing.geometry import voxel_spacing
 
 CLOSE_LEAKS_MM = (0.0, 1.5, 3.0, 5.0)  # closing radii tried when the implant does not seal the defect
 RAY_CONE_COS = 0.5  # ray-based outside: rays within 60° of the implant's direction
@@ -352,8 +352,8 @@ def apply_clearance(
 
 
 def apply_design(result: Any, ijk_to_ras: np.ndarray, options: DesignOptions) -> tuple[Any, DesignResult]:
-    """A :class:`~SkullVAECompletionLib.completion.CompletionResult` with the design applied against the skull it
-    completed (``result.defective``).
+    """A :class:`~SkullVAECompletionLib.inference.completion.CompletionResult` with the design applied against the skull
+    it completed (``result.defective``).
 
     Returns a copy of ``result`` with the designed implant, completed = defective ∪ implant, the new implant
     volume, and the :class:`DesignResult`. Default options return ``result`` itself.

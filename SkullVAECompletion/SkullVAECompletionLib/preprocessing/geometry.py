@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .errors import BundleError, build_config
-from .masks import nonzero_bounds
+from ..errors import BundleError, build_config
+from ..masks import nonzero_bounds
 
 # Bump whenever the mapping to the model grid changes numerically: training caches keyed on it are rebuilt.
 GEOMETRY_VERSION = 1

@@ -40,8 +40,8 @@ from scipy.sparse import csgraph
 from scipy.sparse.linalg import spsolve
 from scipy.spatial import cKDTree
 
-from .errors import build_config
-from .geometry import GridMapping
+from ..errors import build_config
+from ..preprocessing.geometry import GridMapping
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from .geometry import GridMapping, model_box_in_input, to_input_grid
-from .masks import MIN_ISLAND_FRACTION, keep_large_components, nonzero_bounds
+from ..masks import MIN_ISLAND_FRACTION, keep_large_components, nonzero_bounds
+from ..preprocessing.geometry import GridMapping, model_box_in_input, to_input_grid
 
 CORE_DISTANCE_MM = 4.0  # misregistration slivers along intact bone are thinner than this…
 CORE_DISTANCE_VOXELS = 1.5  # …and than 1.5 model voxels (a decode can be off by one voxel)

@@ -15,7 +15,7 @@ import numpy as np
 from .regions import point_angles, region_from_angles
 
 if TYPE_CHECKING:  # geometry imports torch; the Slicer module's MRML side imports this file without it
-    from .geometry import GridMapping
+    from ..preprocessing.geometry import GridMapping
 
 BY_CLASS_HEAD = "class head"
 BY_DEFECT_POSITION = "defect position"

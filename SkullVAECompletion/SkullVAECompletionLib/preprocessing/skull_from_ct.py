@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
-from .masks import largest_component
-from .options import DEFAULT_BONE_THRESHOLD_HU
+from ..errors import InputError
+from ..masks import largest_component
+from ..options import DEFAULT_BONE_THRESHOLD_HU
 
 AIR_BELOW_HU = -200.0  # a head CT always holds air (about -1000 HU) around the head
 MIN_CT_LEVELS = 16  # a mask has 2 values, a CT thousands: fewer than this is not a CT

@@ -15,7 +15,7 @@ import torch
 from monai.networks.nets import VarAutoEncoder
 from torch import nn
 
-from .errors import BundleError, build_config
+from ..errors import BundleError, build_config
 
 NUM_CLASSES = 2  # background, bone
 

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import BundleError
-from .geometry import GridSpec
+from ..errors import BundleError
+from ..options import DECODER_METHODS, EXTRACTION_CHOICES, LEGACY_DEFECT_CLASSES
+from ..preprocessing.geometry import GridSpec
 from .networks import AggregatedVAE, NetworkConfig
-from .options import DECODER_METHODS, EXTRACTION_CHOICES, LEGACY_DEFECT_CLASSES
 
 FORMAT_NAME = "skullvae-bundle"
 # 2: region defect classes ("defect_classes"), an optional class head in the network, config hash and data
@@ -103,7 +103,7 @@ class ModelBundle:
 
 def resources_dir() -> Path:
     """The extension's ``Resources`` folder, in a Slicer install, a source checkout or a wheel."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the SkullVAECompletionLib package (this file is in model/)
     candidates = []
     if os.environ.get("SKULLVAE_RESOURCES"):
         candidates.append(Path(os.environ["SKULLVAE_RESOURCES"]))
