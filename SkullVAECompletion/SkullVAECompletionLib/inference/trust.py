@@ -139,8 +139,10 @@ def check_skull_shell(points_ras: np.ndarray, bone_ml: float, size_mm: float, ex
                          f"{what}")
     fraction = bone_ml / max(convex_hull_ml(points_ras), 1e-6)
     if fraction > SHELL_MAX_HULL_FRACTION:
-        raise InputError(f"{name}: the mask is solid, not a shell of bone: it fills {fraction:.0%} of its convex "
-                         f"hull (a skull fills 10–30 %). A brain, skin or whole-head mask cannot be completed. {what}")
+        # The hull of voxel centres is half a voxel smaller than the mask: a solid mask can exceed 100 %.
+        raise InputError(f"{name}: the mask is solid, not a shell of bone: it fills {min(fraction, 1.0):.0%} of its "
+                         f"convex hull (a skull fills 10–30 %). A brain, skin or whole-head mask cannot be completed. "
+                         f"{what}")
 
 
 def convex_hull_ml(points_ras: np.ndarray) -> float:
