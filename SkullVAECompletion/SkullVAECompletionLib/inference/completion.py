@@ -44,7 +44,7 @@ from ..options import (
 from ..preprocessing.geometry import (
     GridMapping,
     bone_points_ras,
-    plan_mapping_from_occupancy,
+    plan_mapping_from_bone,
     planning_occupancy,
     refined_mapping,
     skull_frame,
@@ -290,7 +290,7 @@ class SkullCompleter:
         check_skull_shell(points, float(occupancy.sum()) * abs(np.linalg.det(occ_to_ras[:3, :3])) / 1000.0,
                           frame.size_mm, frame.extents_mm, name)
         shell_seconds = time.perf_counter() - tick
-        mapping = plan_mapping_from_occupancy(occupancy, occ_to_ras, tuple(defective.shape), ijk_to_ras, grid, frame)
+        mapping = plan_mapping_from_bone(points, tuple(defective.shape), ijk_to_ras, grid, frame)
         model_input = to_model_grid(defective, mapping)
         if model_input.max() < 0.5:
             raise InputError(f"{name}: the skull does not overlap the model grid; check the volume's geometry")

@@ -172,7 +172,7 @@ def pooled_occupancy(mask: np.ndarray, ijk_to_ras: np.ndarray, target_mm: float)
 def plan_mapping(mask: np.ndarray, ijk_to_ras: np.ndarray, grid: GridSpec) -> GridMapping:
     """Place the model grid on this skull (see the module docstring for the anchors)."""
     occupancy, occ_to_ras = planning_occupancy(mask, ijk_to_ras, grid)
-    return plan_mapping_from_occupancy(occupancy, occ_to_ras, tuple(mask.shape), ijk_to_ras, grid)
+    return plan_mapping_from_bone(bone_points_ras(occupancy, occ_to_ras), tuple(mask.shape), ijk_to_ras, grid)
 
 
 def planning_occupancy(mask: np.ndarray, ijk_to_ras: np.ndarray, grid: GridSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -227,20 +227,20 @@ def skull_extents_mm(ras: np.ndarray, centre_lr: float, inferior: float, posteri
     return np.array([2.0 * half_width, length, height], dtype=float)
 
 
-def plan_mapping_from_occupancy(
-    occupancy: np.ndarray,
-    occ_to_ras: np.ndarray,
+def plan_mapping_from_bone(
+    points_ras: np.ndarray,
     input_shape: tuple[int, ...],
     ijk_to_ras: np.ndarray,
     grid: GridSpec,
     frame: SkullFrame | None = None,
 ) -> GridMapping:
-    """Place ``grid`` on the skull of a planning occupancy (``frame``: its :func:`skull_frame`, if known)."""
-    frame = frame or skull_frame(bone_points_ras(occupancy, occ_to_ras), grid.base_slab_mm)
+    """Place ``grid`` on the skull whose bone lies at ``points_ras`` (:func:`bone_points_ras` of the planning
+    occupancy; ``frame``: their :func:`skull_frame`, if known)."""
+    frame = frame or skull_frame(points_ras, grid.base_slab_mm)
     scale = 1.0 if grid.reference_size_mm is None else frame.size_mm / grid.reference_size_mm
     if scale != 1.0:
         # The skull-base slab is a fraction of the skull: measure the centre again on the scaled slab.
-        frame = skull_frame(bone_points_ras(occupancy, occ_to_ras), grid.base_slab_mm * scale)
+        frame = skull_frame(points_ras, grid.base_slab_mm * scale)
     placed = grid.scaled(scale)
     spacing = placed.spacing_mm
     origin = np.array(
