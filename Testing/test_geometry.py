@@ -3,10 +3,14 @@
 import numpy as np
 import pytest
 
+from SkullVAECompletionLib.masks import nonzero_bounds
 from SkullVAECompletionLib.metrics import dice
 from SkullVAECompletionLib.preprocessing.geometry import (
     GridSpec,
+    _pool_factors,
+    _pool_phase,
     plan_mapping,
+    pooled_occupancy,
     to_input_grid,
     to_model_grid,
     voxel_spacing,
@@ -116,3 +120,50 @@ def test_separable_resampling_matches_scipy_on_flipped_and_permuted_grids(skull,
         expected = ndimage.affine_transform(field, moved.input_to_model @ shift, output_shape=block.shape, order=1,
                                             mode="constant", cval=0.0, prefilter=False)
         assert np.allclose(block, expected, atol=1e-5)
+
+
+def _block_average(mask: np.ndarray, ijk_to_ras: np.ndarray, target_mm: float) -> np.ndarray:
+    """Plain float64 block means on the pooling blocks pooled_occupancy uses (the reference for its counting)."""
+    factors = np.asarray(_pool_factors(voxel_spacing(ijk_to_ras), target_mm))
+    lo, hi = nonzero_bounds(mask)
+    lo = lo - (lo - _pool_phase(ijk_to_ras, tuple(factors))) % factors
+    hi = hi + (-(hi - lo)) % factors
+    padded = np.zeros(hi - lo)
+    source_lo, source_hi = np.maximum(lo, 0), np.minimum(hi, mask.shape)
+    padded[tuple(slice(a - b, c - b) for a, b, c in zip(source_lo, lo, source_hi, strict=True))] = mask[
+        tuple(slice(a, c) for a, c in zip(source_lo, source_hi, strict=True))]
+    blocks = (hi - lo) // factors
+    return padded.reshape(blocks[0], factors[0], blocks[1], factors[1], blocks[2], factors[2]).mean(axis=(1, 3, 5))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_pooled_occupancy_is_the_block_average(seed):
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in rng.integers(5, 40, 3))
+    mask = rng.random(shape) < 0.3
+    mask = [mask, mask.astype(np.uint8), np.asfortranarray(mask.astype(np.uint8)), mask[::-1]][seed % 4]
+    matrix = np.diag([*rng.uniform(0.15, 1.5, 3), 1.0])
+    matrix[:3, 3] = rng.uniform(-50, 50, 3)
+    target = float(rng.uniform(0.5, 5.0))  # the finest voxels and coarsest targets give > 255 voxels per block
+    pooled, pooled_to_ras = pooled_occupancy(mask, matrix, target)
+    np.testing.assert_allclose(pooled, _block_average(np.asarray(mask), matrix, target), rtol=1e-6, atol=1e-7)
+    assert pooled.dtype == np.float32
+    factors = _pool_factors(voxel_spacing(matrix), target)
+    np.testing.assert_allclose(np.linalg.norm(pooled_to_ras[:3, :3], axis=0), voxel_spacing(matrix) * factors)
+
+
+@pytest.mark.parametrize("layout", ["F", "C", "bool", "int16", "strided"])
+def test_nonzero_bounds_of_every_layout(layout):
+    rng = np.random.default_rng(3)
+    for shape in [(8, 16, 5), (7, 9, 11), (24, 8, 3)]:
+        mask = np.zeros(shape, np.uint8)
+        points = [tuple(int(rng.integers(0, n)) for n in shape) for _ in range(3)]
+        for point in points:
+            mask[point] = 2
+        array = {"F": np.asfortranarray(mask), "C": mask, "bool": mask.astype(bool), "int16": mask.astype(np.int16),
+                 "strided": np.asfortranarray(np.repeat(mask, 2, axis=0))[::2]}[layout]
+        lo, hi = nonzero_bounds(array)
+        expected = np.asarray(points)
+        np.testing.assert_array_equal(lo, expected.min(axis=0))
+        np.testing.assert_array_equal(hi, expected.max(axis=0) + 1)
+        assert nonzero_bounds(np.zeros_like(array)) is None

@@ -16,9 +16,33 @@ FULLY_CONNECTED = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity
 
 def nonzero_bounds(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Inclusive-exclusive index bounds (lo, hi) of the nonzero voxels, or None when empty."""
+    array = np.asarray(mask)
+    if array.ndim != 3 or array.itemsize != 1 or not (array.flags.f_contiguous or array.flags.c_contiguous):
+        return _nonzero_bounds_by_axis(array)
+    # One pass over a contiguous byte mask, 8 voxels per 64-bit word: a row per slice of the slowest axis tells
+    # that axis' bounds; the or of the rows it spans, the other two axes'.
+    fortran = bool(array.flags.f_contiguous)
+    slowest = 2 if fortran else 0
+    rows = array.reshape(-1, array.shape[2], order="F").T if fortran else array.reshape(array.shape[0], -1)
+    if rows.shape[1] % 8:
+        return _nonzero_bounds_by_axis(array)
+    words = rows.view(np.uint64)
+    present = np.flatnonzero(words.max(axis=1))
+    if present.size == 0:
+        return None
+    footprint = np.bitwise_or.reduce(words[present[0] : present[-1] + 1], axis=0).view(np.uint8)
+    plane_shape = [n for axis, n in enumerate(array.shape) if axis != slowest]
+    plane = _nonzero_bounds_by_axis(footprint.reshape(plane_shape, order="F" if fortran else "C"))
+    lo, hi = list(plane[0]), list(plane[1])
+    lo.insert(slowest, present[0])
+    hi.insert(slowest, present[-1] + 1)
+    return np.asarray(lo), np.asarray(hi)
+
+
+def _nonzero_bounds_by_axis(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     lo, hi = [], []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
         present = np.flatnonzero(np.any(mask, axis=other))
         if present.size == 0:
             return None

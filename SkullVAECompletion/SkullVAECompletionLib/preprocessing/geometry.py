@@ -109,7 +109,7 @@ def _pool_factors(spacing: np.ndarray, target_mm: float) -> tuple[int, int, int]
 # a volume is cut into the same physical blocks and maps to the same model volume (orientation invariance).
 # The point is deliberately "irrational" so that it never falls exactly on a voxel centre (a tie).
 POOLING_ANCHOR_RAS = np.array([np.sqrt(2.0), np.sqrt(3.0), np.sqrt(5.0)]) / 10.0
-POOLING_SLAB_VOXELS = 1 << 23  # voxels converted to float32 at a time: bounds the memory of pooling
+POOLING_SLAB_VOXELS = 1 << 25  # voxels (bytes) copied at a time: bounds the memory of pooling
 
 
 def _pool_phase(ijk_to_ras: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
@@ -125,8 +125,8 @@ def _pool_phase(ijk_to_ras: np.ndarray, factors: tuple[int, int, int]) -> np.nda
 def pooled_occupancy(mask: np.ndarray, ijk_to_ras: np.ndarray, target_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """Block-averaged bone fraction of a 0/1 mask's bounding box, and its index → RAS matrix.
 
-    Only the skull's bounding box is read; blocks are averaged by torch's avg_pool3d in float32, a slab of
-    whole blocks at a time, so no full-size float copy of the mask is made.
+    Only the skull's bounding box is read, a slab of whole blocks at a time (bounded memory). Blocks are counted
+    in integers and divided in float32: the same values as averaging the mask in float32, without a float copy.
     """
     bounds = nonzero_bounds(mask)
     if bounds is None:
@@ -139,34 +139,51 @@ def pooled_occupancy(mask: np.ndarray, ijk_to_ras: np.ndarray, target_mm: float)
     hi = hi + (-(hi - lo)) % f
     blocks = (hi - lo) // f
     pooled = np.empty(tuple(int(b) for b in blocks), dtype=np.float32)
-    # Slabs along the last axis (the slowest in Fortran-ordered masks): contiguous reads, bounded memory.
-    slab_blocks = max(1, int(POOLING_SLAB_VOXELS // max(1, np.prod(hi[:2] - lo[:2]) * f[2])))
-    import torch  # noqa: PLC0415  (here, not at import: skull from CT and volume checks run before torch is installed)
-
-    with torch.inference_mode():
-        for first in range(0, int(blocks[2]), slab_blocks):
-            last = min(int(blocks[2]), first + slab_blocks)
-            slab_lo = np.array([lo[0], lo[1], lo[2] + first * f[2]])
-            slab_hi = np.array([hi[0], hi[1], lo[2] + last * f[2]])
-            source_lo = np.maximum(slab_lo, 0)
-            source_hi = np.minimum(slab_hi, mask.shape)
-            crop = mask[source_lo[0] : source_hi[0], source_lo[1] : source_hi[1], source_lo[2] : source_hi[2]]
-            # (i, j, k) Fortran order is (k, j, i) C order: pool that view, avoiding a transposing copy.
-            tensor = torch.from_numpy(np.ascontiguousarray(crop.T).view(np.uint8) if crop.dtype == np.bool_
-                                      else np.ascontiguousarray(crop.T, dtype=np.uint8)).to(torch.float32)
-            before, after = source_lo - slab_lo, slab_hi - source_hi
-            if before.any() or after.any():
-                tensor = torch.nn.functional.pad(
-                    tensor, (int(before[0]), int(after[0]), int(before[1]), int(after[1]), int(before[2]),
-                             int(after[2]))
-                )
-            kernel = factors[::-1]
-            block = torch.nn.functional.avg_pool3d(tensor[None, None], kernel_size=kernel, stride=kernel)[0, 0]
-            pooled[:, :, first:last] = block.numpy().T
+    row_bytes = int(-(-(hi[0] - lo[0]) // 8) * 8)  # rows along i padded to whole 64-bit words (block_counts)
+    slab_blocks = max(1, int(POOLING_SLAB_VOXELS // max(1, row_bytes * (hi[1] - lo[1]) * f[2])))
+    block_voxels = np.float32(np.prod(f))
+    for first in range(0, int(blocks[2]), slab_blocks):
+        last = min(int(blocks[2]), first + slab_blocks)
+        slab_lo = np.array([lo[0], lo[1], lo[2] + first * f[2]])
+        slab_hi = np.array([hi[0], hi[1], lo[2] + last * f[2]])
+        source_lo = np.maximum(slab_lo, 0)
+        source_hi = np.minimum(slab_hi, mask.shape)
+        crop = mask[source_lo[0] : source_hi[0], source_lo[1] : source_hi[1], source_lo[2] : source_hi[2]]
+        # (i, j, k) Fortran order is (k, j, i) C order: the slab is copied once, into that layout.
+        slab = np.zeros((int(slab_hi[2] - slab_lo[2]), int(slab_hi[1] - slab_lo[1]), row_bytes), np.uint8)
+        at = source_lo - slab_lo
+        np.copyto(slab[at[2] : at[2] + crop.shape[2], at[1] : at[1] + crop.shape[1], at[0] : at[0] + crop.shape[0]],
+                  crop.T, casting="unsafe")
+        counts = block_counts(slab, (int(f[2]), int(f[1])))[..., : blocks[0] * f[0]]
+        counts = counts.reshape(counts.shape[0], counts.shape[1], int(blocks[0]), int(f[0]))
+        pooled[:, :, first:last] = (counts.sum(axis=3, dtype=np.float32) / block_voxels).T
     # Pooled voxel p covers input voxels lo + f·p … lo + f·p + f − 1: its centre is at lo + f·p + (f − 1)/2.
     scale = np.diag([*factors, 1]).astype(float)
     scale[:3, 3] = lo + (f - 1) / 2.0
     return pooled, np.asarray(ijk_to_ras, dtype=float) @ scale
+
+
+def block_counts(volume: np.ndarray, factors: tuple[int, int]) -> np.ndarray:
+    """Sums of a (k, j, i) C-ordered 0/1 uint8 volume over blocks of ``factors`` = (fk, fj) slices along k and j.
+
+    The shape must be a multiple of the factors and rows (i) a multiple of 8 bytes: while the counts fit a byte,
+    eight voxels are added at once as one 64-bit word.
+    """
+    fk, fj = factors
+    if fk * fj <= 255:
+        return _sum_slices(_sum_slices(volume.view(np.uint64), 0, fk), 1, fj).view(np.uint8)
+    return _sum_slices(_sum_slices(volume.astype(np.uint32), 0, fk), 1, fj)
+
+
+def _sum_slices(array: np.ndarray, axis: int, factor: int) -> np.ndarray:
+    """The sum of every ``factor`` consecutive slices of ``array`` along ``axis``."""
+    index = [slice(None)] * array.ndim
+    index[axis] = slice(0, None, factor)
+    total = array[tuple(index)].copy()
+    for offset in range(1, factor):
+        index[axis] = slice(offset, None, factor)
+        total += array[tuple(index)]
+    return total
 
 
 def plan_mapping(mask: np.ndarray, ijk_to_ras: np.ndarray, grid: GridSpec) -> GridMapping:
@@ -396,7 +413,7 @@ def _separable_trilinear(
         used[model_axis] = span
     # Model array with its axes in input-axis order, reversed: (m_k, m_j, m_i) for input axes (k, j, i).
     field_kji = np.ascontiguousarray(np.transpose(values[tuple(used)], (model_axes[2], model_axes[1], model_axes[0])))
-    import torch  # noqa: PLC0415  (see pooled_occupancy)
+    import torch  # noqa: PLC0415  (here, not at import: skull from CT and volume checks run before torch is installed)
 
     with torch.inference_mode():
         data = torch.from_numpy(field_kji)
