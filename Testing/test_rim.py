@@ -325,7 +325,7 @@ def test_rim_only_shape_interpolates_the_patients_radii(shell):
 def test_coarse_to_fine_voxelisation_gives_the_same_implant(monkeypatch):
     """On a sub-millimetre grid the field is evaluated on a coarse grid first, then only near the implant: the
     implant and the sign of its field must be exactly those of the full evaluation."""
-    from SkullVAECompletionLib.extraction import rim
+    from SkullVAECompletionLib.extraction import rim_voxels
 
     shape, spacing = (150, 186, 174), (1.0, 1.0, 0.75)  # strides 1, 1, 2 with the default 1.5 mm cell
     matrix = centred_ijk_to_ras(shape, spacing)
@@ -336,7 +336,7 @@ def test_coarse_to_fine_voxelisation_gives_the_same_implant(monkeypatch):
     mapping = plan_mapping(complete, matrix, GRID)
     expected = to_model_grid(complete, mapping)
     coarse = fit_implant(expected, np.asfortranarray(defective), mapping)
-    monkeypatch.setattr(rim, "COARSE_CELL_MM", 0.0)  # every voxel of each hole's box evaluated
+    monkeypatch.setattr(rim_voxels, "COARSE_CELL_MM", 0.0)  # every voxel of each hole's box evaluated
     full = fit_implant(expected, np.asfortranarray(defective), mapping)
     assert coarse.implant.any() and np.array_equal(coarse.implant, full.implant)
     for (block, lo), (reference, reference_lo) in zip(coarse.fields, full.fields, strict=True):
