@@ -325,7 +325,7 @@ def test_rim_only_shape_interpolates_the_patients_radii(shell):
 def test_coarse_to_fine_voxelisation_gives_the_same_implant(monkeypatch):
     """On a sub-millimetre grid the field is evaluated on a coarse grid first, then only near the implant: the
     implant and the sign of its field must be exactly those of the full evaluation."""
-    from SkullVAECompletionLib.extraction import rim_voxels
+    from SkullVAECompletionLib.extraction.rim import voxels as rim_voxels
 
     shape, spacing = (150, 186, 174), (1.0, 1.0, 0.75)  # strides 1, 1, 2 with the default 1.5 mm cell
     matrix = centred_ijk_to_ras(shape, spacing)

@@ -27,7 +27,7 @@ DECODER_METHODS = ("dev", "knn", "refine")
 METHOD_CHOICES = (*DECODER_METHODS, "mirror")
 METHODS = (AUTO, *METHOD_CHOICES)  # the GUI's list: "auto" = the model's default
 
-# How the implant is cut from the decode: "rim" fits its surfaces to the patient's intact bone (rim.py);
+# How the implant is cut from the decode: "rim" fits its surfaces to the patient's intact bone (extraction/rim);
 # "decode" takes decoded-minus-input bone at the decode's own resolution (implant.py, the paper's way); "union" adds
 # the decode's bone to the rim's implant (regions whose defect is more than the shell the rim's rays see).
 EXTRACTION_CHOICES = ("rim", "decode", "union")

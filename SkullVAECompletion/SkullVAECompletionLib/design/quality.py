@@ -28,7 +28,7 @@ SIX_NEIGHBOURS = ndimage.generate_binary_structure(3, 1)
 
 @dataclass
 class QualityReport:
-    """How well the implant sits in the skull (the report, not the rim stage's fit of rim.py); ``thickness_mm``
+    """How well the implant sits in the skull (the report, not the rim stage's fit, extraction/rim); ``thickness_mm``
     min/max are the 5th/95th percentiles over the implant's mid-surface."""
 
     volume_ml: float

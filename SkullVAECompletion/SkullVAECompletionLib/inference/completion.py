@@ -378,7 +378,7 @@ class SkullCompleter:
     ) -> CompletionResult:
         """Decode z + γ·DEV and extract the implant at the input's resolution.
 
-        ``extraction``: "rim" (surfaces fitted to the intact bone, rim.py), "decode" (decoded minus input bone,
+        ``extraction``: "rim" (surfaces fitted to the intact bone, extraction/rim), "decode" (decoded minus input bone,
         implant.py) or "union" (both); None: the bundle's choice for the class (``completion_options`` keys
         ``extraction_by_class``, then ``extraction``), else "rim".
 

@@ -11,10 +11,10 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse import csgraph
 
-from .rim_frame import Frame, mirrored_directions
-from .rim_options import RimOptions
-from .rim_profiles import DETECTION_PRESENCE, expected_shell, input_profile
-from .rim_sphere import detection_sphere
+from .frame import Frame, mirrored_directions
+from .options import RimOptions
+from .profiles import DETECTION_PRESENCE, expected_shell, input_profile
+from .sphere import detection_sphere
 
 FACING_MIN_ELEVATION_DEG = 15.0  # above this (seen from the centre) no natural opening faces a defect: orbits lie lower
 

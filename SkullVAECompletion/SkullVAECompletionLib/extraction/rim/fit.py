@@ -1,36 +1,4 @@
-"""Rim-conforming implant surfaces: the decode says *where* and *what shape*, the patient's bone says *exactly where*.
-
-A decoded skull on a 2–3 mm model grid cannot place an implant's surfaces within a millimetre of the defect's
-rim. This stage therefore uses the decode only as a locator and a shape prior, and takes the surfaces from the
-patient's own intact bone at the input's full resolution:
-
-1. **Rays from the cranial centre** (:func:`~.rim_frame.vault_sphere_centre`). Along each direction the decode gives an
-   expected shell (its outermost bone segment); the input's bone is searched in a window around it.
-2. **Defect localisation** (:func:`~.rim_holes.find_holes`): directions where the decode expects shell and the patient
-   has no bone in the window, grouped into holes on the sphere. Natural openings are where the decode expects no
-   bone; directions whose expected shell lies outside the input's field of view are never holes. A hole must be a
-   gap in a shell: measurable shell bone around at least a third of it (:func:`~.rim_hole_fit.rim_support`, checked on
-   its patch).
-3. **Surfaces per hole** (:func:`~.rim_hole_fit.fit_hole`): in a latitude-longitude patch whose equator runs through the
-   hole (no pole near it), the outer and inner table radii of the intact bone are measured with sub-voxel accuracy.
-   Their offsets from the decode's surfaces are interpolated across the hole (the outer surface as a thin plate,
-   which carries the rim's curvature; the thickness as the decode's, scaled by the rim's ratio to it as a
-   membrane, robust to a noisy rim);
-   rays near the rim, which graze a ragged or bevelled edge, and outliers are re-estimated, and bone that is
-   present but sunken well below the interpolated outer table (a depressed fracture) joins the defect.
-4. **Voxelisation on the input grid** (:func:`~.rim_voxels.voxelise`): a voxel belongs to the implant when its direction
-   lies in the hole (plus a thin rim band) and its distance from the centre lies between the two surfaces; the same
-   signed field gives the implant's surface.
-
-All geometry is in "model millimetres": the model grid's index times its spacing (RAS axes, isotropic).
-
-This module is the stage's entry point (:func:`fit_implant`); its steps live beside it, in the order it uses them:
-``rim_options`` (:class:`RimOptions`), ``rim_frame`` (the centre and the maps between model millimetres, the
-input's voxels and the mirror image), ``rim_sampling`` and ``rim_profiles`` (bone along rays), ``rim_sphere`` and
-``rim_holes`` (defects on the sphere of directions), ``rim_patch``, ``rim_measurement``, ``rim_interpolation`` and
-``rim_hole_fit`` (surfaces over each hole), ``rim_voxels`` (the signed field on the input grid) and ``rim_results``
-(:class:`RimFit`, :class:`Hole`).
-"""
+"""The rim stage's entry point: the holes of a defective skull found and each fitted, then voxelised."""
 
 from __future__ import annotations
 
@@ -38,16 +6,13 @@ import logging
 
 import numpy as np
 
-from ..preprocessing.geometry import GridMapping
-from .rim_frame import Frame, vault_sphere_centre
-from .rim_hole_fit import PatchFit, fit_hole
-from .rim_holes import find_holes
-from .rim_interpolation import interpolate_surface, thin_plate_surface
-from .rim_options import RimOptions
-from .rim_results import Hole, RimFit
-from .rim_voxels import voxelise
-
-__all__ = ["Hole", "RimFit", "RimOptions", "fit_implant", "interpolate_surface", "thin_plate_surface"]
+from ...preprocessing.geometry import GridMapping
+from .frame import Frame, vault_sphere_centre
+from .hole_fit import PatchFit, fit_hole
+from .holes import find_holes
+from .options import RimOptions
+from .results import RimFit
+from .voxels import voxelise
 
 logger = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .rim_frame import Frame, inside_input
-from .rim_sampling import sample_input, sample_model
+from .frame import Frame, inside_input
+from .sampling import sample_input, sample_model
 
 DETECTION_PRESENCE = 0.25  # thin bone broken into sub-voxel cracks (thin CT slices, resampling) still counts as bone
 

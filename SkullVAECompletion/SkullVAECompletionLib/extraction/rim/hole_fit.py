@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .rim_frame import Frame
-from .rim_holes import HoleSeeds
-from .rim_interpolation import interpolate_surface, thin_plate_surface
-from .rim_measurement import PatchProfile, bone_beyond_window, components_touching, measure_patch
-from .rim_options import RimOptions
-from .rim_patch import Patch
-from .rim_results import Hole
+from .frame import Frame
+from .holes import HoleSeeds
+from .interpolation import interpolate_surface, thin_plate_surface
+from .measurement import PatchProfile, bone_beyond_window, components_touching, measure_patch
+from .options import RimOptions
+from .patch import Patch
+from .results import Hole
 
 logger = logging.getLogger(__name__)
 

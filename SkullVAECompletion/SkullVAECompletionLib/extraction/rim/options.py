@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import build_config
+from ...errors import build_config
 
 SHAPE_SOURCES = ("decode", "rim")
 OUTER_INTERPOLATIONS = ("thin_plate", "harmonic")

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .rim_frame import Frame
+from .frame import Frame
 
 SAMPLING_THREADS = max(1, min(4, os.cpu_count() or 1))
 

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .rim_frame import Frame, inside_input, mirrored_directions, mirrored_rays
-from .rim_holes import HoleSeeds
-from .rim_interpolation import interpolate_surface
-from .rim_options import RimOptions
-from .rim_patch import Patch, patch_for
-from .rim_profiles import DETECTION_PRESENCE, expected_shell, input_profile
-from .rim_sphere import detection_sphere
+from .frame import Frame, inside_input, mirrored_directions, mirrored_rays
+from .holes import HoleSeeds
+from .interpolation import interpolate_surface
+from .options import RimOptions
+from .patch import Patch, patch_for
+from .profiles import DETECTION_PRESENCE, expected_shell, input_profile
+from .sphere import detection_sphere
 
 
 def components_touching(mask: np.ndarray, region: np.ndarray) -> np.ndarray:

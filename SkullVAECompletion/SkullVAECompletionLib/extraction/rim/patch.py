@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .rim_options import RimOptions
+from .options import RimOptions
 
 
 @dataclass

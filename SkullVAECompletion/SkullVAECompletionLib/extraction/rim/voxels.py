@@ -8,9 +8,9 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from .rim_frame import Frame, to_input_index
-from .rim_hole_fit import PatchFit
-from .rim_sampling import in_threads
+from .frame import Frame, to_input_index
+from .hole_fit import PatchFit
+from .sampling import in_threads
 
 COARSE_CELL_MM = 1.5  # voxelise: the field is first evaluated on a grid this coarse, then near the implant only
 FIELD_SLOPE = 2.5  # a bound on how fast the implant's field changes (mm per mm): surfaces steeper than 68° are rare
