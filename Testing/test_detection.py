@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from SkullVAECompletionLib.extraction.rim import find_holes_in
 from SkullVAECompletionLib.inference.detection import (
     BY_CLASS_HEAD,
     BY_DEFECT_POSITION,
     implant_centre,
     implant_cranial_region,
     located_class,
+    region_at,
 )
 from SkullVAECompletionLib.inference.regions import DEFECT_CLASSES
 from SkullVAECompletionLib.preprocessing.geometry import GridSpec, plan_mapping, to_model_grid
@@ -85,3 +87,82 @@ def test_the_status_line_says_what_decided_the_class():
     complete = mrml.CompletionSummary(**{**common, "detectedType": "complete"}, detectedBy=BY_DEFECT_POSITION)
     assert "no defect detected (no hole found in the bone; class head 12%)" in complete.statusText()
     assert "where the defect lies" not in complete.statusText()
+
+
+@pytest.mark.parametrize(
+    ("direction", "region"),
+    [((0.0, 0.1, 1.0), "vertex"), ((1.0, 0.0, 0.3), "parietotemporal_right"), ((0.0, -1.0, 0.3), "occipital"),
+     ((0.0, 1.0, 1.0), "frontal"), ((0.0, 1.0, 0.3), "frontoorbital")],
+)
+def test_the_holes_found_before_any_fit_lie_in_their_region(skull, direction, region):
+    complete, matrix, mapping, expected = skull
+    defective = (complete & ~implant_towards(skull, direction, radius_mm=25.0)).astype(np.uint8)
+    search = find_holes_in(expected, defective, mapping)
+    assert search.seeds.count == 1 and not search.message
+    model_input = to_model_grid(defective, mapping)
+    assert region_at(search.centre_in_model(), model_input) == region
+    # Where the implant will be: the hole's centre before any fit lies within 3 mm of the removed bone's.
+    removed = (mapping.input_to_model @ np.append(np.argwhere(complete & ~defective.astype(bool)).mean(axis=0), 1))[:3]
+    assert np.linalg.norm(search.centre_in_model() - removed) * mapping.grid.spacing_mm < 3.0
+
+
+def test_no_hole_no_position(skull):
+    complete, _, mapping, expected = skull
+    search = find_holes_in(expected, complete.astype(np.uint8), mapping)
+    assert search.seeds.count == 0 and search.centre_in_model() is None
+    assert region_at(None, expected) is None
+
+
+@pytest.fixture(scope="module")
+def region_completer(region_bundle):
+    from SkullVAECompletionLib.inference.completion import SkullCompleter
+
+    return SkullCompleter(region_bundle, device="cpu")
+
+
+def _count_fits(monkeypatch) -> list[int]:
+    from SkullVAECompletionLib.inference import completion
+
+    calls: list[int] = []
+    original = completion.fit_implant
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(completion, "fit_implant", counted)
+    return calls
+
+
+def test_holes_in_another_region_are_completed_with_its_class_in_one_fit(region_completer, synthetic_case,
+                                                                         monkeypatch):
+    from SkullVAECompletionLib.inference import completion
+
+    defective, matrix = synthetic_case["defective"], synthetic_case["ijk_to_ras"]
+    first = region_completer.choose_defect_type(region_completer.encode(defective, matrix))[0]
+    moved = next(c for c in region_completer.bundle.defect_classes if c != first)
+    monkeypatch.setattr(completion, "region_at", lambda point, model_input: moved)
+    fits = _count_fits(monkeypatch)
+    result = region_completer.complete(region_completer.encode(defective, matrix))
+    # The class head's decode is searched for holes, not fitted; only the moved class's decode is (facial: none).
+    assert len(fits) == (0 if moved == "facial" else 1)
+    assert result.detected_by == BY_DEFECT_POSITION and result.defect_type == moved
+    monkeypatch.undo()
+    direct = region_completer.complete(region_completer.encode(defective, matrix), defect_type=moved)
+    assert np.array_equal(result.implant, direct.implant)
+
+
+def test_holes_in_the_class_heads_region_are_fitted_once_unless_the_implant_lies_elsewhere(
+        region_completer, synthetic_case, monkeypatch):
+    from SkullVAECompletionLib.inference import completion
+
+    encoded = region_completer.encode(synthetic_case["defective"], synthetic_case["ijk_to_ras"])
+    head = encoded.head_type if encoded.head_type in region_completer.bundle.defect_classes else None
+    monkeypatch.setattr(completion, "region_at", lambda point, model_input: head)
+    fits = _count_fits(monkeypatch)
+    result = region_completer.complete(encoded)
+    # One fit of the class head's decode (its hole search reused); a second only where the implant's own centre
+    # lies in another region, as before the holes were located first.
+    first_class = region_completer.choose_defect_type(encoded)[0] if head is None else head
+    assert len(fits) == (1 if result.defect_type == first_class else 2)
+    assert "detect" in result.timings and result.timings["total"] >= result.timings["detect"]

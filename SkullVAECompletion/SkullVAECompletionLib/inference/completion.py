@@ -28,7 +28,7 @@ from ..extraction.implant import (
     implant_at_input_resolution,
 )
 from ..extraction.mirror import check_unilateral, mirror_implant, mirror_skull, quick_midsagittal_plane
-from ..extraction.rim import RimOptions, fit_implant
+from ..extraction.rim import HoleSearch, RimOptions, find_holes_in, fit_implant
 from ..model.bundle import ModelBundle, load_bundle
 from ..model.networks import bone_probability
 from ..options import (
@@ -52,7 +52,7 @@ from ..preprocessing.geometry import (
     to_model_grid,
 )
 from ..preprocessing.validation import validate_mask
-from .detection import BY_CLASS_HEAD, BY_DEFECT_POSITION, located_class
+from .detection import BY_CLASS_HEAD, BY_DEFECT_POSITION, located_class, region_at
 from .regions import COMPLETE
 from .trust import Trust, TrustPolicy, UntrustedInputError, check_skull_shell, reconstruction_trust
 
@@ -382,30 +382,57 @@ class SkullCompleter:
         implant.py) or "union" (both); None: the bundle's choice for the class (``completion_options`` keys
         ``extraction_by_class``, then ``extraction``), else "rim".
 
-        With ``defect_type`` "auto" the class head proposes the class; once the rim stage has fitted an implant,
-        the region where it lies decides (detection.py), and the completion is redone with that class if it differs.
-        The detection is kept on ``encoded``: later γ steps complete with it directly.
+        With ``defect_type`` "auto" the class head proposes the class and the region where the defect lies decides
+        (detection.py): the holes the rim stage finds in the class head's decode, then the implant fitted there; the
+        completion is made with the region's class when it differs. The detection is kept on ``encoded``: later γ
+        steps complete with it directly.
         """
         settings = dict(smoothing=smoothing, uncertainty_samples=uncertainty_samples, method=method,
                         progress=progress, extraction=extraction)
         locate = defect_type == AUTO and encoded.located is None
-        result = self._complete_as(encoded, gamma, defect_type, **settings)
+        resolved, search, tick = None, None, time.perf_counter()
+        if locate:
+            resolved, search = self._find_holes_first(encoded, gamma, method, extraction)
+            region = None if search is None else region_at(search.centre_in_model(), encoded.model_input)
+            if region in self.bundle.defect_classes and region != resolved[0]:
+                # The holes lie in another class's region: complete with that class straight away, without first
+                # fitting an implant to the class head's decode.
+                logger.info("the defect lies in the %s region: completing it as %s (the class head said %s)",
+                            region, region, resolved[0])
+                encoded.located = (region, BY_DEFECT_POSITION)
+                return self._located(self._complete_as(encoded, gamma, AUTO, **settings), encoded, tick)
+        result = self._complete_as(encoded, gamma, defect_type, **settings, resolved=resolved, search=search)
         if not locate or result.extraction not in RIM_EXTRACTIONS or result.method == "mirror":
             return _no_defect_is_complete(result)
-        tick = time.perf_counter()
         encoded.located = located_class(encoded.head_type, result.implant, encoded.mapping, encoded.model_input,
                                         self.bundle.defect_classes, result.defect_fields)
-        result.timings["detect"] = time.perf_counter() - tick
-        result.timings["total"] += result.timings["detect"]
         if encoded.detected_type in self.bundle.defect_classes and encoded.detected_type != result.defect_type:
             logger.info("the defect lies in the %s region: completing it as %s (the class head said %s)",
                         encoded.detected_type, encoded.detected_type, result.defect_type)
-            first_pass = result.timings["total"]  # the first completion and the detection
             result = self._complete_as(encoded, gamma, AUTO, **settings)
-            result.timings["detect"] = first_pass
-            result.timings["total"] += first_pass
+        return self._located(result, encoded, tick)
+
+    @staticmethod
+    def _located(result: CompletionResult, encoded: EncodedSkull, start: float) -> CompletionResult:
+        """``result`` with the detection it was completed with; timings["detect"]: the time spent before its own
+        completion began (the first class's decode, hole search and, where needed, its fit)."""
+        total = time.perf_counter() - start
+        result.timings["detect"] = max(0.0, total - result.timings["total"])
+        result.timings["total"] = total
         result.detected_type, result.detected_by = encoded.detected_type, encoded.detected_by
         return _no_defect_is_complete(result)
+
+    def _find_holes_first(self, encoded: EncodedSkull, gamma: float | None, method: str | None,
+                          extraction: str | None) -> tuple[tuple, HoleSearch | None]:
+        """The resolved choices of a completion with the class head's class, and the holes the rim stage finds in
+        its decode (None where the implant is not the rim's: the mirror method, a decode extraction)."""
+        resolved = self._resolve(encoded, gamma, AUTO, method)
+        chosen, _, gamma, method, options = resolved
+        if method == "mirror" or _extraction_for(chosen, method, extraction, options) not in RIM_EXTRACTIONS:
+            return resolved, None
+        probability = self._decode_cached(encoded, chosen, gamma, method, options)
+        return resolved, find_holes_in(probability, encoded.defective, encoded.mapping,
+                                       RimOptions.from_dict(options.get("rim")), encoded.midsagittal_reflection())
 
     def _complete_as(
         self,
@@ -417,21 +444,14 @@ class SkullCompleter:
         method: str | None,
         progress: ProgressCallback | None,
         extraction: str | None,
+        resolved: tuple | None = None,
+        search: HoleSearch | None = None,
     ) -> CompletionResult:
         """One completion with the class ``defect_type`` ("auto": the detected one), no further detection."""
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        chosen, confidence, gamma, method, options = self._resolve(encoded, gamma, defect_type, method)
-        extraction = extraction or options.get("extraction_by_class", {}).get(chosen) or options.get(
-            "extraction", DEFAULT_EXTRACTION)
-        if extraction not in EXTRACTION_CHOICES:
-            raise InputError(f"unknown extraction {extraction!r}; choose one of {', '.join(EXTRACTION_CHOICES)}")
-        if extraction in RIM_EXTRACTIONS and chosen == "facial":
-            # Rays from the cranial centre do not parameterise the face (several layers of bone on each ray).
-            extraction = "decode"
-            logger.debug("facial defect: the implant is the decoded bone (the rim fit is for the cranial vault)")
-        if extraction == "union" and method == "mirror":
-            extraction = "rim"  # the mirrored skull is the patient's own bone: nothing for a decode to add
+        chosen, confidence, gamma, method, options = resolved or self._resolve(encoded, gamma, defect_type, method)
+        extraction = _extraction_for(chosen, method, extraction, options)
         if method == "mirror":
             _report(progress, 0.4, "Mirroring the healthy side")
             if encoded.mirror is None:
@@ -451,7 +471,7 @@ class SkullCompleter:
         else:
             implant, message, holes, defect_fields = extract_implant(
                 encoded, probability, extraction, options, smoothing, expected_mapping if method == "mirror" else None,
-                defect_type=chosen)
+                defect_type=chosen, search=search)
         if message:
             logger.info("%s", message)
         timings["implant"] = time.perf_counter() - tick
@@ -620,6 +640,22 @@ class SkullCompleter:
         return full
 
 
+def _extraction_for(chosen: str, method: str, extraction: str | None, options: dict) -> str:
+    """How the implant of a completion with class ``chosen`` and ``method`` is cut: ``extraction`` if given, else the
+    bundle's choice for the class; checked, and adjusted where a choice cannot apply."""
+    extraction = extraction or options.get("extraction_by_class", {}).get(chosen) or options.get(
+        "extraction", DEFAULT_EXTRACTION)
+    if extraction not in EXTRACTION_CHOICES:
+        raise InputError(f"unknown extraction {extraction!r}; choose one of {', '.join(EXTRACTION_CHOICES)}")
+    if extraction in RIM_EXTRACTIONS and chosen == "facial":
+        # Rays from the cranial centre do not parameterise the face (several layers of bone on each ray).
+        logger.debug("facial defect: the implant is the decoded bone (the rim fit is for the cranial vault)")
+        return "decode"
+    if extraction == "union" and method == "mirror":
+        return "rim"  # the mirrored skull is the patient's own bone: nothing for a decode to add
+    return extraction
+
+
 def _no_defect_is_complete(result: CompletionResult) -> CompletionResult:
     """A completion that found no defect (no hole, no implant) says so in its detected class too: "complete", decided
     by the holes found (none), whatever the class head proposed. Only the result says it: the encoding keeps its
@@ -662,12 +698,13 @@ def mirrored_expectation(encoded: EncodedSkull) -> tuple[np.ndarray, GridMapping
 
 def extract_implant(
     encoded: EncodedSkull, probability: np.ndarray, extraction: str, options: dict, smoothing: bool = True,
-    expected_mapping: GridMapping | None = None, defect_type: str = "",
+    expected_mapping: GridMapping | None = None, defect_type: str = "", search: HoleSearch | None = None,
 ) -> tuple[np.ndarray, str, list, list | None]:
     """The implant (uint8, input grid) cut from an expected skull, a message when it is empty or partial, the holes
     and the rim stage's signed fields [(block, lo)] when there are any (for "union": of its rim part only).
 
     ``probability``: the expected skull on the model grid (or on ``expected_mapping``'s grid, for "rim").
+    ``search``: the rim stage's holes already found in this ``probability`` (not searched again).
     ``defect_type``: picks the decode extraction's bone threshold from ``options["decode_threshold"]`` (per class;
     the decoder blurs thin facial bone below 0.5, so the bundle may lower it there).
     """
@@ -676,7 +713,7 @@ def extract_implant(
         message = "" if implant.any() else "no defect found: the decoded skull adds no bone away from the input's bone"
         return implant, message, [], None
     fit = fit_implant(probability, encoded.defective, expected_mapping or encoded.mapping,
-                      RimOptions.from_dict(options.get("rim")), encoded.midsagittal_reflection())
+                      RimOptions.from_dict(options.get("rim")), encoded.midsagittal_reflection(), search)
     if extraction == "rim":
         return fit.implant, fit.message, fit.holes, fit.fields or None
     if not fit.fields:

@@ -1,9 +1,12 @@
 """Defect-class detection: the class head proposes, the position of the holes the rim stage finds decides.
 
 The class head on μ (or the nearest class centroid, for a model without one) is right for most skulls, but it
-confuses neighbouring regions and takes some small defects for complete skulls. Once the rim stage has fitted an
-implant, where that implant lies says its region directly, by the same rule that labelled the training cases
-(:mod:`regions`). :meth:`completion.SkullCompleter.complete` applies this when the class is "auto".
+confuses neighbouring regions and takes some small defects for complete skulls. Where the defect lies says its
+region directly, by the same rule that labelled the training cases (:mod:`regions`).
+:meth:`completion.SkullCompleter.complete` applies this when the class is "auto": the rim stage first finds the holes
+in the class head's decode; when their centre lies in another class's region, that class is completed straight away
+(one fit, not two); otherwise the implant fitted there says its region (its centre of mass), and where that differs
+the completion is redone with the implant's class.
 """
 
 from __future__ import annotations
@@ -38,9 +41,16 @@ def implant_cranial_region(implant: np.ndarray, mapping: GridMapping, model_inpu
     """The cranial region of an implant (input grid) seen from the cranial centre of the input's skull on the model
     grid (``model_input``); None when the implant is empty. ``fields``: see :func:`implant_centre`."""
     centre = implant_centre(implant, fields)
-    if centre is None or not np.any(model_input > 0.5):
+    return None if centre is None else region_at((mapping.input_to_model @ np.append(centre, 1.0))[:3], model_input)
+
+
+def region_at(point: np.ndarray | None, model_input: np.ndarray) -> str | None:
+    """The cranial region of a point of the model grid (index; e.g. the centre of the holes the rim stage found
+    before fitting them, :meth:`~..extraction.rim.HoleSearch.centre_in_model`) seen from the cranial centre of the
+    input's skull there (``model_input``); None without a point or a skull."""
+    if point is None or not np.any(model_input > 0.5):
         return None
-    return region_from_angles(*point_angles((mapping.input_to_model @ np.append(centre, 1.0))[:3], model_input))
+    return region_from_angles(*point_angles(point, model_input))
 
 
 def located_class(head_class: str, implant: np.ndarray, mapping: GridMapping, model_input: np.ndarray,

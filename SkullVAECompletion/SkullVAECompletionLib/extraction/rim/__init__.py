@@ -31,9 +31,10 @@ directions), ``patch``, ``measurement``, ``interpolation`` and ``hole_fit`` (sur
 (the signed field on the input grid), ``results`` (:class:`RimFit`, :class:`Hole`) and ``fit`` (the entry point).
 """
 
-from .fit import fit_implant
+from .fit import HoleSearch, find_holes_in, fit_implant
 from .interpolation import interpolate_surface, thin_plate_surface
 from .options import RimOptions
 from .results import Hole, RimFit
 
-__all__ = ["Hole", "RimFit", "RimOptions", "fit_implant", "interpolate_surface", "thin_plate_surface"]
+__all__ = ["Hole", "HoleSearch", "RimFit", "RimOptions", "find_holes_in", "fit_implant", "interpolate_surface",
+           "thin_plate_surface"]

@@ -25,9 +25,23 @@ class HoleSeeds:
 
     directions: np.ndarray
     labels: np.ndarray  # hole index per direction, −1 for none
-    expected_outer: np.ndarray
+    expected_outer: np.ndarray  # the decode's shell per direction (mm from the centre; NaN where it has none)
+    expected_inner: np.ndarray
     count: int
     shell_fraction: float  # bone-free fraction of the expected shell
+
+    def centre_mm(self, origin: np.ndarray) -> np.ndarray | None:
+        """Where the holes lie before any surface is fitted: the centre of mass (model mm) of the decode's shell
+        over their directions, each weighing r² × its thickness there; None without holes."""
+        chosen = self.labels >= 0
+        if not chosen.any():
+            return None
+        outer, inner = self.expected_outer[chosen], self.expected_inner[chosen]
+        has_inner = np.isfinite(inner)
+        middle = np.where(has_inner, 0.5 * (outer + inner), outer)
+        weight = middle**2 * np.where(has_inner, np.maximum(outer - inner, 0.5), 1.0)
+        points = origin + self.directions[chosen] * middle[:, None]
+        return weight @ points / weight.sum()
 
 
 def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
@@ -39,7 +53,7 @@ def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
     has_shell = np.isfinite(outer) & (directions[:, 2] >= math.sin(math.radians(options.min_elevation_deg)))
     labels = np.full(len(directions), -1)
     if not has_shell.any():
-        return HoleSeeds(directions, labels, outer, 0, 0.0)
+        return HoleSeeds(directions, labels, outer, inner, 0, 0.0)
     # Defects are found where bone is missing; sunken bone next to them (a depressed fracture) joins them in
     # fit_hole, measured against the rim. Sunken bone alone is no evidence: a decode may lie millimetres off.
     candidates = np.flatnonzero(has_shell)
@@ -55,7 +69,7 @@ def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
     open_ray[candidates[~deep.present]] = True
     shell_fraction = float(open_ray.sum() / max(1, has_shell.sum()))
     if not open_ray.any():
-        return HoleSeeds(directions, labels, outer, 0, shell_fraction)
+        return HoleSeeds(directions, labels, outer, inner, 0, shell_fraction)
     # A defect has a core: directions whose neighbours are all bone-free. Slivers where the decode's surface is
     # merely offset from the patient's, or where it blurs over a natural opening's edge, have none.
     closed_neighbours = graph @ (~open_ray).astype(np.int32)
@@ -87,7 +101,7 @@ def find_holes(frame: Frame, options: RimOptions) -> HoleSeeds:
     relabel = np.full(count, -1)
     relabel[keep] = np.arange(len(keep))
     labels[chosen] = relabel[component]
-    return HoleSeeds(directions, labels, outer, len(keep), shell_fraction)
+    return HoleSeeds(directions, labels, outer, inner, len(keep), shell_fraction)
 
 
 def _compact_components(directions: np.ndarray, radii: np.ndarray, component: np.ndarray, count: int,
