@@ -153,6 +153,14 @@ class CompletionResult:
             self._completed = self.completed_in(np.zeros(3, int), np.asarray(self.implant.shape))
         return self._completed
 
+    def completed_into(self, out: np.ndarray) -> np.ndarray:
+        """The completed skull written into ``out`` (uint8, the input's shape; e.g. an image's own voxels)."""
+        if self._completed is not None:
+            np.copyto(out, self._completed)
+            return out
+        defective = self.defective.view(np.uint8) if self.defective.dtype == np.bool_ else self.defective != 0
+        return np.bitwise_or(defective, self.implant, out=out)
+
     def completed_in(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """The completed skull inside the input-index box [lo, hi) only (uint8 0/1)."""
         box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))

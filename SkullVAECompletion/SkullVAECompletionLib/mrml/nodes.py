@@ -5,6 +5,7 @@ and back. ``slicer`` and ``vtk`` are imported lazily.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,22 @@ def arrayToOrientedImage(array: np.ndarray, ijkToRas: np.ndarray, dtype: Any = n
     flat = np.ravel(array, order="F")  # (i, j, k) in Fortran order = x fastest, VTK's layout
     vtkArray = numpy_support.numpy_to_vtk(flat, deep=True)
     vtkArray.SetName("ImageScalars")
+    image.GetPointData().SetScalars(vtkArray)
+    image.SetImageToWorldMatrix(arrayToMatrix(ijkToRas))
+    return image
+
+
+def filledOrientedImage(shape: tuple[int, ...], ijkToRas: np.ndarray, fill: Callable[[np.ndarray], Any]) -> Any:
+    """A uint8 vtkOrientedImageData of ``shape`` (i, j, k) whose voxels ``fill(out)`` writes straight into the image's
+    own memory (``out``: an (i, j, k) view of it), so no full-size array is made and copied first."""
+    from vtk.util import numpy_support  # noqa: PLC0415
+
+    vtkArray = _vtk().vtkUnsignedCharArray()
+    vtkArray.SetName("ImageScalars")
+    vtkArray.SetNumberOfTuples(int(np.prod(shape)))
+    fill(numpy_support.vtk_to_numpy(vtkArray).reshape(shape[::-1]).T)  # x fastest: VTK's layout is (i, j, k) F-order
+    image = _slicer().vtkOrientedImageData()
+    image.SetDimensions(*shape)
     image.GetPointData().SetScalars(vtkArray)
     image.SetImageToWorldMatrix(arrayToMatrix(ijkToRas))
     return image

@@ -23,6 +23,7 @@ from .nodes import (
     arrayToMatrix,
     arrayToOrientedImage,
     describeNode,
+    filledOrientedImage,
     matrixToArray,
 )
 
@@ -168,16 +169,21 @@ def buildResultSegmentation(result: Any, inputMask: InputMask, name: str) -> Any
     segmentation.SetConversionParameter(
         slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(), inputMask.referenceGeometry
     )
-    for segmentId, segmentName, color, terminology, array in (
-        (SKULL_SEGMENT_ID, SKULL_SEGMENT_NAME, SKULL_COLOR, SKULL_TERMINOLOGY, result.completed),
-        (IMPLANT_SEGMENT_ID, IMPLANT_SEGMENT_NAME, IMPLANT_COLOR, IMPLANT_TERMINOLOGY, result.implant),
+    # The completed skull is written straight into its image; the implant is stored as its bounding box only (a γ
+    # update then rewrites a small block, not the volume).
+    for segmentId, segmentName, color, terminology, image in (
+        (SKULL_SEGMENT_ID, SKULL_SEGMENT_NAME, SKULL_COLOR, SKULL_TERMINOLOGY,
+         completedImage(result, inputMask.ijkToRas)),
+        (IMPLANT_SEGMENT_ID, IMPLANT_SEGMENT_NAME, IMPLANT_COLOR, IMPLANT_TERMINOLOGY,
+         croppedImage(result.implant, inputMask.ijkToRas)),
     ):
-        # The implant is stored as its bounding box only: a γ update then rewrites a small block, not the volume.
-        image = croppedImage(array, inputMask.ijkToRas) if segmentId == IMPLANT_SEGMENT_ID else \
-            arrayToOrientedImage(array, inputMask.ijkToRas)
-        segment = newSegment(segmentName, color, terminology, image)
-        segmentation.AddSegment(segment, segmentId)
+        segmentation.AddSegment(newSegment(segmentName, color, terminology, image), segmentId)
     return node
+
+
+def completedImage(result: Any, ijkToRas: np.ndarray) -> Any:
+    """The completed skull (input ∪ implant) of ``result`` as a vtkOrientedImageData on the input grid."""
+    return filledOrientedImage(result.implant.shape, ijkToRas, result.completed_into)
 
 
 def croppedImage(array: np.ndarray, ijkToRas: np.ndarray) -> Any:
@@ -246,7 +252,7 @@ def updateResultSegments(node: Any, result: Any, ijkToRas: np.ndarray) -> None:
     updates = []
     if changed is not None and not _replaceInBox(node, SKULL_SEGMENT_ID, result.implant.shape, changed,
                                                  result.completed_in):
-        updates.append((SKULL_SEGMENT_ID, arrayToOrientedImage(result.completed, ijkToRas)))
+        updates.append((SKULL_SEGMENT_ID, completedImage(result, ijkToRas)))
     updates.append((IMPLANT_SEGMENT_ID, boxImage(result.implant, ijkToRas, implantBox)))
     for segmentId, image in updates:
         if not logic.SetBinaryLabelmapToSegment(image, node, segmentId, logic.MODE_REPLACE):
