@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from .frame import Frame
 from .holes import HoleSeeds
-from .interpolation import interpolate_surface, thin_plate_surface
+from .interpolation import interpolate_surface, interpolate_surfaces, thin_plate_surface
 from .measurement import PatchProfile, bone_beyond_window, components_touching, measure_patch
 from .options import RimOptions
 from .patch import Patch
@@ -82,8 +82,12 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
         if not known.any():
             return "no intact bone around a bone-free region to fit the implant to"
         # The first pass only sorts the rim's rays: the membrane does that as well as the (slower) thin plate.
-        fit_outer = base_outer + (thin_plate_surface(residual, known, options.thin_plate_stiffness)
-                                  if thin_plate and final else interpolate_surface(residual, known))
+        if final:
+            fit_outer = base_outer + (thin_plate_surface(residual, known, options.thin_plate_stiffness)
+                                      if thin_plate else interpolate_surface(residual, known))
+        else:
+            residual_surface, thickness_surface = interpolate_surfaces(residual, thickness, known=known)
+            fit_outer = base_outer + residual_surface
         smooth_outer = ndimage.gaussian_filter(np.nan_to_num(fit_outer), smoothing)
         sunken = present & ~beyond & (outer < smooth_outer - options.depression_mm)
         # Sunken bone next to the missing bone (a depressed fracture's fragments) joins the defect.
@@ -91,7 +95,7 @@ def fit_hole(frame: Frame, seeds: HoleSeeds, label: int, options: RimOptions) ->
         if final:
             break
         # Rays that graze a ragged or bevelled edge disagree with their smoothed neighbourhood.
-        smooth_thickness = ndimage.gaussian_filter(np.nan_to_num(interpolate_surface(thickness, known)), smoothing)
+        smooth_thickness = ndimage.gaussian_filter(np.nan_to_num(thickness_surface), smoothing)
         reliable = plausible & (np.abs(outer - smooth_outer) <= options.outlier_mm) & (
             np.abs(thickness - smooth_thickness) <= options.outlier_mm) & (
             thickness >= smooth_thickness - options.thin_outlier_mm)

@@ -28,15 +28,18 @@ def _smoothness_operator(shape: tuple[int, int], order: int) -> sparse.csr_matri
 
 
 def _solve_fixed(values: np.ndarray, known: np.ndarray, operator: sparse.csr_matrix) -> np.ndarray:
-    """Minimise xᵀ·operator·x over the unknown pixels with the known ones fixed (NaN if none is known)."""
+    """Minimise xᵀ·operator·x over the unknown pixels with the known ones fixed (NaN if none is known), for each of
+    the grids stacked in ``values`` (k, *known.shape): one factorisation serves them all."""
     filled = np.where(known, values, np.nan).astype(np.float64)
     if known.all() or not known.any():
         return filled
     # Every unknown pixel is connected to a known one (known pixels exist), so the system is regular.
     free, fixed = np.flatnonzero(~known.ravel()), np.flatnonzero(known.ravel())
-    rhs = -(operator[free][:, fixed] @ values.ravel()[fixed].astype(np.float64))
-    result = filled.ravel()
-    result[free] = spsolve(operator[free][:, free].tocsc(), rhs, permc_spec=SYMMETRIC_ORDERING)
+    columns = values.reshape(len(values), -1).T.astype(np.float64)
+    rhs = -(operator[free][:, fixed] @ columns[fixed])
+    solution = spsolve(operator[free][:, free].tocsc(), rhs, permc_spec=SYMMETRIC_ORDERING)
+    result = filled.reshape(len(values), -1)
+    result[:, free] = solution.reshape(len(free), -1).T
     return result.reshape(values.shape)
 
 
@@ -45,7 +48,12 @@ def interpolate_surface(values: np.ndarray, known: np.ndarray) -> np.ndarray:
 
     No overshoot and flat across a hole: robust to a noisy rim. NaN everywhere if no pixel is known.
     """
-    return _solve_fixed(values, known, _smoothness_operator(tuple(values.shape), 1))
+    return interpolate_surfaces(values, known=known)[0]
+
+
+def interpolate_surfaces(*values: np.ndarray, known: np.ndarray) -> list[np.ndarray]:
+    """:func:`interpolate_surface` of several grids with the same known pixels (one factorisation)."""
+    return list(_solve_fixed(np.stack(values), known, _smoothness_operator(tuple(known.shape), 1)))
 
 
 def thin_plate_surface(values: np.ndarray, known: np.ndarray, stiffness: float = 0.0) -> np.ndarray:
@@ -57,7 +65,7 @@ def thin_plate_surface(values: np.ndarray, known: np.ndarray, stiffness: float =
     """
     operator = _smoothness_operator(tuple(values.shape), 2)
     if stiffness <= 0 or not known.any():
-        return _solve_fixed(values, known, operator)
+        return _solve_fixed(values[None], known, operator)[0]
     weights = known.ravel().astype(np.float64)
     system = (sparse.diags(weights) + stiffness * operator).tocsc()
     data = weights * np.nan_to_num(np.asarray(values, np.float64).ravel())

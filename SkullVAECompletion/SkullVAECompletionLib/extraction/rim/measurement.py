@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from .frame import Frame, inside_input, mirrored_directions, mirrored_rays
 from .holes import HoleSeeds
-from .interpolation import interpolate_surface
+from .interpolation import interpolate_surfaces
 from .options import RimOptions
 from .patch import Patch, patch_for
 from .profiles import DETECTION_PRESENCE, expected_shell, input_profile
@@ -65,8 +65,7 @@ def measure_patch(frame: Frame, seeds: HoleSeeds, label: int, options: RimOption
     has_shell = np.isfinite(exp_outer)
     if not has_shell.any():
         return "the expected skull has no shell around a bone-free region"
-    exp_outer = interpolate_surface(exp_outer, has_shell)
-    exp_inner = interpolate_surface(exp_inner, has_shell)
+    exp_outer, exp_inner = interpolate_surfaces(exp_outer, exp_inner, known=has_shell)
     defined = np.isfinite(exp_outer) & np.isfinite(exp_inner)
     exp_outer = np.where(defined, exp_outer, radius)
     exp_inner = np.where(defined, exp_inner, radius)

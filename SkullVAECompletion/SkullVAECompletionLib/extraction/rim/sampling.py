@@ -42,7 +42,11 @@ def _ray_coordinates(to_index: np.ndarray, origin_mm: np.ndarray, directions: np
     origin = to_index[:3, :3] @ origin_mm + to_index[:3, 3]
     steps = directions @ to_index[:3, :3].T
     radii = np.broadcast_to(radii, (len(directions), np.shape(radii)[-1]))
-    return np.stack([origin[axis] + steps[:, axis, None] * radii for axis in range(3)]).reshape(3, -1)
+    coordinates = np.empty((3, *radii.shape))  # written in place: no per-axis temporaries stacked afterwards
+    for axis in range(3):
+        np.multiply(steps[:, axis, None], radii, out=coordinates[axis])
+        coordinates[axis] += origin[axis]
+    return coordinates.reshape(3, -1)
 
 
 def sample_model(frame: Frame, directions: np.ndarray, radii: np.ndarray) -> np.ndarray:
