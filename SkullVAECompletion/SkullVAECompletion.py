@@ -7,8 +7,9 @@ Scripted loadable module (module, widget, logic, test). The Logic is the public,
     print(logic.lastResult.statusText())
     logic.updateGamma(segmentationNode, 0.8)                                          # re-decodes in place
 
-This file imports under plain Python with ``slicer-core`` (no Qt): Qt-only imports are guarded and minimal
-stand-ins replace the ScriptedLoadableModule base classes only when the real ones are absent.
+This file imports under plain Python with ``slicer-core`` (no Qt): Qt-only imports are guarded, and only when the
+application's ScriptedLoadableModule classes and parameter node wrapper are absent do the stand-ins of
+``SkullVAECompletionLib.mrml.scripted_module`` and ``.parameter_node`` replace them.
 Heavy lifting lives in ``SkullVAECompletionLib`` (engine) and ``SkullVAECompletionLib.mrml`` (nodes).
 """
 
@@ -21,7 +22,6 @@ import os
 import time
 import unittest
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Annotated, Any
@@ -46,7 +46,7 @@ try:  # The Slicer application: Qt, CTK and the scripted-module framework.
     from slicer.util import VTKObservationMixin
 
     HAVE_SLICER_APP = True
-except ImportError:  # slicer-core only (CI, batch scripts): stand-ins, see below
+except ImportError:  # slicer-core only (CI, batch scripts): the stand-ins of SkullVAECompletionLib.mrml
     HAVE_SLICER_APP = False
     qt = ctk = None
     # The parameter node class is built by a stand-in that follows Slicer's serializer and GUI connector rules
@@ -54,60 +54,25 @@ except ImportError:  # slicer-core only (CI, batch scripts): stand-ins, see belo
     from slicer.util import VTKObservationMixin  # in slicer-core
 
     from SkullVAECompletionLib.mrml.parameter_node import Choice, WithinRange, parameterNodeWrapper
-
-    def _(text: str) -> str:
-        return text
-
-    def translate(context: str, text: str) -> str:
-        return text
-
-    class ScriptedLoadableModule:
-        """Stand-in for slicer.ScriptedLoadableModule.ScriptedLoadableModule (absent in slicer-core)."""
-
-        def __init__(self, parent: Any) -> None:
-            self.parent = parent
-            self.moduleName = self.__class__.__name__
-
-        def resourcePath(self, filename: str) -> str:
-            return moduleResourcePath(filename)
-
-    class ScriptedLoadableModuleWidget:
-        """Stand-in so the widget class can be defined; it needs the application to be used."""
-
-        def __init__(self, parent: Any = None) -> None:
-            raise RuntimeError("The SkullVAE Completion widget needs the 3D Slicer application.")
-
-    class ScriptedLoadableModuleLogic:
-        """Stand-in for the logic base class: module name and the scene's singleton parameter node."""
-
-        def __init__(self, parent: Any = None) -> None:
-            self.moduleName = self.__class__.__name__.removesuffix("Logic")
-
-        def getParameterNode(self) -> Any:
-            node = slicer.mrmlScene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
-            if node is None:
-                node = slicer.vtkMRMLScriptedModuleNode()
-                node.SetName(slicer.mrmlScene.GenerateUniqueName(self.moduleName))
-                node.SetAttribute("ModuleName", self.moduleName)
-                node.SetHideFromEditors(True)
-                node.SetSingletonTag(self.moduleName)
-                node = slicer.mrmlScene.AddNode(node)
-            return node
-
-    class ScriptedLoadableModuleTest(unittest.TestCase):
-        """Stand-in for the test base class: ``delayDisplay`` logs instead of showing a message box."""
-
-        def delayDisplay(self, message: str, requestedDelay: int | None = None, msec: int | None = None) -> None:
-            logging.info(message)
-
-        def setUp(self) -> None:
-            return
+    from SkullVAECompletionLib.mrml.scripted_module import (
+        ScriptedLoadableModule,
+        ScriptedLoadableModuleLogic,
+        ScriptedLoadableModuleTest,
+        ScriptedLoadableModuleWidget,
+        translate,
+    )
+    from SkullVAECompletionLib.mrml.scripted_module import tr as _
 
 
 from SkullVAECompletionLib import mrml, options  # noqa: E402  (no torch import: the engine is imported at first use)
 from SkullVAECompletionLib.dependencies import DependencyError  # noqa: E402  (imports no slicer/torch)
 from SkullVAECompletionLib.errors import CancelledError, InputError, SkullVAEError  # noqa: E402
-from SkullVAECompletionLib.inference.detection import BY_CLASS_HEAD  # noqa: E402  (numpy and scipy only)
+from SkullVAECompletionLib.mrml.console_options import completionOptions  # noqa: E402  (the Logic's keywords)
+from SkullVAECompletionLib.mrml.synthetic_input import (  # noqa: E402  (the self-test's data; numpy only)
+    makeSyntheticSkull,
+    resampleToGrid,
+    syntheticHole,
+)
 from SkullVAECompletionLib.options import CompletionOptions, DesignOptions  # noqa: E402  (torch- and scipy-free)
 
 if TYPE_CHECKING:  # the engine (scipy, torch) is imported at first use, after the dependencies are installed
@@ -593,7 +558,6 @@ class SkullVAECompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self._designPending = False
             self.designTimer.start()
 
-
     def onExtractSkull(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Skull extraction failed."), waitCursor=True):
             from SkullVAECompletionLib import dependencies  # noqa: PLC0415
@@ -636,54 +600,6 @@ class SkullVAECompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 #
 
 
-# What the Logic's keyword arguments are called (the console API, camelCase) in CompletionOptions.
-OPTION_NAMES = {
-    "gamma": "gamma",
-    "defectType": "defect_type",
-    "method": "method",
-    "extraction": "extraction",
-    "device": "device",
-    "precision": "precision",
-    "modelPath": "model_path",
-    "smoothing": "smoothing",
-    "uncertaintySamples": "uncertainty_samples",
-    "design": "design",
-    "distanceMap": "distance_map",
-    "stlFolder": "stl_folder",
-    "maxTriangles": "max_triangles",
-}
-
-
-def completionOptions(options: CompletionOptions | None = None, **changes: Any) -> CompletionOptions:
-    """``options`` (default: all defaults) with ``changes`` given by their console names (``gamma=0.8``,
-    ``defectType="frontal"``, ``stlFolder=...``: :data:`OPTION_NAMES`) or their CompletionOptions names."""
-    fields = {}
-    for name, value in changes.items():
-        field = OPTION_NAMES.get(name, name)
-        if field not in OPTION_NAMES.values():
-            raise TypeError(f"unknown option {name!r}; known: {', '.join(OPTION_NAMES)}")
-        if field == "design" and value is None:
-            value = DesignOptions()
-        elif field in ("model_path", "stl_folder") and value is not None:
-            value = os.fspath(value)
-        fields[field] = value
-    return (options or CompletionOptions()).replace(**fields)
-
-
-@dataclass
-class CachedCompletion:
-    """What a result node needs to be re-decoded with another γ or re-designed, and its last designed implant."""
-
-    completer: Any
-    encoded: Any
-    inputMask: mrml.InputMask
-    options: CompletionOptions  # those of the result shown (γ, class and design as last updated)
-    uncertaintyNodeId: str | None
-    designed: DesignedImplant | None = None  # the result shown; its completion is where a design change starts
-    distanceModelId: str | None = None
-    summary: mrml.CompletionSummary | None = None  # of the result shown: its quality report is filled in there
-
-
 class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
     """Scriptable, blocking API; usable without the GUI and without the Slicer application (slicer-core).
 
@@ -701,7 +617,7 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
         self.useWorkerThread = HAVE_SLICER_APP
         self.completerFactory = None  # optional callable(modelPath, device) -> completer (tests, custom engines)
         self._completers: dict[tuple[str, str], Any] = {}
-        self._cache: dict[str, CachedCompletion] = {}
+        self._cache: dict[str, mrml.CachedCompletion] = {}
         self._cancelRequested = False
 
     def getParameterNode(self) -> SkullVAECompletionParameterNode:
@@ -805,13 +721,13 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
                                                                   f"{segmentationNode.GetName()} uncertainty")
                 nodes = [segmentationNode] + [n for n in (uncertaintyNode,) if n is not None]
                 mrml.addResultToScene(scene, nodes, inputNode, inputMask.transformNodeId, showSurfaces)
-                cached = CachedCompletion(completer, encoded, inputMask, options,
-                                          uncertaintyNode.GetID() if uncertaintyNode is not None else None, designed)
+                uncertaintyNodeId = uncertaintyNode.GetID() if uncertaintyNode is not None else None
+                cached = mrml.CachedCompletion(completer, encoded, inputMask, options, uncertaintyNodeId, designed)
                 summary = self._publish(segmentationNode, cached, uncertaintyNode, None, start, measure=True)
                 mrml.setResultAttributes(segmentationNode, summary, inputMask)
                 if options.stl_folder:
                     report(0.96, "Writing the implant STL")
-                    summary.stlFiles = self._exportStl(segmentationNode, designed, options, rollback)
+                    summary.stlFiles = mrml.exportImplantStl(segmentationNode, designed, options, rollback)
                 nodeId = segmentationNode.GetID()
                 self._cache[nodeId] = cached
                 rollback.onRollback(lambda: self._cache.pop(nodeId, None))
@@ -869,7 +785,7 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
                     if uncertaintyNode is not None and designed.result.uncertainty is not None:
                         mrml.updateUncertaintyVolume(uncertaintyNode, designed.result.uncertainty,
                                                      cached.inputMask.ijkToRas)
-                staleDistanceMap = self._staleDistanceModel(segmentationNode, cached)
+                staleDistanceMap = mrml.hideStaleDistanceModel(segmentationNode, cached)
                 return self._publish(segmentationNode, cached, uncertaintyNode, staleDistanceMap, start, measureFit)
         finally:
             self.isRunning = False
@@ -900,10 +816,10 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
                 mrml.updateResultSegments(segmentationNode, designed.result, cached.inputMask.ijkToRas)
                 cached.options, cached.designed = options, designed
                 if not distanceMap:
-                    self._updateDistanceModel(segmentationNode, cached, None)
+                    mrml.updateDistanceModel(segmentationNode, cached, None)
                 uncertaintyNode = segmentationNode.GetScene().GetNodeByID(cached.uncertaintyNodeId) \
                     if cached.uncertaintyNodeId else None
-                staleDistanceMap = self._staleDistanceModel(segmentationNode, cached)
+                staleDistanceMap = mrml.hideStaleDistanceModel(segmentationNode, cached)
                 return self._publish(segmentationNode, cached, uncertaintyNode, staleDistanceMap, start, True)
         finally:
             self.isRunning = False
@@ -938,15 +854,15 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
                                      self.useWorkerThread)
                 finally:
                     self.isRunning = False
-        distanceNode = self._updateDistanceModel(segmentationNode, cached,
-                                                 designed.surface() if distanceMap else None)
+        distanceNode = mrml.updateDistanceModel(segmentationNode, cached,
+                                                designed.surface() if distanceMap else None)
         if summary is not None:
             summary.setQuality(designed.quality(), distanceNode)
-            mrml.setDesignAttributes(segmentationNode, self._record(summary, cached.options.max_triangles))
+            mrml.setDesignAttributes(segmentationNode, mrml.resultRecord(summary, cached.options.max_triangles))
         return summary
 
     @contextlib.contextmanager
-    def _inPlaceUpdate(self, segmentationNode: Any, cached: CachedCompletion) -> Iterator[None]:
+    def _inPlaceUpdate(self, segmentationNode: Any, cached: mrml.CachedCompletion) -> Iterator[None]:
         """The scene side of a γ or design update. Every progress call (the cancel points) happened before it; a
         cancel requested meanwhile stops it here, before anything changes. On an error inside, the nodes it added
         are removed and the cached result and ``lastResult`` are restored (the segments' voxels may hold the new
@@ -964,18 +880,18 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
             rollback.onRollback(restore)
             yield
 
-    def _publish(self, segmentationNode: Any, cached: CachedCompletion, uncertaintyNode: Any, distanceNode: Any,
+    def _publish(self, segmentationNode: Any, cached: mrml.CachedCompletion, uncertaintyNode: Any, distanceNode: Any,
                  start: float, measure: bool) -> mrml.CompletionSummary:
         """Record a result (new or updated in place) on the result node and as ``lastResult``; its quality report is
         measured on first use when ``measure``, never otherwise (a γ preview)."""
         designed = cached.designed
-        summary = self._summary(cached.completer, designed.result, segmentationNode, uncertaintyNode, start,
-                                cached.options.design, distanceNode)
+        summary = mrml.resultSummary(cached.completer, designed.result, segmentationNode, uncertaintyNode, start,
+                                     cached.options.design, distanceNode)
         if measure and not designed.empty:
             summary.measureQuality = lambda: self.measureQuality(segmentationNode)
         cached.summary = summary
         mrml.setResultAttributes(segmentationNode, summary)
-        mrml.setDesignAttributes(segmentationNode, self._record(summary, cached.options.max_triangles))
+        mrml.setDesignAttributes(segmentationNode, mrml.resultRecord(summary, cached.options.max_triangles))
         self.lastResult = summary
         return summary
 
@@ -995,7 +911,7 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
         node.SetAttribute(mrml.ATTRIBUTE_PREFIX + "SourceVolumeID", volumeNode.GetID() or "")
         return mrml.addNodeNextTo(scene, node, volumeNode)
 
-    def _cached(self, segmentationNode: Any) -> CachedCompletion:
+    def _cached(self, segmentationNode: Any) -> mrml.CachedCompletion:
         nodeId = segmentationNode.GetID() if segmentationNode is not None else None
         cached = self._cache.get(nodeId) if nodeId else None
         if cached is None or segmentationNode.GetScene() is None:
@@ -1006,69 +922,6 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError("A completion is already running; wait for it or cancel it.")
         return cached
 
-    @staticmethod
-    def _staleDistanceModel(segmentationNode: Any, cached: CachedCompletion) -> Any:
-        """The distance map, hidden: it shows the previous implant until this one is measured (None if none)."""
-        node = segmentationNode.GetScene().GetNodeByID(cached.distanceModelId) if cached.distanceModelId else None
-        if node is not None and node.GetDisplayNode() is not None:
-            node.GetDisplayNode().SetVisibility(False)
-        return node
-
-    def _updateDistanceModel(self, segmentationNode: Any, cached: CachedCompletion, surface: Any) -> Any:
-        """Replace the distance map's surface in place, create it, or remove it (``surface`` None)."""
-        scene = segmentationNode.GetScene()
-        node = scene.GetNodeByID(cached.distanceModelId) if cached.distanceModelId else None
-        if surface is None:
-            if node is not None:
-                mrml.removeNodes(scene, [node])
-            cached.distanceModelId = None
-            return None
-        if node is None:
-            node = mrml.buildDistanceModel(surface, f"{segmentationNode.GetName()} distance to skull")
-            mrml.addNodeNextTo(scene, node, segmentationNode)
-            mrml.showDistanceModel(node, mrml.distanceColorNode(scene))
-            cached.distanceModelId = node.GetID()
-        else:
-            node.SetAndObservePolyData(surface)
-            if node.GetDisplayNode() is not None:
-                node.GetDisplayNode().SetVisibility(True)  # hidden while it showed a previous implant
-        return node
-
-    @staticmethod
-    def _record(summary: mrml.CompletionSummary, maxTriangles: int | None) -> dict:
-        from SkullVAECompletionLib.pipeline import summary_record  # noqa: PLC0415
-
-        return summary_record(summary.result, summary.modelId, summary.modelVersion,
-                              summary.design or DesignOptions(), summary.measuredFit, max_triangles=maxTriangles)
-
-    @staticmethod
-    def _exportStl(segmentationNode: Any, designed: DesignedImplant, options: CompletionOptions,
-                   rollback: mrml.SceneRollback | None = None) -> list[str]:
-        """Write the implant STL (the command line's surface: pipeline.DesignedImplant.write_stl); a rollback of the
-        run deletes the file."""
-        if designed.empty:
-            logging.warning("The implant is empty (no defect found at this γ): no STL written")
-            return []
-        path = mrml.prepareFolder(options.stl_folder) / f"{segmentationNode.GetName()} implant.stl"
-        existed = path.exists()
-        if rollback is not None and not existed:
-            rollback.onRollback(lambda: path.unlink(missing_ok=True))  # registered first: a failed write may leave it
-        return [str(designed.write_stl(path, options.stl_coordinates, options.max_triangles, overwrite=True))]
-
-    @staticmethod
-    def _summary(completer: Any, result: Any, segmentationNode: Any, uncertaintyNode: Any, start: float,
-                 design: DesignOptions | None = None, distanceNode: Any = None) -> mrml.CompletionSummary:
-        bundle = getattr(completer, "bundle", None)
-        return mrml.CompletionSummary(
-            segmentationNode=segmentationNode, uncertaintyNode=uncertaintyNode, defectType=result.defect_type,
-            detectedType=result.detected_type, detectedBy=getattr(result, "detected_by", BY_CLASS_HEAD),
-            confidence=float(getattr(result, "class_probabilities", {}).get(result.detected_type, result.confidence)),
-            gamma=float(result.gamma),
-            modelId=getattr(bundle, "model_id", "unknown"), modelVersion=getattr(bundle, "version", "unknown"),
-            device=str(getattr(completer, "device", "cpu")), seconds=mrml.elapsed(start),
-            implantVolumeMl=float(getattr(result, "implant_volume_ml", 0.0)), timings=dict(result.timings),
-            result=result, design=design, distanceNode=distanceNode)
-
 
 def _processEvents() -> Any:
     return slicer.app.processEvents if HAVE_SLICER_APP else None
@@ -1077,31 +930,6 @@ def _processEvents() -> Any:
 #
 # SkullVAECompletionTest
 #
-
-
-SYNTHETIC_HOLE_CENTRE_RAS = (35.0, 20.0, 55.0)  # a cranial defect on the upper right of the vault
-SYNTHETIC_HOLE_RADIUS_MM = 30.0
-
-
-def makeSyntheticSkull(shape: tuple[int, int, int] = (60, 70, 60), ijkToRas: np.ndarray | None = None,
-                       withHole: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """A synthetic skull-like shell centred at RAS (0, 0, 0) with a round cranial hole, indexed (i, j, k) on the grid
-    ``ijkToRas`` (default: RAS-aligned, 3 mm, centred). See ``SkullVAECompletionLib.synthetic``."""
-    from SkullVAECompletionLib import synthetic  # noqa: PLC0415  (numpy only)
-
-    if ijkToRas is None:
-        ijkToRas = synthetic.centred_ijk_to_ras(shape, (3.0, 3.0, 3.0))
-    shell = synthetic.skull_shell(shape, ijkToRas)
-    if withHole:
-        shell &= ~syntheticHole(shape, ijkToRas)
-    return shell.astype(np.uint8), np.asarray(ijkToRas, dtype=np.float64)
-
-
-def syntheticHole(shape: tuple[int, int, int], ijkToRas: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """The region removed by the synthetic skull's cranial hole (``scale`` enlarges it)."""
-    from SkullVAECompletionLib import synthetic  # noqa: PLC0415
-
-    return synthetic.cranial_defect(shape, ijkToRas, SYNTHETIC_HOLE_CENTRE_RAS, scale * SYNTHETIC_HOLE_RADIUS_MM)
 
 
 class SkullVAECompletionTest(ScriptedLoadableModuleTest):
@@ -1163,7 +991,7 @@ class SkullVAECompletionTest(ScriptedLoadableModuleTest):
             slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
                 result, segmentId, image, False)
             reference = mrml.orientedImageToArray(
-                _resampleTo(image, inputArray.shape, inputIjkToRas))[0]
+                resampleToGrid(image, inputArray.shape, inputIjkToRas))[0]
             images[segmentId] = reference.astype(bool)
         completed, implant = images[mrml.SKULL_SEGMENT_ID], images[mrml.IMPLANT_SEGMENT_ID]
         self.assertTrue(np.all(completed[inputArray > 0]), "the completed skull must contain the input bone")
@@ -1202,12 +1030,3 @@ class SkullVAECompletionTest(ScriptedLoadableModuleTest):
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore, "γ update must work in place")
         self._checkResult(result, mask, ijkToRas)
         self.delayDisplay("Segmentation input passed")
-
-
-def _resampleTo(image: Any, shape: tuple[int, int, int], ijkToRas: np.ndarray) -> Any:
-    reference = slicer.vtkOrientedImageData()
-    reference.SetExtent(0, shape[0] - 1, 0, shape[1] - 1, 0, shape[2] - 1)
-    reference.SetImageToWorldMatrix(mrml.arrayToMatrix(ijkToRas))
-    output = slicer.vtkOrientedImageData()
-    slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(image, reference, output)
-    return output

@@ -18,6 +18,11 @@ slicer = pytest.importorskip("slicer")  # slicer-core
 import SkullVAECompletion as module  # noqa: E402
 from SkullVAECompletionLib import mrml  # noqa: E402
 from SkullVAECompletionLib.inference.completion import CompletionResult, SkullCompleter  # noqa: E402
+from SkullVAECompletionLib.mrml.synthetic_input import (  # noqa: E402
+    SYNTHETIC_HOLE_CENTRE_RAS,
+    SYNTHETIC_HOLE_RADIUS_MM,
+    resampleToGrid,
+)
 
 __all__ = [
     "FakeCompleter",
@@ -119,7 +124,7 @@ def segmentArray(segmentationNode: Any, segmentId: str, shape: tuple[int, int, i
     image = slicer.vtkOrientedImageData()
     assert slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
         segmentationNode, segmentId, image, False)
-    return mrml.orientedImageToArray(module._resampleTo(image, shape, ijkToRas))[0].astype(bool)
+    return mrml.orientedImageToArray(resampleToGrid(image, shape, ijkToRas))[0].astype(bool)
 
 
 @dataclass
@@ -164,8 +169,8 @@ class FakeCompleter:
         shape = encoded.mask.shape
         ijk = np.stack(np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij"), axis=-1)
         ras = ijk @ encoded.ijkToRas[:3, :3].T.astype(np.float32) + encoded.ijkToRas[:3, 3].astype(np.float32)
-        centre = np.asarray(module.SYNTHETIC_HOLE_CENTRE_RAS, np.float32)
-        inside = ((ras - centre) ** 2).sum(axis=-1) <= (gamma * module.SYNTHETIC_HOLE_RADIUS_MM) ** 2
+        centre = np.asarray(SYNTHETIC_HOLE_CENTRE_RAS, np.float32)
+        inside = ((ras - centre) ** 2).sum(axis=-1) <= (gamma * SYNTHETIC_HOLE_RADIUS_MM) ** 2
         implant = complete.astype(bool) & ~encoded.mask & inside
         uncertainty = implant.astype(np.float32) * 0.5 if uncertainty_samples else None
         return CompletionResult(defective=encoded.mask, implant=implant.astype(np.uint8),

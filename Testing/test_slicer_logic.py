@@ -14,6 +14,7 @@ import pytest
 import SkullVAECompletion as module
 from SkullVAECompletionLib import mrml
 from SkullVAECompletionLib.errors import CancelledError, DeviceError, InputError
+from SkullVAECompletionLib.mrml.synthetic_input import SYNTHETIC_HOLE_CENTRE_RAS
 from slicer_fixtures import (  # noqa: F401  (fixtures are used by name)
     GEOMETRIES,
     addLabelmap,
@@ -202,7 +203,7 @@ def test_stl_export(scene, fake_logic, tmp_path):
     bounds = reader.GetOutput().GetBounds()  # LPS: L = -R, P = -A
     assert reader.GetOutput().GetNumberOfPoints() > 100
     centreLps = np.array([(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2])
-    hole = np.array(module.SYNTHETIC_HOLE_CENTRE_RAS) * np.array([-1, -1, 1])
+    hole = np.array(SYNTHETIC_HOLE_CENTRE_RAS) * np.array([-1, -1, 1])
     assert np.linalg.norm(centreLps - hole) < 25.0
 
 

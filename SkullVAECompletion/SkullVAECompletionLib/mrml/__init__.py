@@ -9,12 +9,18 @@ Logic can be tested and scripted outside the Slicer application. One concern per
   uncertainty volume, the distance model and the attributes saved with the scene;
 * :mod:`.scene`: adding the result nodes at once (removed again if anything fails), the subject hierarchy and
   the input's parent transform;
+* :mod:`.result_cache`: what the Logic keeps per result node to update it in place (γ, design); the result's
+  summary, saved record, distance model and implant STL;
 * :mod:`.files`: loading labelmaps, saving segmentations;
 * :mod:`.threads`: running the engine with progress and cancellation, optionally in a worker thread while the
   calling (GUI) thread keeps processing events;
-* :mod:`.parameter_node`: the module's parameters and their widgets.
+* :mod:`.console_options`: the Logic's keyword options (camelCase) as the engine's CompletionOptions;
+* :mod:`.synthetic_input`: the self-test's synthetic defective skull, and segments read back onto its grid;
+* :mod:`.parameter_node`: the module's parameters and their widgets;
+* :mod:`.scripted_module`: Slicer's scripted-module base classes, for running the module outside the application.
 
-The names of the first five are importable from the package (``from SkullVAECompletionLib import mrml``).
+The names of the first six are importable from the package (``from SkullVAECompletionLib import mrml``); the module
+imports the last four itself.
 ``slicer`` and ``vtk`` are imported lazily so that importing these files costs nothing.
 """
 
@@ -36,6 +42,14 @@ from .nodes import (  # noqa: F401
     inputMaskFromNode,
     matrixToArray,
     orientedImageToArray,
+)
+from .result_cache import (  # noqa: F401
+    CachedCompletion,
+    exportImplantStl,
+    hideStaleDistanceModel,
+    resultRecord,
+    resultSummary,
+    updateDistanceModel,
 )
 from .results import (  # noqa: F401
     ATTRIBUTE_PREFIX,
