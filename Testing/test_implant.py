@@ -1,10 +1,14 @@
 """Implant extraction: the defect is kept, misregistration speckle and stray islands are not."""
 
 import numpy as np
+import pytest
+from scipy import ndimage
 
 from SkullVAECompletionLib.extraction.implant import (
+    core_distance_mm,
     decoded_implant_region,
     implant_at_input_resolution,
+    near_input_bone,
     remove_small_islands,
 )
 from SkullVAECompletionLib.metrics import dice
@@ -70,3 +74,12 @@ def test_small_islands_are_removed():
     mask[35, 35, 35] = True  # a speck
     cleaned = remove_small_islands(mask, np.array([1.0, 1.0, 1.0]))
     assert cleaned.sum() == mask.sum() - 1
+
+
+@pytest.mark.parametrize("spacing_mm", [1.0, 2.5, 2.667, 3.2, 3.84, 4.0])
+def test_near_bone_is_the_distance_transform_within_the_core_distance(spacing_mm):
+    rng = np.random.default_rng(int(spacing_mm * 100))
+    model_input = (rng.random((30, 34, 28)) < 0.03).astype(np.float32)
+    distance = ndimage.distance_transform_edt(model_input < 0.5, sampling=spacing_mm)
+    expected = distance <= core_distance_mm(spacing_mm)
+    np.testing.assert_array_equal(near_input_bone(model_input, spacing_mm), expected)

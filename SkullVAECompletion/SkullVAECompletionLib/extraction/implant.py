@@ -26,33 +26,47 @@ BONE_THRESHOLD = 0.5  # decoded probability that counts as bone (a bundle may se
 SMOOTHING_TRUNCATE = 4.0  # scipy's default reach of the Gaussian, in σ
 
 
-def distance_to_input_bone(model_input: np.ndarray, spacing_mm: float) -> np.ndarray:
-    """Distance (mm) of each model voxel to the input's bone; it does not depend on γ, so callers cache it."""
-    return ndimage.distance_transform_edt(~(model_input >= 0.5), sampling=spacing_mm)
+def core_distance_mm(spacing_mm: float) -> float:
+    """How far from the input's bone decoded bone must lie to be the core of a defect (not a misregistration sliver)."""
+    return max(CORE_DISTANCE_MM, CORE_DISTANCE_VOXELS * spacing_mm)
+
+
+def near_input_bone(model_input: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """Model voxels within :func:`core_distance_mm` of the input's bone (Euclidean, between voxel centres); it does not
+    depend on γ, so callers cache it.
+
+    The bone dilated by a ball: the same voxels as a distance transform's ``distance ≤ core distance``, with the
+    distance worked out the same way, without computing every voxel's distance.
+    """
+    reach = core_distance_mm(spacing_mm)
+    steps = int(reach // spacing_mm)
+    offsets = np.mgrid[-steps : steps + 1, -steps : steps + 1, -steps : steps + 1].astype(np.float64) * spacing_mm
+    ball = np.sqrt(np.add.reduce(offsets * offsets, axis=0)) <= reach
+    return ndimage.binary_dilation(model_input >= 0.5, structure=ball)
 
 
 def decoded_implant_region(
     bone_probability: np.ndarray,
     model_input: np.ndarray,
     spacing_mm: float,
-    distance_mm: np.ndarray | None = None,
+    near_bone: np.ndarray | None = None,
     threshold: float = BONE_THRESHOLD,
 ) -> np.ndarray:
     """Model-grid region where the implant may be: the cores of decoded-minus-input bone, grown back.
 
-    ``distance_mm``: :func:`distance_to_input_bone` of ``model_input``, if already computed; ``threshold``: the
-    decoded probability that counts as bone. Returns a bool array on the model grid (empty when the decoded skull
-    adds nothing).
+    ``near_bone``: :func:`near_input_bone` of ``model_input``, if already computed; ``threshold``: the decoded
+    probability that counts as bone. Returns a bool array on the model grid (empty when the decoded skull adds
+    nothing).
     """
     decoded = bone_probability > threshold
     input_bone = model_input >= 0.5
     candidate = decoded & ~input_bone
     if not candidate.any():
         return candidate
-    if distance_mm is None:
-        distance_mm = distance_to_input_bone(model_input, spacing_mm)
-    core_distance = max(CORE_DISTANCE_MM, CORE_DISTANCE_VOXELS * spacing_mm)
-    core = candidate & (distance_mm > core_distance)
+    if near_bone is None:
+        near_bone = near_input_bone(model_input, spacing_mm)
+    core_distance = core_distance_mm(spacing_mm)
+    core = candidate & ~near_bone
     core &= ~covered_by_bone(core, model_input, spacing_mm)
     core = keep_large_components(core, MIN_CORE_FRACTION)
     if not core.any():

@@ -24,8 +24,8 @@ from ..errors import CancelledError, DeviceError, InputError
 from ..extraction.implant import (
     BONE_THRESHOLD,
     decoded_implant_region,
-    distance_to_input_bone,
     implant_at_input_resolution,
+    near_input_bone,
 )
 from ..extraction.mirror import check_unilateral, mirror_implant, mirror_skull, quick_midsagittal_plane
 from ..extraction.rim import HoleSearch, RimOptions, find_holes_in, fit_implant
@@ -80,7 +80,7 @@ class EncodedSkull:
     logvar: torch.Tensor
     class_probabilities: dict[str, float]
     decode_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
-    distance_mm: np.ndarray | None = field(default=None, repr=False)  # to the input bone; γ-independent, cached
+    near_bone_mask: np.ndarray | None = field(default=None, repr=False)  # model voxels near its bone; cached
     mirror: Any = field(default=None, repr=False)  # mirror.MirrorResult of the input; γ-independent, cached
     midsagittal: Any = field(default=None, repr=False)  # mirror.Plane for the rim stage's healthy-side checks
     mirrored: tuple | None = field(default=None, repr=False)  # (input ∪ its mirror image, its grid); cached
@@ -97,10 +97,11 @@ class EncodedSkull:
                 self.model_input, self.mapping.model_to_ras)
         return None if self.midsagittal is None else self.midsagittal.matrix()
 
-    def distance_to_bone(self) -> np.ndarray:
-        if self.distance_mm is None:
-            self.distance_mm = distance_to_input_bone(self.model_input, self.mapping.grid.spacing_mm)
-        return self.distance_mm
+    def near_bone(self) -> np.ndarray:
+        """Model voxels near the input's bone (implant.near_input_bone): γ-independent, made once."""
+        if self.near_bone_mask is None:
+            self.near_bone_mask = near_input_bone(self.model_input, self.mapping.grid.spacing_mm)
+        return self.near_bone_mask
 
     @property
     def head_type(self) -> str:
@@ -609,7 +610,7 @@ class SkullCompleter:
         learning_rate = float(options.get("refine_lr", 0.05))
         prior_weight = float(options.get("refine_prior_weight", 1e-3))
         spacing = encoded.mapping.grid.spacing_mm
-        free = decoded_implant_region(self._decode(z0)[0], encoded.model_input, spacing, encoded.distance_to_bone())
+        free = decoded_implant_region(self._decode(z0)[0], encoded.model_input, spacing, encoded.near_bone())
         weight = torch.from_numpy((~free).astype(np.float32))[None]
         target = torch.from_numpy(encoded.model_input)[None]
 
@@ -744,7 +745,7 @@ def decoded_implant(encoded: EncodedSkull, probability: np.ndarray, options: dic
     an implant (uint8, input grid) to add it to; ``within``: an input-index box (lo, hi) to confine it to."""
     threshold = float(options.get("decode_threshold", {}).get(defect_type, BONE_THRESHOLD))
     region = decoded_implant_region(probability, encoded.model_input, encoded.mapping.grid.spacing_mm,
-                            encoded.distance_to_bone(), threshold)
+                            encoded.near_bone(), threshold)
     return implant_at_input_resolution(probability, region, encoded.defective, encoded.mapping, smoothing, threshold,
                                        out, within)
 
