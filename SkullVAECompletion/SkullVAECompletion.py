@@ -685,8 +685,10 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
             scene = inputNode.GetScene()
             if scene is None:
                 raise InputError(f"{mrml.describeNode(inputNode)} is not in a scene.")
-            if self.useWorkerThread:
-                inputMask.mask = np.array(inputMask.mask, copy=True)  # the worker must not read the node's memory
+            if inputMask.mask.base is not None:
+                # A view of the node's voxels: the engine keeps its input for γ steps, and a worker thread reads it
+                # while the scene may change, so it gets its own copy (which the engine then uses as it is).
+                inputMask.mask = np.array(inputMask.mask, copy=True)
             modelPath = options.model_path if options.model_path is not None else self.modelPath
             if options.stl_folder:
                 mrml.prepareFolder(options.stl_folder)

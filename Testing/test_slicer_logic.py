@@ -396,3 +396,16 @@ def test_region_model_detection_and_override_on_the_node(scene, region_bundle):
     with pytest.raises(InputError, match="unknown defect class 'cranial'"):
         logic.process(node, defectType="cranial")
     assert nodeCount(scene) == before
+
+
+def test_the_cached_completion_keeps_no_view_of_the_input_nodes_voxels(scene, real_logic):
+    """γ steps reuse the encoding: it must hold its own copy of the input, not the node's memory (which the user may
+    edit, or another thread change)."""
+    shape, ijkToRas = GEOMETRIES["ras_3mm"]
+    defective, _ = module.makeSyntheticSkull(shape, ijkToRas)
+    node = addLabelmap(scene, defective.astype(np.uint8), ijkToRas)
+    voxels = slicer.util.arrayFromVolume(node)
+    result = real_logic.process(node)
+    encoded = real_logic._cache[result.GetID()].encoded
+    assert not np.shares_memory(encoded.defective, voxels)
+    assert np.array_equal(encoded.defective, voxels.transpose(2, 1, 0) > 0)

@@ -107,7 +107,8 @@ def _to_binary(array: np.ndarray, name: str, label: int | None) -> np.ndarray:
     if high == 0:
         return array.astype(bool)  # empty: reported by the caller
     if high == 1 and array.dtype.kind in "iu":
-        return array.astype(bool)  # integers within [0, 1] are binary: skip the (slow) full check below
+        # Integers within [0, 1] are binary: skip the (slow) full check below; bytes 0/1 are read as bool in place.
+        return array.view(bool) if array.itemsize == 1 else array.astype(bool)
     # One pass: anything that is neither 0 nor the maximum makes it non-binary.
     if np.any((array != 0) & (array != high)):
         values = _labels(array)
