@@ -1,5 +1,7 @@
 """Geometry: defect-independent placement, orientation handling, and the model-grid round trip."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,8 @@ from SkullVAECompletionLib.preprocessing.geometry import (
     _pool_factors,
     _pool_phase,
     plan_mapping,
+    planning_counts,
+    pooled_counts,
     pooled_occupancy,
     to_input_grid,
     to_model_grid,
@@ -167,3 +171,26 @@ def test_nonzero_bounds_of_every_layout(layout):
         np.testing.assert_array_equal(lo, expected.min(axis=0))
         np.testing.assert_array_equal(hi, expected.max(axis=0) + 1)
         assert nonzero_bounds(np.zeros_like(array)) is None
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_model_grid_from_the_planning_counts_is_the_same(seed):
+    rng = np.random.default_rng(100 + seed)
+    shape = tuple(int(n) for n in rng.integers(20, 60, 3))
+    mask = np.asfortranarray(rng.random(shape) < 0.2)
+    spacing = [rng.uniform(0.4, 1.2, 3), np.full(3, 0.5), np.array([0.48, 0.48, 0.75])][seed % 3]
+    matrix = np.diag([*spacing, 1.0])
+    matrix[:3, 3] = rng.uniform(-40, 40, 3)
+    grid = GridSpec(shape=(16, 20, 16), spacing_mm=float(rng.choice([3.2, 4.0])))
+    counts = planning_counts(mask, matrix, grid)
+    np.testing.assert_array_equal(counts.occupancy()[0], pooled_occupancy(mask, matrix, grid.spacing_mm / 2)[0])
+    for scale in (1.0, 0.97, 1.1):
+        mapping = plan_mapping(mask, matrix, dataclasses.replace(grid, spacing_mm=grid.spacing_mm * scale))
+        np.testing.assert_array_equal(to_model_grid(mask, mapping, counts), to_model_grid(mask, mapping))
+    # Blocks twice the planning blocks: merged, not counted again (and the same integers).
+    factors = tuple(2 * f for f in counts.factors)
+    merged = counts.merged(factors)
+    direct = pooled_counts(mask, matrix, float(np.max(spacing * np.asarray(factors))) + 1e-9)
+    if direct.factors == factors:
+        np.testing.assert_array_equal(merged.counts, direct.counts)
+        np.testing.assert_array_equal(merged.lo, direct.lo)

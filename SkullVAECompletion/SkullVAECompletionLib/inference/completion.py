@@ -45,7 +45,7 @@ from ..preprocessing.geometry import (
     GridMapping,
     bone_points_ras,
     plan_mapping_from_bone,
-    planning_occupancy,
+    planning_counts,
     refined_mapping,
     skull_frame,
     to_input_grid,
@@ -292,7 +292,8 @@ class SkullCompleter:
         defective = validate_mask(mask, ijk_to_ras, name=name, label=label)
         _report(progress, 0.1, "Mapping the skull to the model grid")
         grid = self.bundle.grid
-        occupancy, occ_to_ras = planning_occupancy(defective, ijk_to_ras, grid)
+        counts = planning_counts(defective, ijk_to_ras, grid)
+        occupancy, occ_to_ras = counts.occupancy()
         points = bone_points_ras(occupancy, occ_to_ras)
         frame = skull_frame(points, grid.base_slab_mm)
         tick = time.perf_counter()
@@ -300,7 +301,7 @@ class SkullCompleter:
                           frame.size_mm, frame.extents_mm, name)
         shell_seconds = time.perf_counter() - tick
         mapping = plan_mapping_from_bone(points, tuple(defective.shape), ijk_to_ras, grid, frame)
-        model_input = to_model_grid(defective, mapping)
+        model_input = to_model_grid(defective, mapping, counts)
         if model_input.max() < 0.5:
             raise InputError(f"{name}: the skull does not overlap the model grid; check the volume's geometry")
         _report(progress, 0.3, "Encoding")

@@ -122,11 +122,54 @@ def _pool_phase(ijk_to_ras: np.ndarray, factors: tuple[int, int, int]) -> np.nda
     return (np.floor(anchor).astype(np.int64) + 1) % np.asarray(factors)
 
 
-def pooled_occupancy(mask: np.ndarray, ijk_to_ras: np.ndarray, target_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """Block-averaged bone fraction of a 0/1 mask's bounding box, and its index → RAS matrix.
+@dataclass(frozen=True)
+class PooledCounts:
+    """A mask's bone voxels per pooling block over its bounding box: the integers behind :func:`pooled_occupancy`."""
 
-    Only the skull's bounding box is read, a slab of whole blocks at a time (bounded memory). Blocks are counted
-    in integers and divided in float32: the same values as averaging the mask in float32, without a float copy.
+    counts: np.ndarray  # uint32, blocks along (i, j, k)
+    factors: tuple[int, int, int]  # input voxels per block along each axis
+    lo: np.ndarray  # input index where the first block begins (below 0: zero padding)
+    ijk_to_ras: np.ndarray
+
+    def occupancy(self) -> tuple[np.ndarray, np.ndarray]:
+        """The bone fraction per block (float32) and its index → RAS matrix."""
+        f = np.asarray(self.factors)
+        pooled = self.counts.astype(np.float32) / np.float32(np.prod(f))
+        # Pooled voxel p covers input voxels lo + f·p … lo + f·p + f − 1: its centre is at lo + f·p + (f − 1)/2.
+        scale = np.diag([*self.factors, 1]).astype(float)
+        scale[:3, 3] = self.lo + (f - 1) / 2.0
+        return pooled, np.asarray(self.ijk_to_ras, dtype=float) @ scale
+
+    def merged(self, factors: tuple[int, int, int]) -> PooledCounts | None:
+        """The counts on blocks of ``factors`` voxels, when those are whole multiples of these blocks (both are
+        anchored on :data:`POOLING_ANCHOR_RAS`, so the larger blocks are unions of these): the same integers as
+        counting the mask again. None when they are not multiples."""
+        ratio, remainder = np.divmod(np.asarray(factors), self.factors)
+        if np.any(remainder) or np.any(ratio < 1):
+            return None
+        big = np.asarray(factors)
+        lo = self.lo - (self.lo - _pool_phase(self.ijk_to_ras, factors)) % big
+        hi = self.lo + np.asarray(self.counts.shape) * np.asarray(self.factors)
+        hi = hi + (-(hi - lo)) % big
+        before = (self.lo - lo) // np.asarray(self.factors)
+        padded = np.zeros(tuple((hi - lo) // np.asarray(self.factors)), np.uint32)
+        padded[tuple(slice(int(b), int(b) + n) for b, n in zip(before, self.counts.shape, strict=True))] = self.counts
+        blocks = (hi - lo) // big
+        counts = padded.reshape(blocks[0], ratio[0], blocks[1], ratio[1], blocks[2], ratio[2]).sum(
+            axis=(1, 3, 5), dtype=np.uint32)
+        return PooledCounts(counts, tuple(int(n) for n in big), lo, self.ijk_to_ras)
+
+
+def pooled_occupancy(mask: np.ndarray, ijk_to_ras: np.ndarray, target_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Block-averaged bone fraction of a 0/1 mask's bounding box, and its index → RAS matrix."""
+    return pooled_counts(mask, ijk_to_ras, target_mm).occupancy()
+
+
+def pooled_counts(mask: np.ndarray, ijk_to_ras: np.ndarray, target_mm: float) -> PooledCounts:
+    """Bone voxels of a 0/1 mask per block of at most ``target_mm`` (blocks anchored on a fixed world point).
+
+    Only the skull's bounding box is read, a slab of whole blocks at a time (bounded memory), and counted in
+    integers: divided in float32 they give the same values as averaging the mask in float32, without a float copy.
     """
     bounds = nonzero_bounds(mask)
     if bounds is None:
@@ -138,10 +181,9 @@ def pooled_occupancy(mask: np.ndarray, ijk_to_ras: np.ndarray, target_mm: float)
     lo = lo - (lo - _pool_phase(ijk_to_ras, factors)) % f
     hi = hi + (-(hi - lo)) % f
     blocks = (hi - lo) // f
-    pooled = np.empty(tuple(int(b) for b in blocks), dtype=np.float32)
+    counted = np.empty(tuple(int(b) for b in blocks), dtype=np.uint32)
     row_bytes = int(-(-(hi[0] - lo[0]) // 8) * 8)  # rows along i padded to whole 64-bit words (block_counts)
     slab_blocks = max(1, int(POOLING_SLAB_VOXELS // max(1, row_bytes * (hi[1] - lo[1]) * f[2])))
-    block_voxels = np.float32(np.prod(f))
     for first in range(0, int(blocks[2]), slab_blocks):
         last = min(int(blocks[2]), first + slab_blocks)
         slab_lo = np.array([lo[0], lo[1], lo[2] + first * f[2]])
@@ -156,11 +198,8 @@ def pooled_occupancy(mask: np.ndarray, ijk_to_ras: np.ndarray, target_mm: float)
                   crop.T, casting="unsafe")
         counts = block_counts(slab, (int(f[2]), int(f[1])))[..., : blocks[0] * f[0]]
         counts = counts.reshape(counts.shape[0], counts.shape[1], int(blocks[0]), int(f[0]))
-        pooled[:, :, first:last] = (counts.sum(axis=3, dtype=np.float32) / block_voxels).T
-    # Pooled voxel p covers input voxels lo + f·p … lo + f·p + f − 1: its centre is at lo + f·p + (f − 1)/2.
-    scale = np.diag([*factors, 1]).astype(float)
-    scale[:3, 3] = lo + (f - 1) / 2.0
-    return pooled, np.asarray(ijk_to_ras, dtype=float) @ scale
+        counted[:, :, first:last] = counts.sum(axis=3, dtype=np.uint32).T
+    return PooledCounts(counted, factors, lo, np.asarray(ijk_to_ras, dtype=float))
 
 
 def block_counts(volume: np.ndarray, factors: tuple[int, int]) -> np.ndarray:
@@ -194,7 +233,12 @@ def plan_mapping(mask: np.ndarray, ijk_to_ras: np.ndarray, grid: GridSpec) -> Gr
 
 def planning_occupancy(mask: np.ndarray, ijk_to_ras: np.ndarray, grid: GridSpec) -> tuple[np.ndarray, np.ndarray]:
     """The bone fraction the grid is planned on (half the model spacing) and its index → RAS matrix."""
-    return pooled_occupancy(mask, ijk_to_ras, grid.spacing_mm / 2)
+    return planning_counts(mask, ijk_to_ras, grid).occupancy()
+
+
+def planning_counts(mask: np.ndarray, ijk_to_ras: np.ndarray, grid: GridSpec) -> PooledCounts:
+    """The block counts behind :func:`planning_occupancy` (:func:`to_model_grid` can reuse them)."""
+    return pooled_counts(mask, ijk_to_ras, grid.spacing_mm / 2)
 
 
 def bone_points_ras(occupancy: np.ndarray, occ_to_ras: np.ndarray) -> np.ndarray:
@@ -291,9 +335,16 @@ def refined_mapping(mapping: GridMapping, spacing_mm: float) -> GridMapping:
     return replace(mapping, grid=grid, model_to_ras=model_to_ras)
 
 
-def to_model_grid(mask: np.ndarray, mapping: GridMapping) -> np.ndarray:
-    """Bone fraction of the input on the model grid, float32 in [0, 1]."""
-    occupancy, occ_to_ras = pooled_occupancy(mask, mapping.ijk_to_ras, mapping.grid.spacing_mm)
+def to_model_grid(mask: np.ndarray, mapping: GridMapping, counts: PooledCounts | None = None) -> np.ndarray:
+    """Bone fraction of the input on the model grid, float32 in [0, 1].
+
+    ``counts``: the same mask's finer block counts (:func:`planning_counts`); where the model grid's blocks are
+    whole multiples of them they are added up instead of reading the mask again (same values).
+    """
+    factors = _pool_factors(voxel_spacing(mapping.ijk_to_ras), mapping.grid.spacing_mm)
+    merged = counts.merged(factors) if counts is not None else None
+    occupancy, occ_to_ras = merged.occupancy() if merged is not None else pooled_occupancy(
+        mask, mapping.ijk_to_ras, mapping.grid.spacing_mm)
     return occupancy_to_model_grid(occupancy, occ_to_ras, mapping)
 
 
