@@ -17,7 +17,8 @@ slicer = pytest.importorskip("slicer")  # slicer-core
 
 import SkullVAECompletion as module  # noqa: E402
 from SkullVAECompletionLib import mrml  # noqa: E402
-from SkullVAECompletionLib.inference.completion import CompletionResult, SkullCompleter  # noqa: E402
+from SkullVAECompletionLib.inference.completion import SkullCompleter  # noqa: E402
+from SkullVAECompletionLib.inference.results import CompletionResult  # noqa: E402
 from SkullVAECompletionLib.mrml.synthetic_input import (  # noqa: E402
     SYNTHETIC_HOLE_CENTRE_RAS,
     SYNTHETIC_HOLE_RADIUS_MM,

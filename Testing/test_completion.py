@@ -6,7 +6,9 @@ import torch
 
 from SkullVAECompletionLib.errors import CancelledError, DeviceError, InputError
 from SkullVAECompletionLib.inference import completion as completion_module
-from SkullVAECompletionLib.inference.completion import SkullCompleter, check_cancel, resolve_device
+from SkullVAECompletionLib.inference.completion import SkullCompleter
+from SkullVAECompletionLib.inference.device import resolve_device
+from SkullVAECompletionLib.inference.progress import check_cancel
 from SkullVAECompletionLib.synthetic import cranial_defect, defective_pair
 
 

@@ -125,7 +125,7 @@ def test_self_intersection_check_finds_crossing_surfaces():
 
 
 def test_apply_design_recomputes_the_completed_skull(case):
-    from SkullVAECompletionLib.inference.completion import CompletionResult
+    from SkullVAECompletionLib.inference.results import CompletionResult
 
     implant, defective = case["implant"].astype(np.uint8), case["defective"].astype(np.uint8)
     result = CompletionResult(defective=defective, implant=implant, defect_type="cranial",

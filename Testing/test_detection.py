@@ -121,16 +121,16 @@ def region_completer(region_bundle):
 
 
 def _count_fits(monkeypatch) -> list[int]:
-    from SkullVAECompletionLib.inference import completion
+    from SkullVAECompletionLib.inference import implant_stage
 
     calls: list[int] = []
-    original = completion.fit_implant
+    original = implant_stage.fit_implant
 
     def counted(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(completion, "fit_implant", counted)
+    monkeypatch.setattr(implant_stage, "fit_implant", counted)
     return calls
 
 

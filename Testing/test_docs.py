@@ -115,7 +115,8 @@ def _types() -> dict[str, object]:
     """What the README's example variables are (their names are the README's convention)."""
     import SkullVAECompletion
     from SkullVAECompletionLib import mrml
-    from SkullVAECompletionLib.inference.completion import CompletionResult, EncodedSkull, SkullCompleter
+    from SkullVAECompletionLib.inference.completion import SkullCompleter
+    from SkullVAECompletionLib.inference.results import CompletionResult, EncodedSkull
 
     return {
         "SkullVAECompletion": SkullVAECompletion,

@@ -89,7 +89,7 @@ def test_cli_design_options_summary_and_distance_map(tmp_path, synthetic_case, m
     from SkullVAECompletionLib import cli
     from SkullVAECompletionLib.imageio.surfaces import surface_topology
     from SkullVAECompletionLib.imageio.volumes import write_mask
-    from SkullVAECompletionLib.inference.completion import CompletionResult
+    from SkullVAECompletionLib.inference.results import CompletionResult
 
     bundle = SimpleNamespace(model_id="stand-in", version="0.0.1")
 

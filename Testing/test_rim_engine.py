@@ -62,7 +62,7 @@ def test_union_is_the_rim_implant_plus_the_decoded_bone(completer, encoded):
 def test_union_adds_no_decoded_bone_where_the_rim_finds_no_defect(completer, synthetic_case):
     """A complete skull and a decode a voxel thicker all round: decoded-minus-input bone everywhere along the skull
     (the paper's way makes an implant of it), but no defect for the rim stage, so the union adds nothing."""
-    from SkullVAECompletionLib.inference.completion import extract_implant
+    from SkullVAECompletionLib.inference.implant_stage import extract_implant
     from SkullVAECompletionLib.preprocessing.geometry import to_model_grid
 
     complete = synthetic_case["complete"]

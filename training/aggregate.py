@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from SkullVAECompletionLib.inference import regions
-from SkullVAECompletionLib.inference.completion import EncodedSkull, SkullCompleter
+from SkullVAECompletionLib.inference.completion import SkullCompleter
+from SkullVAECompletionLib.inference.results import EncodedSkull
 from SkullVAECompletionLib.inference.trust import TrustPolicy, policy_from_validation, reconstruction_trust
 from SkullVAECompletionLib.metrics import boundary_dice, defect_area_fill, dice
 from SkullVAECompletionLib.model.bundle import ModelBundle, load_bundle, save_bundle

@@ -28,16 +28,13 @@ from tqdm import tqdm
 from SkullVAECompletionLib.errors import InputError
 from SkullVAECompletionLib.extraction.implant import decoded_implant_region
 from SkullVAECompletionLib.inference import regions
-from SkullVAECompletionLib.inference.completion import (
-    EXTRACTION_CHOICES,
-    CompletionResult,
-    EncodedSkull,
-    SkullCompleter,
-    extract_implant,
-)
+from SkullVAECompletionLib.inference.completion import SkullCompleter
+from SkullVAECompletionLib.inference.implant_stage import extract_implant
+from SkullVAECompletionLib.inference.results import CompletionResult, EncodedSkull
 from SkullVAECompletionLib.metrics import defect_area_fill, defect_fill, implant_metrics
 from SkullVAECompletionLib.model.bundle import ModelBundle, load_bundle, save_bundle
 from SkullVAECompletionLib.model.networks import bone_probability
+from SkullVAECompletionLib.options import EXTRACTION_CHOICES
 from SkullVAECompletionLib.preprocessing.geometry import to_model_grid
 from training.aggregate import (
     Stage1Decoding,

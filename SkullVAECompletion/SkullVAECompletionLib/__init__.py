@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 # Public names and the module that holds each; loaded on first use (the package import stays torch-free).
 _LAZY = {
     "SkullCompleter": "inference.completion",
-    "CompletionResult": "inference.completion",
+    "CompletionResult": "inference.results",
     "load_bundle": "model.bundle",
     "DesignOptions": "options",
     "CompletionOptions": "options",

@@ -22,12 +22,12 @@ from .design.shaping import apply_design
 from .inference.detection import BY_CLASS_HEAD
 from .options import DEFAULT_STL_COORDINATES, CompletionOptions, DesignOptions
 
-ProgressCallback = Any  # callable(fraction, message); see completion.ProgressCallback
+ProgressCallback = Any  # callable(fraction, message); see inference.progress.ProgressCallback
 
 
 def complete(completer: Any, encoded: Any, options: CompletionOptions, progress: ProgressCallback | None = None,
              uncertainty: bool = True) -> Any:
-    """The completion (:class:`~.inference.completion.CompletionResult`) of an encoded skull with ``options``;
+    """The completion (:class:`~.inference.results.CompletionResult`) of an encoded skull with ``options``;
     ``uncertainty=False`` skips the uncertainty map (the γ slider's preview)."""
     return completer.complete(
         encoded,

@@ -352,7 +352,7 @@ def apply_clearance(
 
 
 def apply_design(result: Any, ijk_to_ras: np.ndarray, options: DesignOptions) -> tuple[Any, DesignResult]:
-    """A :class:`~SkullVAECompletionLib.inference.completion.CompletionResult` with the design applied against the skull
+    """A :class:`~SkullVAECompletionLib.inference.results.CompletionResult` with the design applied against the skull
     it completed (``result.defective``).
 
     Returns a copy of ``result`` with the designed implant, completed = defective ∪ implant, the new implant

@@ -1,1 +1,2 @@
-"""Inference: the completion engine, its trust figure, the defect detection and the defect regions."""
+"""Inference: the completion engine (orchestration, results, latent arithmetic, implant stage, device and progress),
+its trust figure, the defect detection and the defect regions."""

@@ -4,193 +4,50 @@
 >>> encoded = completer.encode(mask, ijk_to_ras)       # validates, maps to the model grid, encodes μ
 >>> result = completer.complete(encoded, gamma=1.0)    # a new γ only re-decodes
 >>> result.implant, result.completed                   # uint8 arrays on the input's voxel grid
+
+:class:`SkullCompleter` holds the model on its device and runs the steps: the result types are in :mod:`.results`,
+the latent arithmetic (DEV shift, k-NN DEV, refinement, uncertainty) in :mod:`.latent`, the implant cut from the
+expected skull in :mod:`.implant_stage`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import CancelledError, DeviceError, InputError
-from ..extraction.implant import (
-    BONE_THRESHOLD,
-    decoded_implant_region,
-    implant_at_input_resolution,
-    near_input_bone,
-)
-from ..extraction.mirror import check_unilateral, mirror_implant, mirror_skull, quick_midsagittal_plane
-from ..extraction.rim import HoleSearch, RimOptions, find_holes_in, fit_implant
+from ..errors import DeviceError, InputError
+from ..extraction.mirror import mirror_implant, mirror_skull
+from ..extraction.rim import HoleSearch, RimOptions, find_holes_in
 from ..model.bundle import ModelBundle, load_bundle
 from ..model.networks import bone_probability
-from ..options import (
-    AUTO,
-    DECODER_METHODS,
-    DEFAULT_EXTRACTION,
-    DEVICE_CHOICES,
-    EXTRACTION_CHOICES,
-    METHOD_CHOICES,
-    PRECISION_CHOICES,
-    RIM_EXTRACTIONS,
-)
+from ..options import AUTO, DECODER_METHODS, METHOD_CHOICES, PRECISION_CHOICES, RIM_EXTRACTIONS
 from ..preprocessing.geometry import (
-    GridMapping,
     bone_points_ras,
     plan_mapping_from_bone,
     planning_counts,
-    refined_mapping,
     skull_frame,
-    to_input_grid,
     to_model_grid,
 )
 from ..preprocessing.validation import validate_mask
-from .detection import BY_CLASS_HEAD, BY_DEFECT_POSITION, located_class, region_at
-from .regions import COMPLETE
-from .trust import Trust, TrustPolicy, UntrustedInputError, check_skull_shell, reconstruction_trust
+from .detection import BY_DEFECT_POSITION, located_class, no_defect_is_complete, region_at
+from .device import autocast, half_precision_agreement, resolve_device
+from .implant_stage import completion_warnings, extract_implant, extraction_for, mirrored_expectation
+from .latent import class_probabilities, refined_latent, shifted_latent, uncertainty_map
+from .progress import ProgressCallback, report_progress
+from .results import CompletionResult, EncodedSkull
+from .trust import TrustPolicy, UntrustedInputError, check_skull_shell, reconstruction_trust
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[float, str], None]
 # The choices (devices, precisions, methods, extractions) are in options.py, shared with the GUI and the CLI.
 HALF_PRECISION_MIN_DICE = 0.995  # "auto" uses float16 only if its decoded skull agrees this well with float32
 DECODE_CACHE_SIZE = 8
-UNION_MARGIN_MM = 5.0  # "union": the decoded bone is added this close to the rim's defects (their boxes) only
-MIRROR_GRID_MM = 2.0  # grid of the mirror method's expected skull
-# Skull sizes (relative to the model's reference size) on which the size-normalised completion was validated.
-VALIDATED_SCALE_RANGE = (0.75, 1.25)
-UNCERTAINTY_SEED = 20220929  # fixed: the same input gives the same uncertainty map
-
-
-@dataclass
-class EncodedSkull:
-    """A skull mapped to the model grid and encoded; reused for every γ."""
-
-    mapping: GridMapping
-    defective: np.ndarray  # bool, input grid (i, j, k); the caller's data, never modified
-    model_input: np.ndarray  # float32 bone fraction on the model grid
-    mu: torch.Tensor  # (1, latent) on the CPU
-    logvar: torch.Tensor
-    class_probabilities: dict[str, float]
-    decode_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
-    near_bone_mask: np.ndarray | None = field(default=None, repr=False)  # model voxels near its bone; cached
-    mirror: Any = field(default=None, repr=False)  # mirror.MirrorResult of the input; γ-independent, cached
-    midsagittal: Any = field(default=None, repr=False)  # mirror.Plane for the rim stage's healthy-side checks
-    mirrored: tuple | None = field(default=None, repr=False)  # (input ∪ its mirror image, its grid); cached
-    # (class, what decided it) once an "auto" completion has located the defect (detection.py); γ-independent.
-    located: tuple[str, str] | None = None
-    trust: Trust | None = None  # how well the model reads this input (trust.py)
-    check_seconds: dict[str, float] = field(default_factory=dict)  # what the shell check and the trust cost
-
-    def midsagittal_reflection(self) -> np.ndarray | None:
-        """The 4×4 RAS reflection about the skull's mid-sagittal plane (the mirror method's when it has run, else a
-        quick fit on the model grid; cached), or None when no plane can be found."""
-        if self.midsagittal is None:
-            self.midsagittal = self.mirror.plane if self.mirror is not None else quick_midsagittal_plane(
-                self.model_input, self.mapping.model_to_ras)
-        return None if self.midsagittal is None else self.midsagittal.matrix()
-
-    def near_bone(self) -> np.ndarray:
-        """Model voxels near the input's bone (implant.near_input_bone): γ-independent, made once."""
-        if self.near_bone_mask is None:
-            self.near_bone_mask = near_input_bone(self.model_input, self.mapping.grid.spacing_mm)
-        return self.near_bone_mask
-
-    @property
-    def head_type(self) -> str:
-        """The class head's (or nearest centroid's) most likely class."""
-        return max(self.class_probabilities, key=self.class_probabilities.get)
-
-    @property
-    def detected_type(self) -> str:
-        """The detected class: where the defect lies once an "auto" completion has located it, else the head's."""
-        return self.located[0] if self.located else self.head_type
-
-    @property
-    def detected_by(self) -> str:
-        return self.located[1] if self.located else BY_CLASS_HEAD
-
-
-@dataclass
-class CompletionResult:
-    """One completion on the input grid. ``completed`` (uint8 0/1) = ``defective`` ∪ ``implant``, made on first use:
-    a γ step that only updates the implant's box (the module's slider) does not pay for a whole-volume pass."""
-
-    defective: np.ndarray = field(repr=False)  # the input skull (bool or 0/1), never modified
-    implant: np.ndarray  # uint8 0/1 on the input grid
-    defect_type: str
-    detected_type: str
-    confidence: float
-    gamma: float
-    method: str
-    uncertainty: np.ndarray | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    implant_volume_ml: float = 0.0
-    extraction: str = DEFAULT_EXTRACTION
-    message: str = ""  # why the implant is empty or partial (e.g. "no defect found"); "" when all went well
-    holes: list = field(default_factory=list)  # rim.Hole per defect found by the rim stage
-    # The rim stage's signed fields [(block, lo corner)], > 0 exactly on the implant's voxels: the STL's surfaces.
-    implant_field: list | None = field(default=None, repr=False)
-    # The rim stage's fields of the defects it found, also when the implant is more than they describe ("union"):
-    # where the defect lies decides its class (detection.py).
-    defect_fields: list | None = field(default=None, repr=False)
-    class_probabilities: dict[str, float] = field(default_factory=dict)  # the model's, for the detection
-    detected_by: str = BY_CLASS_HEAD  # what decided detected_type: the class head or the defect's position
-    trust: Trust | None = None  # how well the model reads the input (trust.py)
-    warnings: list[str] = field(default_factory=list)  # what the user should know before using the implant
-    _completed: np.ndarray | None = field(default=None, init=False, repr=False)
-
-    @property
-    def completed(self) -> np.ndarray:
-        """The completed skull, uint8 0/1 on the input grid (made once, then kept)."""
-        if self._completed is None:
-            self._completed = self.completed_in(np.zeros(3, int), np.asarray(self.implant.shape))
-        return self._completed
-
-    def completed_into(self, out: np.ndarray) -> np.ndarray:
-        """The completed skull written into ``out`` (uint8, the input's shape; e.g. an image's own voxels)."""
-        if self._completed is not None:
-            np.copyto(out, self._completed)
-            return out
-        defective = self.defective.view(np.uint8) if self.defective.dtype == np.bool_ else self.defective != 0
-        return np.bitwise_or(defective, self.implant, out=out)
-
-    def completed_in(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """The completed skull inside the input-index box [lo, hi) only (uint8 0/1)."""
-        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-        if self._completed is not None:
-            return self._completed[box]
-        defective = self.defective[box]
-        # A bool array viewed as uint8 (no copy) or-ed with the implant: one pass over the box.
-        return (defective.view(np.uint8) if defective.dtype == np.bool_ else defective.astype(np.uint8)) | \
-            self.implant[box]
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' → CUDA when available, else CPU; 'cuda' without CUDA raises :class:`DeviceError`."""
-    if device not in DEVICE_CHOICES:
-        raise DeviceError(f"unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)}")
-    cuda = torch.cuda.is_available()
-    if device == "cuda" and not cuda:
-        build = "a CPU-only build" if torch.version.cuda is None else f"a CUDA {torch.version.cuda} build"
-        raise DeviceError(
-            f"CUDA was requested but no CUDA device is available (PyTorch {torch.__version__} is {build}); "
-            "choose device 'auto' or 'cpu'"
-        )
-    return torch.device("cuda" if device in ("auto", "cuda") and cuda else "cpu")
-
-
-def _report(progress: ProgressCallback | None, fraction: float, message: str) -> None:
-    logger.debug("%3.0f%% %s", 100 * fraction, message)
-    if progress is not None:
-        progress(fraction, message)  # may raise CancelledError: nothing has been written yet
 
 
 class SkullCompleter:
@@ -227,28 +84,9 @@ class SkullCompleter:
         # "auto" starts in float32 and switches after the agreement check in encode().
         self.precision = "float16" if precision == "float16" and half_capable else "float32"
 
-    @contextlib.contextmanager
-    def _autocast(self, precision: str | None = None) -> Iterator[None]:
-        if (precision or self.precision) == "float16":
-            with torch.autocast(device_type=self.device.type, dtype=torch.float16):
-                yield
-        else:
-            yield
-
     def _check_half_agreement(self, x: torch.Tensor, mu: torch.Tensor) -> None:
         """For precision "auto": decode this skull in float32 and float16; use float16 from now on if they agree."""
-        from ..metrics import dice  # noqa: PLC0415
-
-        def run(inputs: torch.Tensor, latent: torch.Tensor) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-            with torch.inference_mode():
-                reference = bone_probability(self.model.decode(latent)).float().cpu().numpy()[0] > 0.5
-                with self._autocast("float16"):
-                    half_mu, _ = self.model.encode(inputs)
-                    half = bone_probability(self.model.decode(half_mu)).float().cpu().numpy()[0] > 0.5
-            return reference, half, half_mu.float().cpu()
-
-        reference, half, half_mu = self._on_device(run, x, mu)
-        agreement = dice(half, reference) if reference.any() or half.any() else 1.0
+        agreement = half_precision_agreement(self.model, x, mu, self._on_device)
         self._half_verified = True
         if agreement >= HALF_PRECISION_MIN_DICE:
             self.precision = "float16"
@@ -288,9 +126,9 @@ class SkullCompleter:
         :class:`~.trust.UntrustedInputError` when the model's reconstruction at γ = 0 misses too much of the input's
         bone (trust.py); ``encoded.trust`` has the figure either way.
         """
-        _report(progress, 0.0, "Checking the input skull")
+        report_progress(progress, 0.0, "Checking the input skull")
         defective = validate_mask(mask, ijk_to_ras, name=name, label=label)
-        _report(progress, 0.1, "Mapping the skull to the model grid")
+        report_progress(progress, 0.1, "Mapping the skull to the model grid")
         grid = self.bundle.grid
         counts = planning_counts(defective, ijk_to_ras, grid)
         occupancy, occ_to_ras = counts.occupancy()
@@ -304,10 +142,10 @@ class SkullCompleter:
         model_input = to_model_grid(defective, mapping, counts)
         if model_input.max() < 0.5:
             raise InputError(f"{name}: the skull does not overlap the model grid; check the volume's geometry")
-        _report(progress, 0.3, "Encoding")
+        report_progress(progress, 0.3, "Encoding")
 
         def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            with torch.inference_mode(), self._autocast():
+            with torch.inference_mode(), autocast(self.device, self.precision):
                 mu, logvar = self.model.encode(x)
             return mu.float().cpu(), logvar.float().cpu()
 
@@ -340,18 +178,8 @@ class SkullCompleter:
         return TrustPolicy.from_dict(self.bundle.manifest.get("trust"))
 
     def class_probabilities(self, latent: np.ndarray) -> dict[str, float]:
-        """Posterior over the bundle's classes: the softmax of its class head on μ when it has one, else
-        from squared distances to the class centroids (unit-variance Gaussians)."""
-        names = self.bundle.class_names
-        if self.model.classifier is not None:
-            with torch.inference_mode():
-                logits = self.model.classify(torch.from_numpy(np.asarray(latent, np.float32))[None].to(self.device))
-            scores = logits[0].double().cpu().numpy()
-        else:
-            centroids = self.bundle.centroids
-            scores = -0.5 * np.array([np.sum((latent - centroids[n]) ** 2) for n in names], dtype=np.float64)
-        weights = np.exp(scores - scores.max())
-        return {n: float(w) for n, w in zip(names, weights / weights.sum(), strict=True)}
+        """Posterior over the bundle's classes (latent.class_probabilities) on the completer's device."""
+        return class_probabilities(self.model, self.bundle, latent, self.device)
 
     @property
     def defect_choices(self) -> tuple[str, ...]:
@@ -413,7 +241,7 @@ class SkullCompleter:
                 return self._located(self._complete_as(encoded, gamma, AUTO, **settings), encoded, tick)
         result = self._complete_as(encoded, gamma, defect_type, **settings, resolved=resolved, search=search)
         if not locate or result.extraction not in RIM_EXTRACTIONS or result.method == "mirror":
-            return _no_defect_is_complete(result)
+            return no_defect_is_complete(result)
         encoded.located = located_class(encoded.head_type, result.implant, encoded.mapping, encoded.model_input,
                                         self.bundle.defect_classes, result.defect_fields)
         if encoded.detected_type in self.bundle.defect_classes and encoded.detected_type != result.defect_type:
@@ -430,7 +258,7 @@ class SkullCompleter:
         result.timings["detect"] = max(0.0, total - result.timings["total"])
         result.timings["total"] = total
         result.detected_type, result.detected_by = encoded.detected_type, encoded.detected_by
-        return _no_defect_is_complete(result)
+        return no_defect_is_complete(result)
 
     def _find_holes_first(self, encoded: EncodedSkull, gamma: float | None, method: str | None,
                           extraction: str | None) -> tuple[tuple, HoleSearch | None]:
@@ -438,7 +266,7 @@ class SkullCompleter:
         its decode (None where the implant is not the rim's: the mirror method, a decode extraction)."""
         resolved = self._resolve(encoded, gamma, AUTO, method)
         chosen, _, gamma, method, options = resolved
-        if method == "mirror" or _extraction_for(chosen, method, extraction, options) not in RIM_EXTRACTIONS:
+        if method == "mirror" or extraction_for(chosen, method, extraction, options) not in RIM_EXTRACTIONS:
             return resolved, None
         probability = self._decode_cached(encoded, chosen, gamma, method, options)
         return resolved, find_holes_in(probability, encoded.defective, encoded.mapping,
@@ -461,19 +289,19 @@ class SkullCompleter:
         timings: dict[str, float] = {}
         start = time.perf_counter()
         chosen, confidence, gamma, method, options = resolved or self._resolve(encoded, gamma, defect_type, method)
-        extraction = _extraction_for(chosen, method, extraction, options)
+        extraction = extraction_for(chosen, method, extraction, options)
         if method == "mirror":
-            _report(progress, 0.4, "Mirroring the healthy side")
+            report_progress(progress, 0.4, "Mirroring the healthy side")
             if encoded.mirror is None:
                 encoded.mirror = mirror_skull(encoded.defective, encoded.mapping.ijk_to_ras)
             if extraction == "rim":
                 probability, expected_mapping = mirrored_expectation(encoded)
         else:
-            _report(progress, 0.4, f"Decoding ({chosen}, γ = {gamma:.2f}, {method})")
+            report_progress(progress, 0.4, f"Decoding ({chosen}, γ = {gamma:.2f}, {method})")
             probability = self._decode_cached(encoded, chosen, gamma, method, options)
         timings["decode"] = time.perf_counter() - start
-        _report(progress, 0.7, "Fitting the implant to the rim" if extraction in RIM_EXTRACTIONS
-                else "Extracting the implant")
+        report_progress(progress, 0.7, "Fitting the implant to the rim" if extraction in RIM_EXTRACTIONS
+                        else "Extracting the implant")
         tick = time.perf_counter()
         if method == "mirror" and extraction == "decode":
             implant = mirror_implant(encoded.defective, encoded.mapping.ijk_to_ras, encoded.mirror)[0]
@@ -487,13 +315,13 @@ class SkullCompleter:
         timings["implant"] = time.perf_counter() - tick
         uncertainty = None
         if uncertainty_samples > 0:
-            _report(progress, 0.85, f"Sampling {uncertainty_samples} decodes for the uncertainty map")
+            report_progress(progress, 0.85, f"Sampling {uncertainty_samples} decodes for the uncertainty map")
             tick = time.perf_counter()
-            shifted = self._shift(encoded, chosen, gamma, "dev", options)
-            uncertainty = self._uncertainty(encoded, shifted, uncertainty_samples)
+            shifted = shifted_latent(self.bundle, encoded, chosen, gamma, "dev", options)
+            uncertainty = uncertainty_map(encoded, shifted, uncertainty_samples, self._decode)
             timings["uncertainty"] = time.perf_counter() - tick
         timings["total"] = time.perf_counter() - start
-        _report(progress, 1.0, "Done")
+        report_progress(progress, 1.0, "Done")
         voxel_ml = float(np.prod(encoded.mapping.input_spacing)) / 1000.0
         return CompletionResult(
             defective=encoded.defective,
@@ -557,26 +385,7 @@ class SkullCompleter:
             raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHOD_CHOICES)}")
         return chosen, confidence, gamma, method, options
 
-    # --- latent arithmetic -----------------------------------------------------------------
-    def _shift(self, encoded: EncodedSkull, defect_type: str, gamma: float, method: str, options: dict) -> torch.Tensor:
-        mu = encoded.mu
-        if method == "knn" and self.bundle.paired_latents:
-            k = int(options.get("knn_k", 5))
-            direction = torch.from_numpy(self._knn_dev(mu[0].numpy(), defect_type, k))
-        else:
-            direction = torch.from_numpy(self.bundle.dev[defect_type])
-        return mu + gamma * direction[None]
-
-    def _knn_dev(self, latent: np.ndarray, defect_type: str, k: int) -> np.ndarray:
-        """Mean complete-minus-defective latent difference of the k nearest paired training cases of this type."""
-        table = self.bundle.paired_latents
-        same_type = table["type_index"] == self.bundle.defect_classes.index(defect_type)
-        if not same_type.any():
-            return self.bundle.dev[defect_type]
-        defective, deltas = table["defective"][same_type], table["delta"][same_type]
-        nearest = np.argsort(np.sum((defective - latent) ** 2, axis=1))[:k]
-        return deltas[nearest].mean(axis=0).astype(np.float32)
-
+    # --- decoding: μ shifted, decoded on the device, kept per encoding ------------------------------
     def _decode_cached(
         self, encoded: EncodedSkull, defect_type: str, gamma: float, method: str, options: dict
     ) -> np.ndarray:
@@ -585,9 +394,9 @@ class SkullCompleter:
         if key in encoded.decode_cache:
             encoded.decode_cache.move_to_end(key)
             return encoded.decode_cache[key]
-        z = encoded.mu if key[0] == "" else self._shift(encoded, defect_type, gamma, method, options)
+        z = encoded.mu if key[0] == "" else shifted_latent(self.bundle, encoded, defect_type, gamma, method, options)
         if method == "refine":
-            z = self._refine(encoded, z, options)
+            z = refined_latent(self.model, encoded, z, options, self._decode, self._on_device)
         probability = self._decode(z)[0]
         encoded.decode_cache[key] = probability
         while len(encoded.decode_cache) > DECODE_CACHE_SIZE:
@@ -596,166 +405,7 @@ class SkullCompleter:
 
     def _decode(self, z: torch.Tensor) -> np.ndarray:
         def run(latent: torch.Tensor) -> np.ndarray:
-            with torch.inference_mode(), self._autocast():
+            with torch.inference_mode(), autocast(self.device, self.precision):
                 return bone_probability(self.model.decode(latent)).float().cpu().numpy()
 
         return self._on_device(run, z)
-
-    def _refine(self, encoded: EncodedSkull, z0: torch.Tensor, options: dict) -> torch.Tensor:
-        """Gradient steps on z so the decoded skull matches the input's intact bone.
-
-        The region where the first decode adds bone (the presumed defect) is left free; elsewhere the
-        decoded skull is pulled onto the input. A Gaussian prior on z keeps the latent plausible.
-        """
-        steps = int(options.get("refine_steps", 30))
-        learning_rate = float(options.get("refine_lr", 0.05))
-        prior_weight = float(options.get("refine_prior_weight", 1e-3))
-        spacing = encoded.mapping.grid.spacing_mm
-        free = decoded_implant_region(self._decode(z0)[0], encoded.model_input, spacing, encoded.near_bone())
-        weight = torch.from_numpy((~free).astype(np.float32))[None]
-        target = torch.from_numpy(encoded.model_input)[None]
-
-        def run(latent: torch.Tensor, weights: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
-            latent = latent.clone().requires_grad_(True)
-            optimiser = torch.optim.Adam([latent], lr=learning_rate)
-            for _ in range(steps):
-                optimiser.zero_grad(set_to_none=True)
-                logits = self.model.decode(latent)
-                log_p = torch.log_softmax(logits.float(), dim=1)
-                # Weighted cross-entropy against the input's bone fraction.
-                loss_map = -(goal * log_p[:, 1] + (1 - goal) * log_p[:, 0])
-                loss = (weights * loss_map).sum() / weights.sum().clamp_min(1.0)
-                loss = loss + prior_weight * 0.5 * (latent**2).sum()
-                loss.backward()
-                optimiser.step()
-            return latent.detach().cpu()
-
-        with torch.enable_grad():
-            return self._on_device(run, z0, weight, target)
-
-    def _uncertainty(self, encoded: EncodedSkull, z: torch.Tensor, samples: int) -> np.ndarray:
-        """Voxelwise disagreement of decodes from the encoder's posterior: 4·p·(1−p), p = bone vote share."""
-        generator = torch.Generator().manual_seed(UNCERTAINTY_SEED)
-        std = torch.exp(0.5 * encoded.logvar)
-        votes = np.zeros(encoded.mapping.grid.shape, np.float32)
-        for _ in range(samples):
-            noise = torch.randn(std.shape, generator=generator)
-            votes += self._decode(z + noise * std)[0] > 0.5
-        share = votes / samples
-        disagreement = 4.0 * share * (1.0 - share)
-        block, lo = to_input_grid(disagreement, encoded.mapping)
-        full = np.zeros(encoded.mapping.input_shape, np.float32, order="F")
-        hi = lo + np.asarray(block.shape)
-        full[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = block
-        return full
-
-
-def _extraction_for(chosen: str, method: str, extraction: str | None, options: dict) -> str:
-    """How the implant of a completion with class ``chosen`` and ``method`` is cut: ``extraction`` if given, else the
-    bundle's choice for the class; checked, and adjusted where a choice cannot apply."""
-    extraction = extraction or options.get("extraction_by_class", {}).get(chosen) or options.get(
-        "extraction", DEFAULT_EXTRACTION)
-    if extraction not in EXTRACTION_CHOICES:
-        raise InputError(f"unknown extraction {extraction!r}; choose one of {', '.join(EXTRACTION_CHOICES)}")
-    if extraction in RIM_EXTRACTIONS and chosen == "facial":
-        # Rays from the cranial centre do not parameterise the face (several layers of bone on each ray).
-        logger.debug("facial defect: the implant is the decoded bone (the rim fit is for the cranial vault)")
-        return "decode"
-    if extraction == "union" and method == "mirror":
-        return "rim"  # the mirrored skull is the patient's own bone: nothing for a decode to add
-    return extraction
-
-
-def _no_defect_is_complete(result: CompletionResult) -> CompletionResult:
-    """A completion that found no defect (no hole, no implant) says so in its detected class too: "complete", decided
-    by the holes found (none), whatever the class head proposed. Only the result says it: the encoding keeps its
-    detection, as a later γ may find the hole."""
-    if not result.holes and not np.any(result.implant):
-        result.detected_type, result.detected_by = COMPLETE, BY_DEFECT_POSITION
-    return result
-
-
-def completion_warnings(encoded: EncodedSkull, defect_type: str) -> list[str]:
-    """What the user should know about a completion before using its implant (summary ``warnings``)."""
-    warnings = []
-    if encoded.trust is not None and encoded.trust.status != "ok":
-        warnings.append(encoded.trust.message())
-    low, high = VALIDATED_SCALE_RANGE
-    if not low <= encoded.mapping.scale <= high:
-        warnings.append(f"the skull is {encoded.mapping.scale:.2f} times the model's reference size, outside the "
-                        f"range it was validated on ({low}–{high}); check the implant with particular care")
-    if defect_type == "facial":
-        warnings.append("facial defect: the model's facial implants are rough (decoded bone, no rim fit); use this "
-                        "one as a starting point only and check it slice by slice")
-    return warnings
-
-
-def mirrored_expectation(encoded: EncodedSkull) -> tuple[np.ndarray, GridMapping]:
-    """The expected skull of the mirror method: the input and its mirror image (cached), on the model grid's
-    placement refined to :data:`MIRROR_GRID_MM` (it is the patient's own bone: no need to blur it to the model's).
-
-    :raises InputError: when the defect crosses the mid-sagittal plane (its mirror image is missing too).
-    """
-    if encoded.mirrored is None:
-        bone = encoded.defective
-        if encoded.mirror is None:
-            encoded.mirror = mirror_skull(bone, encoded.mapping.ijk_to_ras)
-        check_unilateral(bone, encoded.mapping.ijk_to_ras, encoded.mirror.plane)
-        fine = refined_mapping(encoded.mapping, MIRROR_GRID_MM)
-        encoded.mirrored = (to_model_grid(bone | encoded.mirror.mirrored.astype(bool), fine), fine)
-    return encoded.mirrored
-
-
-def extract_implant(
-    encoded: EncodedSkull, probability: np.ndarray, extraction: str, options: dict, smoothing: bool = True,
-    expected_mapping: GridMapping | None = None, defect_type: str = "", search: HoleSearch | None = None,
-) -> tuple[np.ndarray, str, list, list | None]:
-    """The implant (uint8, input grid) cut from an expected skull, a message when it is empty or partial, the holes
-    and the rim stage's signed fields [(block, lo)] when there are any (for "union": of its rim part only).
-
-    ``probability``: the expected skull on the model grid (or on ``expected_mapping``'s grid, for "rim").
-    ``search``: the rim stage's holes already found in this ``probability`` (not searched again).
-    ``defect_type``: picks the decode extraction's bone threshold from ``options["decode_threshold"]`` (per class;
-    the decoder blurs thin facial bone below 0.5, so the bundle may lower it there).
-    """
-    if extraction == "decode":
-        implant = decoded_implant(encoded, probability, options, smoothing, defect_type)
-        message = "" if implant.any() else "no defect found: the decoded skull adds no bone away from the input's bone"
-        return implant, message, [], None
-    fit = fit_implant(probability, encoded.defective, expected_mapping or encoded.mapping,
-                      RimOptions.from_dict(options.get("rim")), encoded.midsagittal_reflection(), search)
-    if extraction == "rim":
-        return fit.implant, fit.message, fit.holes, fit.fields or None
-    if not fit.fields:
-        return fit.implant, fit.message, fit.holes, None  # the rim found no defect: the decode has nothing to add
-    # Near each defect the rim found (its box, grown by UNION_MARGIN_MM), the decoded bone is or-ed into the rim's
-    # implant (in place, on that box only: no second full-size pass). One box per defect, not one around all of
-    # them: decoded bone between two holes, where the input has its bone, is no implant.
-    margin = np.ceil(UNION_MARGIN_MM / encoded.mapping.input_spacing).astype(int)
-    implant = fit.implant
-    for block, corner in fit.fields:
-        box = (corner - margin, corner + np.asarray(block.shape) + margin)
-        implant = decoded_implant(encoded, probability, options, smoothing, defect_type, out=implant, within=box)
-    return implant, fit.message, fit.holes, fit.fields
-
-
-def decoded_implant(encoded: EncodedSkull, probability: np.ndarray, options: dict, smoothing: bool = True,
-                    defect_type: str = "", out: np.ndarray | None = None,
-                    within: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """Decoded minus input bone at the input's resolution (implant.py), with the class's bone threshold; ``out``:
-    an implant (uint8, input grid) to add it to; ``within``: an input-index box (lo, hi) to confine it to."""
-    threshold = float(options.get("decode_threshold", {}).get(defect_type, BONE_THRESHOLD))
-    region = decoded_implant_region(probability, encoded.model_input, encoded.mapping.grid.spacing_mm,
-                            encoded.near_bone(), threshold)
-    return implant_at_input_resolution(probability, region, encoded.defective, encoded.mapping, smoothing, threshold,
-                                       out, within)
-
-
-def check_cancel(cancelled: Callable[[], bool]) -> ProgressCallback:
-    """A progress callback that raises :class:`CancelledError` once ``cancelled()`` is true."""
-
-    def callback(fraction: float, message: str) -> None:
-        if cancelled():
-            raise CancelledError("cancelled by the user; nothing was changed")
-
-    return callback

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .regions import point_angles, region_from_angles
+from .regions import COMPLETE, point_angles, region_from_angles
 
 if TYPE_CHECKING:  # geometry imports torch; the Slicer module's MRML side imports this file without it
     from ..preprocessing.geometry import GridMapping
+    from .results import CompletionResult
 
 BY_CLASS_HEAD = "class head"
 BY_DEFECT_POSITION = "defect position"
@@ -62,3 +63,12 @@ def located_class(head_class: str, implant: np.ndarray, mapping: GridMapping, mo
     if region is not None and region in classes:
         return region, BY_DEFECT_POSITION
     return head_class, BY_CLASS_HEAD
+
+
+def no_defect_is_complete(result: CompletionResult) -> CompletionResult:
+    """A completion that found no defect (no hole, no implant) says so in its detected class too: "complete", decided
+    by the holes found (none), whatever the class head proposed. Only the result says it: the encoding keeps its
+    detection, as a later γ may find the hole."""
+    if not result.holes and not np.any(result.implant):
+        result.detected_type, result.detected_by = COMPLETE, BY_DEFECT_POSITION
+    return result
