@@ -21,7 +21,7 @@ import logging
 import os
 import time
 import unittest
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Annotated, Any
@@ -761,68 +761,72 @@ class SkullVAECompletionLogic(ScriptedLoadableModuleLogic):
         distance map of the previous implant is hidden); ``measureFit=False`` leaves this result unmeasured.
         """
         cached = self._cached(segmentationNode)
-        start = time.perf_counter()
-        self.isRunning = True
-        self._cancelRequested = False
-        report = self._reporter(progress)
-        try:
-            options = cached.options.replace(gamma=gamma, defect_type=defectType or cached.options.defect_type)
+        options = cached.options.replace(gamma=gamma, defect_type=defectType or cached.options.defect_type)
 
-            def work(engineProgress: mrml.ProgressCallback) -> DesignedImplant:
-                from SkullVAECompletionLib import pipeline  # noqa: PLC0415
+        def work(engineProgress: mrml.ProgressCallback) -> DesignedImplant:
+            from SkullVAECompletionLib import pipeline  # noqa: PLC0415
 
-                designed = pipeline.complete_and_design(cached.completer, cached.encoded, cached.inputMask.ijkToRas,
-                                                        options, engineProgress, uncertainty=updateUncertainty)
-                engineProgress(0.95, "Updating the result")  # the last cancel point: the scene is not changed yet
-                return designed
+            return pipeline.complete_and_design(cached.completer, cached.encoded, cached.inputMask.ijkToRas, options,
+                                                engineProgress, uncertainty=updateUncertainty)
 
-            designed = mrml.runBlocking(
-                work, report, lambda: self._cancelRequested, _processEvents(), self.useWorkerThread)
-            with self._inPlaceUpdate(segmentationNode, cached):
-                mrml.updateResultSegments(segmentationNode, designed.result, cached.inputMask.ijkToRas)
-                cached.options, cached.designed = options, designed
-                uncertaintyNode = None
-                if cached.uncertaintyNodeId:
-                    uncertaintyNode = segmentationNode.GetScene().GetNodeByID(cached.uncertaintyNodeId)
-                    if uncertaintyNode is not None and designed.result.uncertainty is not None:
-                        mrml.updateUncertaintyVolume(uncertaintyNode, designed.result.uncertainty,
-                                                     cached.inputMask.ijkToRas)
-                staleDistanceMap = mrml.hideStaleDistanceModel(segmentationNode, cached)
-                return self._publish(segmentationNode, cached, uncertaintyNode, staleDistanceMap, start, measureFit)
-        finally:
-            self.isRunning = False
+        def finish(designed: DesignedImplant) -> tuple[Any, bool]:
+            uncertaintyNode = None
+            if cached.uncertaintyNodeId:
+                uncertaintyNode = segmentationNode.GetScene().GetNodeByID(cached.uncertaintyNodeId)
+                if uncertaintyNode is not None and designed.result.uncertainty is not None:
+                    mrml.updateUncertaintyVolume(uncertaintyNode, designed.result.uncertainty,
+                                                 cached.inputMask.ijkToRas)
+            return uncertaintyNode, measureFit
+
+        return self._rerunInPlace(segmentationNode, cached, options, work, finish, progress)
 
     def updateDesign(self, segmentationNode: Any, design: DesignOptions, distanceMap: bool = True,
                      progress: mrml.ProgressCallback | None = None) -> mrml.CompletionSummary:
         """Apply other design options to the cached completion (no decoding) and update the result in place."""
         cached = self._cached(segmentationNode)
+        options = cached.options.replace(design=design, distance_map=distanceMap)
+        completion = cached.designed.completion
+
+        def work(engineProgress: mrml.ProgressCallback) -> DesignedImplant:
+            from SkullVAECompletionLib import pipeline  # noqa: PLC0415
+
+            engineProgress(0.0, "Designing the implant")
+            return pipeline.design_completion(completion, cached.inputMask.ijkToRas, design)
+
+        def finish(designed: DesignedImplant) -> tuple[Any, bool]:
+            if not distanceMap:
+                mrml.updateDistanceModel(segmentationNode, cached, None)
+            uncertaintyNode = segmentationNode.GetScene().GetNodeByID(cached.uncertaintyNodeId) \
+                if cached.uncertaintyNodeId else None
+            return uncertaintyNode, True
+
+        return self._rerunInPlace(segmentationNode, cached, options, work, finish, progress)
+
+    def _rerunInPlace(self, segmentationNode: Any, cached: mrml.CachedCompletion, options: CompletionOptions,
+                       work: Callable[[mrml.ProgressCallback], DesignedImplant],
+                       finish: Callable[[DesignedImplant], tuple[Any, bool]],
+                       progress: mrml.ProgressCallback | None) -> mrml.CompletionSummary:
+        """Run ``work`` (a new designed implant for the cached completion), then replace the result's segments in
+        place; ``finish`` updates what else the change touches and says (uncertainty node, measure the quality)."""
         start = time.perf_counter()
         self.isRunning = True
         self._cancelRequested = False
         report = self._reporter(progress)
+
+        def workThenLastCancelPoint(engineProgress: mrml.ProgressCallback) -> DesignedImplant:
+            designed = work(engineProgress)
+            engineProgress(0.95, "Updating the result")  # the last cancel point: the scene is not changed yet
+            return designed
+
         try:
-            options = cached.options.replace(design=design, distance_map=distanceMap)
-            completion = cached.designed.completion
-
-            def work(engineProgress: mrml.ProgressCallback) -> DesignedImplant:
-                from SkullVAECompletionLib import pipeline  # noqa: PLC0415
-
-                engineProgress(0.0, "Designing the implant")
-                designed = pipeline.design_completion(completion, cached.inputMask.ijkToRas, design)
-                engineProgress(0.95, "Updating the result")  # the last cancel point: the scene is not changed yet
-                return designed
-
-            designed = mrml.runBlocking(
-                work, report, lambda: self._cancelRequested, _processEvents(), self.useWorkerThread)
+            designed = mrml.runBlocking(workThenLastCancelPoint, report, lambda: self._cancelRequested,
+                                        _processEvents(), self.useWorkerThread)
             with self._inPlaceUpdate(segmentationNode, cached):
                 mrml.updateResultSegments(segmentationNode, designed.result, cached.inputMask.ijkToRas)
                 cached.options, cached.designed = options, designed
-                if not distanceMap:
-                    mrml.updateDistanceModel(segmentationNode, cached, None)
-                uncertaintyNode = segmentationNode.GetScene().GetNodeByID(cached.uncertaintyNodeId) \
-                    if cached.uncertaintyNodeId else None
+                uncertaintyNode, measure = finish(designed)
                 staleDistanceMap = mrml.hideStaleDistanceModel(segmentationNode, cached)
-                return self._publish(segmentationNode, cached, uncertaintyNode, staleDistanceMap, start, True)
+                return self._publish(segmentationNode, cached, uncertaintyNode, staleDistanceMap, start, measure)
         finally:
             self.isRunning = False
 
